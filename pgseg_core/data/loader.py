@@ -1,0 +1,250 @@
+"""Readers of pgseg shards: the infinite training loader, validation samples and a fixed-order image pass.
+
+Only webdataset's public API is used (``wds.DataPipeline``, ``wds.ResampledShards``, ``wds.WebDataset``,
+``wds.WebLoader`` and the pipeline stages). Symbols: B batch, S image side in pixels, H x W pixels.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import DataConfig
+from ..errors import DataError
+from .shards import resolve_shards
+
+log = logging.getLogger("pgseg.data.loader")
+
+
+class SkipAndCount:
+    """webdataset exception handler: log a bad sample (rate-limited), count it, and continue.
+
+    Unlike ``wds.warn_and_continue`` it never sleeps. The first ``first`` problems are logged, then
+    every ``every``-th one. Each DataLoader worker holds its own copy, so counts are per process.
+
+    Args:
+        what: what is being read, used in the log lines.
+        first: how many problems to log individually.
+        every: afterwards, log one line per this many problems.
+    """
+
+    def __init__(self, what: str = "shards", first: int = 5, every: int = 100):
+        self.what = what
+        self.first = first
+        self.every = every
+        self.count = 0
+
+    def __call__(self, exn: BaseException) -> bool:
+        self.count += 1
+        if self.count <= self.first or self.count % self.every == 0:
+            log.warning("skipped a bad sample in %s (%d so far): %s", self.what, self.count, repr(exn)[:300])
+        return True
+
+
+class _WorkerSeededShuffle:
+    """``wds.shuffle`` whose generator is seeded with (seed, DataLoader worker id) when iteration starts,
+    so that workers do not share one shuffle pattern."""
+
+    def __init__(self, bufsize: int, seed: int):
+        self.bufsize = bufsize
+        self.seed = seed
+
+    def __call__(self, src):
+        import random
+
+        import webdataset as wds
+
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(self.seed * 1009 + (info.id if info is not None else 0))
+        yield from wds.shuffle(self.bufsize, initial=min(self.bufsize, 100), rng=rng)(src)
+
+
+def _collate(samples: list[tuple[str, torch.Tensor, str]]) -> dict[str, Any]:
+    keys, images, texts = zip(*samples)
+    return {"image": torch.stack(list(images)), "text": [str(t) for t in texts], "key": list(keys)}
+
+
+def _as_text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes | bytearray) else str(value)
+
+
+def make_train_loader(data_cfg: DataConfig, batch_size: int, seed: int, *, img_size: int | None = None):
+    """Infinite, shuffled training batches from webdataset shards.
+
+    Shards are resampled with replacement from a seeded stream (``wds.ResampledShards(deterministic=True)``;
+    the resampling of ``wds.WebDataset(resampled=True)`` is seeded from the clock, so it is not used here),
+    samples are shuffled in a ``data_cfg.shuffle_buffer`` buffer, decoded to PIL, augmented with
+    :func:`~pgseg_core.data.transforms.train_transform` and batched. Each DataLoader worker draws its
+    own shard stream. Bad samples are skipped and counted, never fatal.
+
+    Args:
+        data_cfg: ``train`` (shard spec, see :func:`~pgseg_core.data.shards.resolve_shards`), ``img_size``,
+            ``crop_scale``, ``hflip``, ``shuffle_buffer``, ``num_workers``.
+        batch_size: samples per batch B (incomplete batches are dropped).
+        seed: seeds shard resampling and the shuffle buffer.
+        img_size: crop side S in pixels; default ``data_cfg.img_size``.
+
+    Returns:
+        A ``wds.WebLoader`` that yields ``{"image": FloatTensor [B,3,S,S] ImageNet-normalised,
+        "text": list[str] (B captions), "key": list[str]}`` forever.
+
+    Raises:
+        DataError: the shard spec resolves to no shards.
+    """
+    import webdataset as wds
+
+    from .transforms import train_transform
+
+    if not data_cfg.train:
+        raise DataError("no training shards configured: set --data.train to a shard directory or index.json")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    urls = resolve_shards(data_cfg.train, "train")
+    size = int(img_size or data_cfg.img_size)
+    transform = train_transform(size, data_cfg.crop_scale, data_cfg.hflip)
+    handler = SkipAndCount(str(data_cfg.train))
+    buffer = max(1, int(data_cfg.shuffle_buffer))
+    pipeline = wds.DataPipeline(
+        wds.ResampledShards(urls, seed=int(seed), deterministic=True),
+        wds.tarfile_to_samples(handler=handler),
+        _WorkerSeededShuffle(buffer, int(seed)),
+        wds.decode("pilrgb", handler=handler),
+        wds.to_tuple("__key__", "jpg;png;jpeg;webp", "txt", handler=handler),
+        wds.map_tuple(str, transform, _as_text, handler=handler),
+        wds.batched(batch_size, collation_fn=_collate, partial=False),
+    )
+    workers = max(0, int(data_cfg.num_workers))
+    return wds.WebLoader(
+        pipeline, batch_size=None, shuffle=False, num_workers=workers, persistent_workers=workers > 0
+    )
+
+
+@dataclass
+class ValSample:
+    """One validation composite with its label map.
+
+    Attributes:
+        key: sample key.
+        image: uint8 RGB ``[H,W,3]``.
+        label: uint8 ``[H,W]``: 0 background, 1 + i = ``classes[i]``, 255 ignore.
+        classes: the split's class list.
+        split: split name ("val-caption" or "val-heldout").
+        caption: the composite's caption ("" if the shard has none).
+    """
+
+    key: str
+    image: np.ndarray
+    label: np.ndarray
+    classes: list[str]
+    split: str
+    caption: str = ""
+
+
+def _plain_dataset(urls: list[str], handler: SkipAndCount):
+    """Samples of ``urls`` in shard order, no shuffling, raw bytes (only txt/json decoded)."""
+    import webdataset as wds
+
+    return wds.WebDataset(
+        urls, shardshuffle=False, handler=handler, nodesplitter=None, workersplitter=None, empty_check=False
+    ).decode(handler=handler)
+
+
+def _split_classes(spec: str | Path, split: str) -> list[str] | None:
+    from .shards import INDEX_NAME, read_index
+
+    p = Path(str(spec))
+    idx = p if p.suffix == ".json" else p / INDEX_NAME
+    if idx.is_file():
+        entry = read_index(idx)["splits"].get(split, {})
+        classes = entry.get("classes")
+        return list(classes) if isinstance(classes, list) else None
+    return None
+
+
+def iter_val_samples(spec: str | Path, split: str = "val-caption") -> Iterator[ValSample]:
+    """Iterate the labelled samples of a validation split in a fixed order.
+
+    Args:
+        spec: shard directory / index.json / pattern (see :func:`~pgseg_core.data.shards.resolve_shards`).
+        split: "val-caption" or "val-heldout".
+
+    Yields:
+        :class:`ValSample` per composite. Samples that cannot be decoded are skipped and counted.
+
+    Raises:
+        DataError: the split is absent (the message lists the available splits) or has no shards.
+    """
+    from PIL import Image
+
+    urls = resolve_shards(spec, split)
+    index_classes = _split_classes(spec, split)
+    handler = SkipAndCount(f"{spec} ({split})")
+    for sample in _plain_dataset(urls, handler):
+        key = sample.get("__key__", "?")
+        try:
+            meta = sample.get("json") or {}
+            if isinstance(meta, bytes | str):
+                meta = json.loads(meta)
+            with Image.open(io.BytesIO(sample["jpg"])) as im:
+                image = np.asarray(im.convert("RGB"))
+            with Image.open(io.BytesIO(sample["png"])) as im:
+                label = np.asarray(im if im.mode == "L" else im.convert("L"))
+            classes = list(meta.get("classes") or index_classes or [])
+        except Exception as e:  # a corrupt sample is skipped, never fatal
+            handler(e)
+            continue
+        if label.shape != image.shape[:2]:
+            handler(ValueError(f"sample {key}: label {label.shape} does not match image {image.shape[:2]}"))
+            continue
+        caption = _as_text(sample.get("txt", meta.get("caption", "")))
+        yield ValSample(key, image, label, classes, str(meta.get("split", split)), caption)
+
+
+def iter_images_for_cache(
+    spec: str | Path, split: str = "train", img_size: int = 224
+) -> Iterator[tuple[str, torch.Tensor, str]]:
+    """Every image of a split once, in a fixed order, resized for a one-off frozen-stem encoding pass.
+
+    Images are resized so the short side is ``img_size`` and center-cropped (a square demo composite is
+    resized as a whole). No augmentation.
+
+    Args:
+        spec: shard directory / index.json / pattern.
+        split: split name.
+        img_size: output side S in pixels.
+
+    Yields:
+        ``(key, FloatTensor [3,S,S] ImageNet-normalised, caption)``. Undecodable samples are skipped.
+
+    Raises:
+        DataError: the split is absent or has no shards.
+    """
+    from PIL import Image
+
+    from .transforms import eval_resize, flatten_to_rgb, to_tensor_normalized
+
+    urls = resolve_shards(spec, split)
+    handler = SkipAndCount(f"{spec} ({split})")
+    for sample in _plain_dataset(urls, handler):
+        key = sample.get("__key__", "?")
+        data = next((sample[e] for e in ("jpg", "png", "jpeg", "webp") if e in sample), None)
+        try:
+            if data is None:
+                raise KeyError(f"sample {key} has no image")
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+                img = eval_resize(flatten_to_rgb(im), img_size)
+                if img is im:  # already RGB at the right size: detach from the closing file
+                    img = im.copy()
+        except Exception as e:  # a corrupt sample is skipped, never fatal
+            handler(e)
+            continue
+        yield key, to_tensor_normalized(img), _as_text(sample.get("txt", ""))

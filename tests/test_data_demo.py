@@ -1,0 +1,218 @@
+"""The demo composite builder on a small fake source tree (no Debian packages needed)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from pgseg_core.data.demo import DemoRoots, build_demo_shards, export_demo_photos, load_vocab, make_caption
+from pgseg_core.data.shards import read_index
+from pgseg_core.errors import DataError
+
+
+def _sprite(path: Path, colour, size=(90, 70), shape="ellipse"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.new("RGBA", size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    box = (5, 5, size[0] - 6, size[1] - 6)
+    if shape == "ellipse":
+        draw.ellipse(box, fill=(*colour, 255))
+    elif shape == "polygon":
+        draw.polygon([(size[0] // 2, 3), (size[0] - 4, size[1] - 4), (4, size[1] - 4)], fill=(*colour, 255))
+    else:  # opaque rectangle: not a cut-out, must be rejected
+        img = Image.new("RGBA", size, (*colour, 255))
+    img.save(path)
+
+
+def make_fake_roots(root: Path) -> DemoRoots:
+    """Tux Paint / OpenClipart look-alike trees whose paths match the real vocabulary globs."""
+    tux, oca, bgs = root / "tux", root / "oca", root / "bg"
+    _sprite(tux / "animals/mammals/dogs/dog.png", (150, 100, 50))
+    (tux / "animals/mammals/dogs/dog.txt").write_text("A dog.\nfr.utf8=Un chien.\n")
+    _sprite(tux / "food/fruit/apple_red.png", (220, 20, 20))
+    _sprite(tux / "food/fruit/banana.png", (240, 220, 30), shape="polygon")
+    _sprite(tux / "animals/mammals/elephant.png", (120, 120, 130), size=(120, 100))
+    _sprite(tux / "animals/birds/penguin.png", (20, 20, 20), shape="polygon")
+    _sprite(tux / "symbols/math/1.png", (0, 0, 0))  # matches no class
+    _sprite(oca / "animals/mammals/housecats/gatto_a.png", (200, 200, 200))
+    _sprite(oca / "food/fruit/lemon_whole.png", (250, 250, 0))
+    _sprite(oca / "animals/bugs/butterfly_b.png", (200, 50, 200), shape="polygon")
+    _sprite(oca / "food/fruit/orange.png", (255, 128, 0), shape="rect")  # rejected: opaque rectangle
+    _sprite(oca / "food/fruit/lemon_bw.png", (90, 90, 90))  # excluded by the *_bw glob
+    (oca / "food/fruit/pear.png").write_bytes(b"\x89PNG broken")  # unreadable, counted
+    bgs.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (120, 150, 3), dtype=np.uint8)).save(bgs / "noise.jpg")
+    grad = np.tile(np.linspace(0, 255, 160, dtype=np.uint8)[None, :, None], (100, 1, 3))
+    Image.fromarray(grad).save(bgs / "gradient.png")
+    return DemoRoots(tuxpaint=tux, openclipart=oca, emoji_font=None, package_photos=False,
+                     opencv_doc=None, wallpapers=None, backgrounds=[bgs])
+
+
+def _samples(tar_path: Path) -> dict[str, dict[str, bytes]]:
+    out: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(tar_path) as tf:
+        for m in tf.getmembers():
+            key, ext = m.name.split(".", 1)
+            out.setdefault(key, {})[ext] = tf.extractfile(m).read()
+    return out
+
+
+def _split_samples(out: Path, split: str) -> dict[str, dict[str, bytes]]:
+    index = read_index(out)
+    got: dict[str, dict[str, bytes]] = {}
+    for name in index["splits"][split]["shards"]:
+        got.update(_samples(out / name))
+    return got
+
+
+@pytest.fixture(scope="module")
+def fake_build(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    roots = make_fake_roots(root / "src")
+    summary = build_demo_shards(
+        root / "a", seed=3, n_train=12, n_val=6, img_size=64, roots=roots, shard_size=5
+    )
+    return root, roots, summary
+
+
+def test_index_schema_and_vocabulary(fake_build):
+    root, _, summary = fake_build
+    index = read_index(root / "a")
+    assert summary["splits"] == {"train": 12, "val-caption": 6, "val-heldout": 6}
+    assert index["schema"] == 1 and index["kind"] == "pgseg-shards" and index["seed"] == 3
+    assert index["splits"]["train"]["shards"] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    assert index["vocabulary"] == {"caption": ["cat", "dog", "apple", "banana", "lemon"],
+                                   "heldout": ["elephant", "penguin", "butterfly"]}
+    assert index["splits"]["val-caption"]["classes"] == index["vocabulary"]["caption"]
+    assert index["splits"]["val-heldout"]["classes"] == index["vocabulary"]["heldout"]
+    assert "orange" in index["dropped_classes"] and "pear" in index["dropped_classes"]
+    assert index["skipped"]["unreadable"] == 1 and index["skipped"]["rejected"] >= 1
+    names = {s["name"]: s for s in index["sources"]}
+    assert names["tuxpaint"]["licence"] == "GPL-2.0" and names["tuxpaint"]["items"] == 5
+    assert names["openclipart"]["items"] == 3 and names["backgrounds"]["items"] == 2
+    assert index["class_items"]["dog"] == {"tuxpaint": 1}
+
+
+def test_train_samples_name_only_caption_classes(fake_build):
+    root, _, _ = fake_build
+    index = read_index(root / "a")
+    heldout = index["vocabulary"]["heldout"]
+    samples = _split_samples(root / "a", "train")
+    assert len(samples) == 12
+    for key, s in samples.items():
+        assert set(s) == {"jpg", "txt", "json"}
+        caption = s["txt"].decode()
+        classes = json.loads(s["json"])["classes"]
+        assert 1 <= len(classes) <= 3 and set(classes) <= set(index["vocabulary"]["caption"])
+        for c in classes:
+            assert re.search(rf"\b{c}\b", caption), (key, caption)
+        for h in heldout:
+            assert h not in caption
+        img = Image.open(io.BytesIO(s["jpg"]))
+        assert img.format == "JPEG" and img.mode == "RGB" and img.size == (64, 64)
+
+
+@pytest.mark.parametrize("split", ["val-caption", "val-heldout"])
+def test_val_label_maps_match_classes(fake_build, split):
+    root, _, _ = fake_build
+    samples = _split_samples(root / "a", split)
+    assert len(samples) == 6
+    for key, s in samples.items():
+        meta = json.loads(s["json"])
+        classes = meta["classes"]
+        assert meta["split"] == split
+        label = np.asarray(Image.open(io.BytesIO(s["png"])))
+        assert label.dtype == np.uint8 and label.shape == (64, 64)
+        ids = set(np.unique(label).tolist()) - {0}
+        assert ids == {1 + classes.index(c) for c in meta["present"]}, key
+        assert (label == 0).any()
+        for c in meta["present"]:
+            assert re.search(rf"\b{c}\b", s["txt"].decode())
+
+
+def test_deterministic_bytes_and_seed_sensitivity(fake_build, tmp_path):
+    root, roots, _ = fake_build
+    build_demo_shards(tmp_path / "b", seed=3, n_train=12, n_val=6, img_size=64, roots=roots, shard_size=5)
+    build_demo_shards(tmp_path / "c", seed=4, n_train=12, n_val=6, img_size=64, roots=roots, shard_size=5)
+    index = read_index(root / "a")
+    for split in index["splits"].values():
+        for name in split["shards"]:
+            assert (root / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    first = "train-000000.tar"
+    assert (root / "a" / first).read_bytes() != (tmp_path / "c" / first).read_bytes()
+
+
+def test_missing_sources_name_the_package(tmp_path):
+    roots = make_fake_roots(tmp_path / "src")
+    roots.tuxpaint = tmp_path / "no-tuxpaint"
+    with pytest.raises(DataError, match="apt-get install tuxpaint-stamps-default"):
+        build_demo_shards(tmp_path / "o", n_train=1, n_val=1, img_size=64, roots=roots)
+    roots = make_fake_roots(tmp_path / "src2")
+    roots.emoji_font = tmp_path / "NotoColorEmoji.ttf"
+    with pytest.raises(DataError, match="fonts-noto-color-emoji"):
+        build_demo_shards(tmp_path / "o", n_train=1, n_val=1, img_size=64, roots=roots)
+    roots = make_fake_roots(tmp_path / "src3")
+    roots.openclipart = None
+    roots.tuxpaint = None
+    with pytest.raises(DataError, match="no demo object source"):
+        build_demo_shards(tmp_path / "o", n_train=1, n_val=1, img_size=64, roots=roots)
+
+
+def test_export_demo_photos(tmp_path):
+    cv = tmp_path / "opencv"
+    cv.mkdir()
+    Image.new("RGB", (40, 30), (10, 200, 10)).save(cv / "fruits.jpg")
+    (cv / "apple.jpg").write_bytes(b"not a jpeg")  # unreadable: skipped with a warning
+    roots = DemoRoots(package_photos=False, opencv_doc=cv, wallpapers=None)
+    written = export_demo_photos(tmp_path / "photos", roots)
+    assert written == [str(tmp_path / "photos" / "opencv-doc-fruits.jpg")]
+    listing = json.loads((tmp_path / "photos" / "photos.json").read_text())["photos"]
+    assert listing[0]["licence"] == "Apache-2.0 / BSD-3-Clause"
+    with pytest.raises(DataError, match="pgseg\\[demo\\]"):
+        export_demo_photos(tmp_path / "none", DemoRoots(package_photos=False, opencv_doc=None,
+                                                        wallpapers=None))
+
+
+def test_packaged_vocabulary_is_consistent():
+    vocab = load_vocab()
+    caption = [c["name"] for c in vocab["caption"]]
+    heldout = [c["name"] for c in vocab["heldout"]]
+    assert 24 <= len(caption) <= 30 and 6 <= len(heldout) <= 10
+    assert not set(caption) & set(heldout)
+    for spec in vocab["caption"] + vocab["heldout"]:
+        assert spec.get("tuxpaint") or spec.get("openclipart") or spec.get("emoji"), spec["name"]
+
+
+def test_make_caption_names_every_phrase():
+    rng = np.random.default_rng(0)
+    for k in (1, 2, 3, 4):
+        phrases = ["a cat", "an apple", "a bunch of grapes", "a dog"][:k]
+        caption = make_caption(rng, phrases)
+        assert caption.endswith(".")
+        for p in phrases:
+            assert p in caption
+
+
+REAL_TUXPAINT = Path("/usr/share/tuxpaint/stamps")
+
+
+@pytest.mark.demo_data
+@pytest.mark.skipif(not REAL_TUXPAINT.is_dir(), reason="needs apt-get install tuxpaint-stamps-default")
+def test_real_sources_build(tmp_path):
+    summary = build_demo_shards(tmp_path / "real", n_train=8, n_val=4, img_size=96, shard_size=4)
+    vocab = load_vocab()
+    assert summary["vocabulary"]["caption"] == [c["name"] for c in vocab["caption"]]
+    assert summary["vocabulary"]["heldout"] == [c["name"] for c in vocab["heldout"]]
+    assert not summary["dropped_classes"]
+    for name, per_source in summary["class_items"].items():
+        assert sum(per_source.values()) >= 3, (name, per_source)
+    names = {s["name"] for s in summary["sources"]}
+    assert names >= {"tuxpaint", "openclipart", "noto-emoji", "scikit-image"}
