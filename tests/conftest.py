@@ -22,3 +22,14 @@ def pytest_collection_modifyitems(config, items):
 def device() -> str:
     """Device for tests: ``PGSEG_TEST_DEVICE`` (default ``cpu``)."""
     return os.environ.get("PGSEG_TEST_DEVICE", "cpu")
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Run a module's tests with one intra-op thread (tiny models are far faster without thread contention)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -1,0 +1,321 @@
+"""Typed run configuration: dataclasses, named JSON presets, strict loading and dotted overrides.
+
+A run is described by one :class:`RunConfig` (model + data + train + eval). Named presets live in
+``pgseg_core/presets/<name>.json``; a preset only lists the keys that differ from the dataclass
+defaults. Unknown keys are rejected with a "did you mean" suggestion, and values are coerced to the
+field's annotated type, so ``--train.lr 3e-4`` on the command line is a float, not a string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from .errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass
+class VisionConfig:
+    """GroupViT image encoder (pgseg_method.md §1.1-1.3)."""
+
+    stem: Literal["patch", "efficientnet_lite0"] = "patch"  # patch = Conv2d(16, 16) + LN; efficientnet_lite0 = demo hybrid
+    stem_frozen: bool = True  # hybrid stem only: keep the package-shipped ImageNet weights fixed
+    img_size: int = 224  # training resolution, pixels; sets the learned pos-embed grid (img_size / patch_size)
+    patch_size: int = 16  # pixels per token side (the hybrid stem is fixed at stride 16)
+    in_chans: int = 3
+    embed_dim: int = 384  # token width C
+    depths: list[int] = field(default_factory=lambda: [6, 3, 3])  # transformer blocks per stage
+    num_heads: list[int] = field(default_factory=lambda: [6, 6, 6])
+    num_group_tokens: list[int] = field(default_factory=lambda: [64, 8, 0])  # group tokens entering each stage
+    num_output_groups: list[int] = field(default_factory=lambda: [64, 8])  # segments out of each grouping block
+    mlp_ratio: float = 4.0
+    qkv_bias: bool = True
+    drop_rate: float = 0.0
+    attn_drop_rate: float = 0.0
+    drop_path_rate: float = 0.1  # linear over all blocks; grouping blocks have none
+    hard_assignment: bool = True  # straight-through one-hot assignment (Gumbel noise in training if gumbel)
+    gumbel: bool = True
+    gumbel_tau: float = 1.0
+    assign_eps: float = 1.0  # added to the per-group token count when averaging (released value 1)
+
+
+@dataclass
+class TextConfig:
+    """Text tower: the CLIP-style causal transformer, or the frozen MiniLM demo variant."""
+
+    tower: Literal["transformer", "minilm"] = "transformer"
+    context_length: int = 77  # CLIP BPE tokens incl. SOT/EOT
+    vocab_size: int = 49408
+    width: int = 256
+    layers: int = 12
+    heads: int = 4
+    mlp_ratio: float = 4.0
+
+
+@dataclass
+class NPRConfig:
+    """Non-learnable Prototypical Regularization (PGSeg, pgseg_method.md §3)."""
+
+    enabled: bool = False  # False = plain GroupViT
+    em_iters: int = 10  # T, no-grad EM iterations (image and text)
+    text_prototypes: int = 8  # K of the text-side NPR
+    momentum: float = 0.9  # prototype-buffer EMA factor (mu <- m*mu + (1-m)*batch mean)
+    hrs_threshold: float = 0.1  # phi, on the min-max normalised group-prototype similarity
+    pg_temperature: float = 0.1  # init of the learnable L_PG temperature (own logit scale)
+    weight: float = 0.1  # L = L_itc + weight * (L_I1 + L_I2 + text_weight * L_T)
+    text_weight: float = 0.1
+    mapping_hidden: int = 4096  # reconstruction MLP hidden width (C -> hidden -> C)
+    zero_init_mapping: bool = False  # start the reconstruction MLP's output layer at zero (recon path off at init)
+    released_code: bool = False  # True: reproduce the four quirks of the released code (README "Method")
+    with_mapping_text: bool = False  # build the released, unused mapping_text head (checkpoint compat only)
+
+
+@dataclass
+class ModelConfig:
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+    npr: NPRConfig = field(default_factory=NPRConfig)
+    embed_dim: int = 256  # joint image-text embedding D
+    proj_hidden: int = 4096  # projection-head MLP hidden width
+    proj_layers: int = 2
+    contrast_temperature: float = 0.07  # logit_scale init = ln(1 / T); exp is clamped at 100
+    pool: Literal["tokens", "projected"] = "tokens"  # image embedding: project(mean of tokens) as released,
+    # or mean of the projected tokens (the per-group embeddings used at inference)
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # shard dir, brace pattern, or index.json
+    img_size: int = 224  # training crop, pixels
+    crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area range
+    hflip: bool = True
+    num_workers: int = 2
+    shuffle_buffer: int = 1000
+    cache_frozen_stem: bool = True  # frozen hybrid stem: encode each training image once (HDF5), then train
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 1e-4
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    grad_clip: float = 5.0
+    seed: int = 0
+    hard_assign_start: int = 0  # step from which hard (Gumbel) assignment is used; soft before it
+    log_every: int = 10
+    ckpt_every: int = 500
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    time_budget_s: float = 0.0  # > 0: stop early (with a checkpoint) once this many seconds have passed
+
+
+@dataclass
+class EvalConfig:
+    short_side: int = 448  # resize so the short side is this many pixels (long side capped at max_long)
+    max_long: int = 2048
+    mode: Literal["slide", "whole"] = "slide"
+    crop: int = 448
+    stride: int = 224
+    bg_thresh: float = 0.95
+    top_k: int = 5  # keep the top-k classes of the image embedding; 0 = all
+    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+
+
+@dataclass
+class RunConfig:
+    name: str = "custom"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    cuda_overrides: dict[str, Any] = field(default_factory=dict)  # dotted overrides applied on a CUDA device
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# strict construction from dicts
+
+
+def _suggest(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(sorted(options))})"
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(tp)[:1] or (Any,)
+        return [_coerce(v, inner, where) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp in (int, float):
+        try:
+            if tp is int and isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return tp(float(value)) if tp is int else float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: expected {tp.__name__}, got {value!r}") from None
+    if tp is str:
+        return str(value)
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from a (possibly partial) dict, rejecting unknown keys.
+
+    Raises:
+        ConfigError: an unknown key (with a suggestion) or a value of the wrong type.
+    """
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{where}.{key}" if where else key
+        if key not in names:
+            raise ConfigError(f"unknown config key '{path}'{_suggest(key, names)}")
+        tp = hints[key]
+        if is_dataclass(tp):
+            kwargs[key] = from_dict(tp, value, path)
+        else:
+            kwargs[key] = _coerce(value, tp, path)
+    return cls(**kwargs)
+
+
+def _parse_scalar(text: str) -> Any:
+    """Parse a command-line value: JSON if it parses (numbers, lists, true/false), else the raw string."""
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        return text
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Return a copy of ``cfg`` with dotted overrides applied (``{"train.lr": "3e-4"}``).
+
+    Raises:
+        ConfigError: an unknown dotted path (with a suggestion) or a badly typed value.
+    """
+    data = cfg.to_dict()
+    for dotted, raw in overrides.items():
+        value = _parse_scalar(raw) if isinstance(raw, str) else raw
+        parts = dotted.split(".")
+        node = data
+        for i, part in enumerate(parts[:-1]):
+            if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
+                opts = [k for k, v in node.items() if isinstance(v, dict)] if isinstance(node, dict) else []
+                raise ConfigError(f"unknown config section '{'.'.join(parts[: i + 1])}'{_suggest(part, opts)}")
+            node = node[part]
+        leaf = parts[-1]
+        if leaf not in node:
+            raise ConfigError(f"unknown config key '{dotted}'{_suggest(leaf, list(node))}")
+        node[leaf] = value
+    return from_dict(RunConfig, data)
+
+
+def list_presets() -> list[str]:
+    """Names of the bundled presets (``pgseg_core/presets/*.json``)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.json"))
+
+
+def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
+    """Load a named preset or a JSON config file, then apply dotted overrides.
+
+    Args:
+        name_or_path: preset name (see :func:`list_presets`) or path to a JSON file in the same schema.
+        overrides: dotted keys to values, e.g. ``{"train.steps": 200}``.
+
+    Raises:
+        ConfigError: unknown preset, unreadable file, unknown key or bad value.
+    """
+    path = Path(name_or_path)
+    if path.suffix == ".json" and path.exists():
+        source = path
+    elif (PRESET_DIR / f"{name_or_path}.json").exists():
+        source = PRESET_DIR / f"{name_or_path}.json"
+    else:
+        raise ConfigError(
+            f"unknown model preset or config file '{name_or_path}'{_suggest(str(name_or_path), list_presets())}"
+        )
+    try:
+        data = json.loads(source.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(f"cannot read config {source}: {e}") from e
+    data.setdefault("name", source.stem)
+    cfg = from_dict(RunConfig, data)
+    return apply_overrides(cfg, overrides or {})
+
+
+def parse_cli_overrides(args: list[str]) -> dict[str, str]:
+    """Turn ``["--train.lr", "3e-4", "--eval.top_k=3"]`` into ``{"train.lr": "3e-4", "eval.top_k": "3"}``.
+
+    Raises:
+        ConfigError: an argument that is not ``--section.key value`` or ``--section.key=value``.
+    """
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg:
+            raise ConfigError(f"unexpected argument '{arg}': overrides look like --train.lr 3e-4")
+        key = arg[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise ConfigError(f"override '{arg}' needs a value")
+            value = args[i + 1]
+            i += 2
+        out[key.replace("-", "_")] = value
+    return out
+
+
+def config_hash(cfg: RunConfig | dict[str, Any], section: str = "model") -> str:
+    """Short stable hash of one config section (default: the model), for caches and checkpoints."""
+    import hashlib
+
+    data = cfg.to_dict() if isinstance(cfg, RunConfig) else cfg
+    blob = json.dumps(data.get(section, data), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def replace(obj: Any, **changes: Any) -> Any:
+    """``dataclasses.replace`` re-exported for convenience."""
+    return dataclasses.replace(obj, **changes)

@@ -1,0 +1,151 @@
+"""Transformer building blocks shared by the GroupViT image encoder.
+
+Legend: B batch, N tokens, S group tokens, C channels. Parameter names follow the released GroupViT
+checkpoints (``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``norm1`` ...) so conversion is mechanical.
+Source: GroupViT (Xu et al., CVPR 2022) §3.1; pgseg_method.md §1.2-1.3.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp
+from torch import nn
+
+__all__ = ["Attention", "CrossAttention", "Block", "CrossAttnBlock", "MixerMlp", "ProjectMLP"]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a fused qkv projection (rows stacked q, k, v).
+
+    Args:
+        dim: token width C.
+        num_heads: heads; head width C / num_heads, softmax scaled by head_width^-0.5.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, N, C] -> [B, N, C]."""
+        B, N, C = x.shape
+        # [3, B, heads, N, C/heads] <- [B, N, 3C]
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2],
+                                             dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention with separate q/k/v projections (GroupViT ``pre_assign_attn.attn``)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
+                 proj_drop: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.k_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(dim, dim, bias=qkv_bias)
+        self.attn_drop = attn_drop
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """query: [B, S, C], key = value: [B, N, C] -> [B, S, C]."""
+        B, S, C = query.shape
+        h = self.num_heads
+
+        def heads(t: torch.Tensor) -> torch.Tensor:  # [B, heads, T, C/heads] <- [B, T, C]
+            return t.reshape(B, t.shape[1], h, C // h).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(heads(self.q_proj(query)), heads(self.k_proj(key)),
+                                             heads(self.v_proj(key)),
+                                             dropout_p=self.attn_drop if self.training else 0.0)
+        return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, S, C)))
+
+
+class Block(nn.Module):
+    """Pre-LN ViT block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
+                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [B, N, C] -> [B, N, C]."""
+        x = x + self.drop_path(self.attn(self.norm1(x)))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class CrossAttnBlock(nn.Module):
+    """Post-norm cross-attention block (GroupViT ``CrossAttnBlock(post_norm=True)``).
+
+    ``out = LN_post(y + MLP(LN2(y)))`` with ``y = query + CrossAttn(query, key)``; query and key are not
+    normalised before the attention (the released ``norm_q``/``norm_k`` are identities).
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True):
+        super().__init__()
+        self.attn = CrossAttention(dim, num_heads, qkv_bias)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+        self.norm_post = nn.LayerNorm(dim)
+
+    def forward(self, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+        """query: [B, S, C], key: [B, N, C] -> [B, S, C]."""
+        x = query + self.attn(query, key)
+        x = x + self.mlp(self.norm2(x))
+        return self.norm_post(x)
+
+
+class MixerMlp(Mlp):
+    """Token-mixing MLP: applies the MLP over the token axis. [B, S_out, C] <- [B, S_in, C]."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
+
+class ProjectMLP(nn.Module):
+    """Projection head: Conv1d(k=1) in->hidden, BatchNorm1d, ReLU, Conv1d(k=1) hidden->out.
+
+    Layer names match the released ``img_projector`` / ``text_projector`` / NPR ``mapping_x``.
+    Input [B, C_in] or [B, L, C_in]; output keeps the rank with C_out channels.
+
+    ``update_stats=False`` normalises with the current batch statistics but leaves the BatchNorm running
+    statistics untouched (used when the head is applied to auxiliary inputs during training).
+    """
+
+    def __init__(self, in_dim: int, hidden_dim: int = 4096, out_dim: int = 256, num_layers: int = 2):
+        super().__init__()
+        hidden: list[nn.Module] = []
+        for i in range(num_layers - 1):
+            hidden += [nn.Conv1d(in_dim if i == 0 else hidden_dim, hidden_dim, kernel_size=1),
+                       nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+        self.linear_hidden = nn.Sequential(*hidden)
+        self.linear_out = nn.Conv1d(in_dim if num_layers == 1 else hidden_dim, out_dim, kernel_size=1)
+
+    def forward(self, x: torch.Tensor, update_stats: bool = True) -> torch.Tensor:
+        squeeze = x.ndim == 2
+        if squeeze:
+            x = x.unsqueeze(1)  # [B, 1, C] <- [B, C]
+        x = x.transpose(1, 2)  # [B, C, L]
+        for layer in self.linear_hidden:
+            if isinstance(layer, nn.BatchNorm1d) and self.training and not update_stats:
+                x = F.batch_norm(x, None, None, layer.weight, layer.bias, True, 0.0, layer.eps)
+            else:
+                x = layer(x)
+        x = self.linear_out(x).transpose(1, 2)  # [B, L, C_out]
+        return x.squeeze(1) if squeeze else x

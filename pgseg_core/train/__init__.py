@@ -1,0 +1,1 @@
+"""Training: optimiser/scheduler set-up, checkpoints, frozen-stem feature cache and the loop."""

@@ -1,0 +1,49 @@
+"""Shared test helpers: a fake demo source tree (no Debian packages needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from pgseg_core.data.demo import DemoRoots
+
+
+def _sprite(path: Path, colour, size=(90, 70), shape="ellipse"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.new("RGBA", size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(img)
+    box = (5, 5, size[0] - 6, size[1] - 6)
+    if shape == "ellipse":
+        draw.ellipse(box, fill=(*colour, 255))
+    elif shape == "polygon":
+        draw.polygon([(size[0] // 2, 3), (size[0] - 4, size[1] - 4), (4, size[1] - 4)], fill=(*colour, 255))
+    else:  # opaque rectangle: not a cut-out, must be rejected
+        img = Image.new("RGBA", size, (*colour, 255))
+    img.save(path)
+
+
+def make_fake_roots(root: Path) -> DemoRoots:
+    """Tux Paint / OpenClipart look-alike trees whose paths match the real vocabulary globs."""
+    tux, oca, bgs = root / "tux", root / "oca", root / "bg"
+    _sprite(tux / "animals/mammals/dogs/dog.png", (150, 100, 50))
+    (tux / "animals/mammals/dogs/dog.txt").write_text("A dog.\nfr.utf8=Un chien.\n")
+    _sprite(tux / "food/fruit/apple_red.png", (220, 20, 20))
+    _sprite(tux / "food/fruit/banana.png", (240, 220, 30), shape="polygon")
+    _sprite(tux / "animals/mammals/elephant.png", (120, 120, 130), size=(120, 100))
+    _sprite(tux / "animals/birds/penguin.png", (20, 20, 20), shape="polygon")
+    _sprite(tux / "symbols/math/1.png", (0, 0, 0))  # matches no class
+    _sprite(oca / "animals/mammals/housecats/gatto_a.png", (200, 200, 200))
+    _sprite(oca / "food/fruit/lemon_whole.png", (250, 250, 0))
+    _sprite(oca / "animals/bugs/butterfly_b.png", (200, 50, 200), shape="polygon")
+    _sprite(oca / "food/fruit/orange.png", (255, 128, 0), shape="rect")  # rejected: opaque rectangle
+    _sprite(oca / "food/fruit/lemon_bw.png", (90, 90, 90))  # excluded by the *_bw glob
+    (oca / "food/fruit/pear.png").write_bytes(b"\x89PNG broken")  # unreadable, counted
+    bgs.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (120, 150, 3), dtype=np.uint8)).save(bgs / "noise.jpg")
+    grad = np.tile(np.linspace(0, 255, 160, dtype=np.uint8)[None, :, None], (100, 1, 3))
+    Image.fromarray(grad).save(bgs / "gradient.png")
+    return DemoRoots(tuxpaint=tux, openclipart=oca, emoji_font=None, package_photos=False,
+                     opencv_doc=None, wallpapers=None, backgrounds=[bgs])

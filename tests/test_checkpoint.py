@@ -1,0 +1,194 @@
+"""Checkpoints: save_checkpoint -> load_checkpoint round trip, and one-line CheckpointErrors for bad files."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+
+from pgseg_core.config import apply_overrides, load_config
+from pgseg_core.errors import CheckpointError, PgsegError
+from pgseg_core.models.factory import (
+    CHECKPOINT_FORMAT,
+    create_model,
+    load_checkpoint,
+    read_checkpoint_file,
+)
+from pgseg_core.train.loop import save_checkpoint
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+CAPTIONS = ["a red car", "a small dog on grass", "a tree"]
+
+
+class NeedsCode:
+    """A custom class: unpickling it needs code, which weights_only loading refuses."""
+
+    def __init__(self):
+        self.value = 3
+
+
+def _trained_model(cfg):
+    """A tiny model whose weights and buffers differ from a fresh build (one training forward/backward)."""
+    torch.manual_seed(0)
+    model = create_model(cfg)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.forward_train(CAPTIONS, torch.randn(3, 3, 64, 64))["loss"].backward()
+    opt.step()
+    return model
+
+
+def _outputs(model):
+    model.eval()
+    imgs = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        img = model.encode_image(imgs, dense=True)
+        txt = model.encode_text(CAPTIONS)
+    return img.image_emb, img.group_emb, img.assign_soft[0], txt
+
+
+def _assert_checkpoint_error(path, *fragments):
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    msg = str(e.value)
+    assert "\n" not in msg, f"message is not one line: {msg!r}"
+    for frag in fragments:
+        assert frag in msg, msg
+    assert isinstance(e.value, PgsegError)
+    return msg
+
+
+@pytest.mark.parametrize("overrides", [{}, {"model.npr.released_code": True}, {"model.npr.enabled": False}])
+def test_round_trip_gives_identical_outputs(tmp_path, overrides):
+    cfg = load_config("pgseg-tiny", overrides)
+    model = _trained_model(cfg)
+    path = save_checkpoint(tmp_path / "ck.pt", model, cfg, step=17, metrics={"loss": 1.5})
+    assert path.exists()
+    expected = _outputs(model)
+
+    torch.manual_seed(123)  # a different init: everything must come from the file
+    loaded, info = load_checkpoint(path)
+    assert not loaded.training
+    assert info.step == 17 and info.metrics == {"loss": 1.5}
+    assert info.config.to_dict() == cfg.to_dict()
+    for a, b in zip(expected, _outputs(loaded)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    # buffers (NPR prototypes, BN running stats) are restored bit-exactly
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k
+
+
+def test_checkpoint_contents_and_directory_loading(tmp_path):
+    cfg = load_config("pgseg-tiny")
+    model = _trained_model(cfg)
+    opt = torch.optim.AdamW(model.parameters())
+    save_checkpoint(tmp_path / "last.pt", model, cfg, step=3, optimizer=opt)
+    raw = read_checkpoint_file(tmp_path / "last.pt")
+    assert raw["format"] == CHECKPOINT_FORMAT and raw["schema"] == 1 and raw["step"] == 3
+    assert "optimizer" in raw and "scheduler" not in raw
+    assert set(raw["model"]) == set(model.state_dict())
+    loaded, info = load_checkpoint(tmp_path)  # a run directory with last.pt
+    assert info.step == 3
+    for a, b in zip(_outputs(model), _outputs(loaded)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_no_temporary_files_left(tmp_path):
+    cfg = load_config("pgseg-tiny")
+    save_checkpoint(tmp_path / "ck.pt", create_model(cfg), cfg, step=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
+
+
+def test_missing_file(tmp_path):
+    _assert_checkpoint_error(tmp_path / "nope.pt", "not found")
+
+
+def test_directory_without_last_pt(tmp_path):
+    _assert_checkpoint_error(tmp_path, "last.pt")
+
+
+def test_truncated_file(tmp_path):
+    cfg = load_config("pgseg-tiny")
+    good = save_checkpoint(tmp_path / "good.pt", create_model(cfg), cfg, step=1)
+    data = good.read_bytes()
+    bad = tmp_path / "half.pt"
+    bad.write_bytes(data[: len(data) // 2])
+    _assert_checkpoint_error(bad, "truncated or corrupt")
+
+
+def test_garbage_file(tmp_path):
+    p = tmp_path / "garbage.pt"
+    p.write_bytes(b"this is not a checkpoint at all" * 10)
+    _assert_checkpoint_error(p)
+
+
+def test_not_a_pgseg_checkpoint(tmp_path):
+    p = tmp_path / "other.pt"
+    torch.save({"model": {}}, p)
+    _assert_checkpoint_error(p, "not a pgseg checkpoint")
+    q = tmp_path / "plain_state.pt"
+    torch.save(collections.OrderedDict(w=torch.zeros(2)), q)
+    _assert_checkpoint_error(q, "not a pgseg checkpoint")
+    r = tmp_path / "tensor.pt"
+    torch.save(torch.zeros(3), r)
+    _assert_checkpoint_error(r, "not a pgseg checkpoint")
+
+
+def test_pickle_needing_code_is_refused(tmp_path):
+    p = tmp_path / "evil.pt"
+    torch.save({"format": CHECKPOINT_FORMAT, "payload": NeedsCode()}, p)
+    _assert_checkpoint_error(p, "weights_only")
+
+
+def test_newer_schema_is_refused(tmp_path):
+    cfg = load_config("pgseg-tiny")
+    path = save_checkpoint(tmp_path / "ck.pt", create_model(cfg), cfg, step=0)
+    ck = torch.load(path, weights_only=True)
+    ck["schema"] = 99
+    torch.save(ck, path)
+    _assert_checkpoint_error(path, "schema")
+
+
+def test_invalid_stored_config(tmp_path):
+    cfg = load_config("pgseg-tiny")
+    path = save_checkpoint(tmp_path / "ck.pt", create_model(cfg), cfg, step=0)
+    ck = torch.load(path, weights_only=True)
+    ck["config"]["train"]["lrr"] = 1.0
+    torch.save(ck, path)
+    _assert_checkpoint_error(path, "stored config is invalid")
+
+
+def test_weights_missing_for_the_stored_config(tmp_path):
+    """Weights of a GroupViT model stored under a PGSeg config: the NPR keys are missing."""
+    cfg = load_config("pgseg-tiny")
+    groupvit = create_model(apply_overrides(cfg, {"model.npr.enabled": False}))
+    path = save_checkpoint(tmp_path / "ck.pt", groupvit, cfg, step=0)
+    _assert_checkpoint_error(path, "do not match")
+
+
+def test_unexpected_weights_for_the_stored_config(tmp_path):
+    cfg = load_config("pgseg-tiny")
+    pgseg = create_model(cfg)
+    stored = apply_overrides(cfg, {"model.npr.enabled": False})
+    path = save_checkpoint(tmp_path / "ck.pt", pgseg, stored, step=0)
+    _assert_checkpoint_error(path, "do not match")
+
+
+def test_wrongly_shaped_weights_for_the_stored_config(tmp_path):
+    """Same keys, other shapes: weights of an embed_dim=32 model stored under an embed_dim=48 config."""
+    cfg = load_config("pgseg-tiny")
+    model = create_model(cfg)
+    stored = apply_overrides(cfg, {"model.vision.embed_dim": 48})
+    path = save_checkpoint(tmp_path / "ck.pt", model, stored, step=0)
+    _assert_checkpoint_error(path)
+
+
+def test_checkpoint_without_weights(tmp_path):
+    cfg = load_config("pgseg-tiny")
+    path = save_checkpoint(tmp_path / "ck.pt", create_model(cfg), cfg, step=0)
+    ck = torch.load(path, weights_only=True)
+    del ck["model"]
+    torch.save(ck, path)
+    _assert_checkpoint_error(path)
