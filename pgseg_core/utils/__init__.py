@@ -1,0 +1,1 @@
+"""Small shared utilities (device resolution, atomic writes, seeding)."""
