@@ -38,10 +38,10 @@ def _root(
 
 
 def _register() -> None:
+    from .commands import convert, prep_shards, segment, train
     from .commands import eval as eval_cmd
-    from .commands import prep_shards, segment, train
 
-    for module in (prep_shards, train, eval_cmd, segment):
+    for module in (prep_shards, train, eval_cmd, segment, convert):
         module.register(app)
 
 

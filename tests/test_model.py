@@ -1,5 +1,5 @@
 """The full model on the tiny preset: training losses, gradients, image/text encoding, class embeddings,
-NPR buffer behaviour, and the parameter counts of the paper presets."""
+NPR buffer behaviour, and the parameter counts and image-branch FLOPs of the paper presets."""
 
 from __future__ import annotations
 
@@ -200,7 +200,8 @@ def test_encode_text_strings_and_ids_agree():
     torch.testing.assert_close(a, b)
 
 
-def test_class_embeddings_are_normalised_template_means():
+def test_class_embeddings_are_normalised_raw_template_means():
+    """GroupViT's build_text_embedding: average the projected (unnormalised) embeddings, then normalise."""
     model, cfg = _model("pgseg")
     model.train()
     names = ["cat", "dog", "tree"]
@@ -212,7 +213,7 @@ def test_class_embeddings_are_normalised_template_means():
     model.eval()
     with torch.no_grad():
         for i, n in enumerate(names):
-            per_t = torch.stack([F.normalize(model.encode_text([t.format(n)])[0], dim=-1) for t in templates])
+            per_t = torch.stack([model.encode_text([t.format(n)])[0] for t in templates])
             ref = F.normalize(per_t.mean(0), dim=-1)
             torch.testing.assert_close(emb[i], ref, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError):
@@ -271,16 +272,37 @@ def test_npr_reconstruction_changes_grouping_input():
 # parameter counts of the paper presets (pgseg_method.md §0.6)
 
 
+def _image_branch_flops(model, size: int = 224) -> int:
+    """FLOPs (2 x MACs, torch.utils.flop_counter) of encode_image + projector, batch 1, eval, dense=False.
+
+    The CPU SDPA kernel has no FLOP formula in FlopCounterMode (it counts 0); it is given the standard
+    attention formula (2 matmuls) so the count matches the reference, whose attention is explicit matmuls.
+    """
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop
+
+    def cpu_sdpa(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+        return sdpa_flop(query_shape, key_shape, value_shape)
+
+    mapping = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: cpu_sdpa}
+    model.eval()
+    x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad(), FlopCounterMode(display=False, custom_mapping=mapping) as counter:
+        model.encode_image(x, dense=False)
+    return counter.get_total_flops()
+
+
 @pytest.fixture(scope="module")
 def paper_param_counts():
     counts = {}
     torch.manual_seed(0)
     m = create_model("groupvit-s")
     counts["groupvit-s"] = sum(p.numel() for p in m.parameters())
+    counts["groupvit-s flops"] = _image_branch_flops(m)
     del m
     m = create_model(load_config("pgseg-s", {"model.npr.with_mapping_text": True}))
     counts["pgseg-s+mapping_text"] = sum(p.numel() for p in m.parameters())
     counts["mapping_text"] = sum(p.numel() for p in m.img_encoder.mapping_text.parameters())
+    counts["pgseg-s flops"] = _image_branch_flops(m)  # mapping_text is not on the image path
     del m
     return counts
 
@@ -292,3 +314,14 @@ def test_groupvit_s_parameter_count(paper_param_counts):
 def test_pgseg_s_parameter_count(paper_param_counts):
     assert paper_param_counts["pgseg-s+mapping_text"] == 64_677_394
     assert 2.6e6 < paper_param_counts["mapping_text"] < 2.7e6  # "2.63M in an unused mapping_text head"
+
+
+# FLOPs of the image branch at 224x224 (pgseg_method.md §7.2: torch FlopCounter, batch 1, eval, 2 x MACs)
+
+
+def test_groupvit_s_image_flops(paper_param_counts):
+    assert paper_param_counts["groupvit-s flops"] == pytest.approx(7.98e9, rel=0.02)
+
+
+def test_pgseg_s_image_flops(paper_param_counts):
+    assert paper_param_counts["pgseg-s flops"] == pytest.approx(9.84e9, rel=0.02)

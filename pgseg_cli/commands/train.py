@@ -21,7 +21,9 @@ def register(app: typer.Typer) -> None:
                                                               "pgseg-tiny) or config JSON.")] = "pgseg-demo",
         device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
         resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
-        init: Annotated[Optional[str], typer.Option(help="Initialise weights from a pgseg checkpoint.")] = None,
+        init: Annotated[Optional[str], typer.Option(
+            help="Initialise weights from a checkpoint (pgseg, official GroupViT/PGSeg or HF GroupViT; "
+                 "new keys are reported).")] = None,
     ) -> None:
         """Train a model. Extra '--section.key value' arguments override the preset (e.g. --train.steps 200)."""
         from pgseg_core.api import train

@@ -128,14 +128,14 @@ class PGSeg(nn.Module):
 
     @torch.no_grad()
     def class_embeddings(self, names: list[str], templates: list[str], batch_size: int = 256) -> torch.Tensor:
-        """Class embeddings [C, D]: each template filled with the name, embedded, L2-normalised, averaged
-        over templates and normalised again (GroupViT's ``build_text_embedding``)."""
+        """Class embeddings [C, D]: each template filled with the name and embedded, the projected
+        embeddings averaged over templates, then L2-normalised (GroupViT's ``build_text_embedding``)."""
         if not names:
             raise ValueError("class_embeddings needs at least one class name")
         was_training = self.training
         self.eval()
         texts = [t.format(n) for n in names for t in templates]
-        embs = torch.cat([F.normalize(self.encode_text(texts[i:i + batch_size]).float(), dim=-1)
+        embs = torch.cat([self.encode_text(texts[i:i + batch_size]).float()
                           for i in range(0, len(texts), batch_size)])
         embs = embs.reshape(len(names), len(templates), -1).mean(dim=1)
         self.train(was_training)

@@ -18,8 +18,8 @@ import torch
 
 from ..config import RunConfig, apply_overrides
 from ..errors import CheckpointError, ConfigError
-from ..models.factory import (CHECKPOINT_FORMAT, CHECKPOINT_SCHEMA, create_model, read_checkpoint_file,
-                              trainable_state_dict)
+from ..models.factory import (CHECKPOINT_FORMAT, CHECKPOINT_SCHEMA, create_model, init_from,
+                              read_checkpoint_file, trainable_state_dict)
 from ..utils.device import resolve_device
 from ..utils.io import atomic_torch_save
 from ..version import __version__
@@ -93,7 +93,8 @@ def fit(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, init_check
         cfg: the full run config (``cfg.data.train`` names the training shards).
         out_dir: run directory (created).
         resume: continue from ``out_dir/last.pt`` (model, optimizer, scheduler, step).
-        init_checkpoint: start the weights from this pgseg checkpoint (non-strict: new keys are reported).
+        init_checkpoint: start the weights from this checkpoint, any format ``load_checkpoint`` reads
+            (non-strict, see :func:`~pgseg_core.models.factory.init_from`: new keys are reported).
         progress: optional callback ``(phase, done, total, info)``; phases "cache" and "train".
 
     Raises:
@@ -128,13 +129,7 @@ def fit(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, init_check
         start_step = int(ckpt.get("step", 0))
         _log.info("resumed from %s at step %d", last, start_step)
     elif init_checkpoint:
-        ckpt = read_checkpoint_file(init_checkpoint)
-        state = ckpt.get("model", ckpt) if isinstance(ckpt, dict) else ckpt
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        frozen = tuple(model.frozen_prefixes())
-        missing = [k for k in missing if not (frozen and k.startswith(frozen))]
-        _log.info("initialised from %s: %d new keys %s, %d ignored keys", init_checkpoint, len(missing),
-                  missing[:8], len(unexpected))
+        init_from(model, init_checkpoint)  # logs which keys were new / ignored
 
     steps = cfg.train.steps
     metrics_path = out / "metrics.jsonl"
