@@ -4,7 +4,7 @@ When the image stem is frozen (the EfficientNet-Lite0 hybrid of ``pgseg-demo``),
 training image never changes, so ``pgseg train`` encodes every training image once and trains the
 grouping stages on the cached features (with feature-map flips as augmentation). Layout::
 
-    /feats     float16 [N, 112, h, w]   stem features (chunked one image per chunk row block, gzip)
+    /feats     float16 [N, 112, h, w]   stem features (chunks of 16 images, uncompressed)
     /captions  utf-8   [N]              caption of each image
     /keys      utf-8   [N]              shard sample keys
     attrs: schema=1, kind="pgseg-stem-cache", stem, img_size, data_fingerprint, complete (rows written)

@@ -110,8 +110,6 @@ def fit(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, init_check
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     _seed_all(cfg.train.seed)
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
 
     model = create_model(cfg.model).to(device)
     start_step = 0
