@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import ConfigError, DataError
+from .classes import ClassEmbeddings
 
 logger = logging.getLogger("pgseg.segment")
 
@@ -120,7 +121,7 @@ def extract_features(model: Any, crops: torch.Tensor) -> CropFeatures:
 
 def crop_scores(
     feats: CropFeatures,
-    class_emb: torch.Tensor,
+    class_emb: torch.Tensor | ClassEmbeddings,
     logit_scale: float,
     bg_thresh: float,
     top_k: int,
@@ -140,7 +141,9 @@ def crop_scores(
 
     Args:
         feats: per-crop features from :func:`extract_features`.
-        class_emb: [C,D] L2-normalised class text embeddings.
+        class_emb: [C,D] L2-normalised class text embeddings, or :class:`ClassEmbeddings` with synonyms
+            (a class scores the max over its synonyms' logits) and background words (their column takes
+            part in the softmax and top-k like a class; a pixel it wins is background).
         logit_scale: s = min(exp(logit_scale), 100), the image-text scale.
         bg_thresh: background threshold in [0, 1].
         top_k: number of image-level classes kept; 0 (or less) keeps all.
@@ -155,13 +158,13 @@ def crop_scores(
         ValueError: embedding widths or group counts that do not match.
     """
     g, a, probs = feats.group_emb, feats.image_emb, feats.group_probs
-    t = class_emb.to(device=g.device, dtype=g.dtype)
+    ce = class_emb if isinstance(class_emb, ClassEmbeddings) else ClassEmbeddings.plain(class_emb)
+    t = ce.emb.to(device=g.device, dtype=g.dtype)
     if t.dim() != 2 or t.shape[1] != g.shape[-1]:
         raise ValueError(f"class embeddings must be [C,{g.shape[-1]}], got {tuple(t.shape)}")
     if probs.shape[1] != g.shape[1]:
         raise ValueError(f"{probs.shape[1]} group masks but {g.shape[1]} group embeddings")
     b, s, _ = g.shape
-    c = t.shape[0]
     h_out, w_out = int(out_size[0]), int(out_size[1])
 
     # step 1: pixel -> group (one-hot of the argmax of the resized soft probabilities)
@@ -169,10 +172,11 @@ def crop_scores(
     group_idx = probs.argmax(dim=1)  # [B,H,W]
 
     # step 3: group -> class affinity with the image-level top-k filter
-    aff = logit_scale * torch.einsum("bsd,cd->bsc", g, t)  # [B,S,C]
+    aff = ce.reduce(logit_scale * torch.einsum("bsd,md->bsm", g, t))  # [B,S,C'] <- max over synonyms [B,S,M]
+    c = aff.shape[-1]  # C' = C (+1 background-word column, last)
     pre = aff.softmax(dim=-1)
     k = c if top_k <= 0 else min(top_k, c)
-    img_prob = (logit_scale * a @ t.t()).softmax(dim=-1)  # [B,C]
+    img_prob = ce.reduce(logit_scale * a @ t.t()).softmax(dim=-1)  # [B,C']
     keep = torch.zeros(b, c, dtype=torch.bool, device=g.device)
     keep.scatter_(1, img_prob.topk(k, dim=-1).indices, True)
     aff = aff.masked_fill(~keep[:, None, :], float("-inf"))
@@ -180,11 +184,17 @@ def crop_scores(
 
     # step 4: class maps M·Aff; with one-hot M this is a gather of each pixel's group row
     batch_idx = torch.arange(b, device=g.device)[:, None, None]
-    class_maps = aff[batch_idx, group_idx].permute(0, 3, 1, 2)  # [B,C,H,W] <- [B,H,W,C]
+    class_maps = aff[batch_idx, group_idx].permute(0, 3, 1, 2)  # [B,C',H,W] <- [B,H,W,C']
+    bg_words = None
+    if ce.has_background_words:
+        bg_words, class_maps = class_maps[:, -1], class_maps[:, :-1]  # [B,H,W], [B,C,H,W]
+        aff = aff[..., :-1]
     if not with_background:
         return class_maps.contiguous()
     thr = torch.clamp(aff.amax(dim=(1, 2)), max=bg_thresh)  # [B]
     background = (class_maps.amax(dim=1) < thr[:, None, None]).to(class_maps.dtype)  # [B,H,W]
+    if bg_words is not None:  # a pixel whose background word beats every class is background
+        background = torch.maximum(background, bg_words)
     return torch.cat([background[:, None], class_maps], dim=1)  # [B,C+1,H,W]
 
 
@@ -324,7 +334,7 @@ def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 def predict(
     model: Any,
     image: np.ndarray,
-    class_emb: torch.Tensor,
+    class_emb: torch.Tensor | ClassEmbeddings,
     eval_cfg: Any,
     device: torch.device | str,
     *,
@@ -335,7 +345,8 @@ def predict(
     Args:
         model: a PGSeg-contract model on ``device`` (in eval mode).
         image: uint8 RGB image [H0,W0,3], 0-255.
-        class_emb: [C,D] L2-normalised class embeddings (:func:`compute_class_embeddings`).
+        class_emb: [C,D] L2-normalised class embeddings (:func:`compute_class_embeddings`), or
+            :class:`~pgseg_core.segment.classes.ClassEmbeddings` (synonyms, background words).
         eval_cfg: :class:`pgseg_core.config.EvalConfig` (short_side, max_long, mode, crop, stride,
             bg_thresh, top_k).
         device: torch device the model runs on.
@@ -355,7 +366,8 @@ def predict(
     _check_eval_cfg(eval_cfg)
     device = torch.device(device)
     h0, w0 = image.shape[:2]
-    class_emb = class_emb.to(device=device, dtype=torch.float32)
+    ce = class_emb if isinstance(class_emb, ClassEmbeddings) else ClassEmbeddings.plain(class_emb.float())
+    ce = ce.to(device)
     logit_scale = float(model.logit_scale_value())
 
     # resize on the [0, 255] scale and round like an uint8 image, then normalise
@@ -371,7 +383,7 @@ def predict(
         windows = slide_windows(height, width, int(eval_cfg.crop), int(eval_cfg.stride))
     else:
         windows = [(0, height, 0, width)]
-    num_channels = class_emb.shape[0] + 1
+    num_channels = ce.num_classes + 1
     total = torch.zeros(num_channels, height, width, device=device)
     count = torch.zeros(1, height, width, device=device)
     step = max(int(crop_batch), 1)
@@ -383,7 +395,7 @@ def predict(
         feats = extract_features(model, padded)
         scores = crop_scores(
             feats,
-            class_emb,
+            ce,
             logit_scale,
             float(eval_cfg.bg_thresh),
             int(eval_cfg.top_k),
