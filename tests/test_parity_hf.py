@@ -17,6 +17,7 @@ import math
 import sys
 import types
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -566,3 +567,72 @@ def test_pickle_module_is_not_used_without_trust(tmp_path, monkeypatch):
     with pytest.raises(CheckpointError):
         init_from(model, path)
     assert calls and all(c is True for c in calls)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the official releases as published: weights plus a pickled OmegaConf config, loaded without trusting code
+
+
+def _omegaconf_release(tmp_path, model, extra=None):
+    omegaconf = pytest.importorskip("omegaconf")
+    config = omegaconf.OmegaConf.create({"model": {"type": "MultiLabelContrastive", "img_encoder": {
+        "type": "GroupViT", "depths": [6, 3, 3], "num_group_tokens": [64, 8, 0]}}, "train": {"base_lr": 1.6e-3},
+        "data": {"dataset": {"meta": ["gcc3m", "gcc12m"]}, "workers": None}})
+    return _official_file(tmp_path, model, "group_vit_release.pth", {"config": config, **(extra or {})})
+
+
+@pytest.mark.parametrize("npr", [False, True])
+def test_official_release_with_omegaconf_config_loads_directly(tmp_path, monkeypatch, npr):
+    omegaconf = pytest.importorskip("omegaconf")
+    torch.manual_seed(0)
+    cfg = load_config("pgseg-tiny", {"model.npr.enabled": npr, "model.npr.released_code": npr})
+    model = create_model(cfg).eval()
+    _randomise(model, 5)
+    path = _omegaconf_release(tmp_path, model)
+
+    def run_no_config_code(*args, **kwargs):  # reading the file must not execute OmegaConf's code
+        raise AssertionError("OmegaConf code ran while loading a checkpoint")
+
+    monkeypatch.setattr(omegaconf.DictConfig, "__setstate__", run_no_config_code)
+    monkeypatch.setattr(omegaconf.DictConfig, "__init__", run_no_config_code)
+    loaded, info = load_checkpoint(path)
+    assert info.source_format == ("nvlabs-pgseg" if npr else "nvlabs-groupvit")
+    for k, v in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_official_release_with_a_foreign_global_is_still_refused(tmp_path):
+    torch.manual_seed(0)
+    model = create_model(load_config("pgseg-tiny", {"model.npr.enabled": False})).eval()
+    mod = types.ModuleType("release_tools")
+
+    class Hook:
+        pass
+
+    Hook.__module__, Hook.__qualname__ = mod.__name__, "Hook"
+    mod.Hook = Hook
+    sys.modules[mod.__name__] = mod
+    try:
+        path = _omegaconf_release(tmp_path, model, {"hook": Hook()})
+    finally:
+        del sys.modules[mod.__name__]
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert "release_tools.Hook" in str(e.value) and "--trust-pickle" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_cli_segment_on_an_official_release(tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from pgseg_cli.app import app
+
+    torch.manual_seed(0)
+    model = create_model(load_config("pgseg-tiny", {"model.npr.released_code": True})).eval()
+    path = _omegaconf_release(tmp_path, model)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    res = CliRunner().invoke(app, ["segment", str(tmp_path / "a.png"), "--checkpoint", str(path), "--classes",
+                                   "cat,dog", "--out", str(tmp_path / "seg"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    label = np.asarray(Image.open(tmp_path / "seg" / "a_label.png"))
+    assert label.shape == (40, 56) and label.max() <= 2

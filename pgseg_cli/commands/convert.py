@@ -17,9 +17,9 @@ def register(app: typer.Typer) -> None:
                                                 "HF GroupViT directory or weight file, or a pgseg checkpoint.")],
         dst: Annotated[str, typer.Argument(help="Output stem: writes DST.safetensors and DST.json.")],
         trust_pickle: Annotated[bool, typer.Option(
-            "--trust-pickle", help="Allow torch.load(weights_only=False), which runs code stored in SRC. Needed "
-                                   "for the official .pth releases (they pickle an OmegaConf config). Only for "
-                                   "files you trust.")] = False,
+            "--trust-pickle", help="Allow torch.load(weights_only=False), which runs code stored in SRC. Not "
+                                   "needed for the official .pth releases (their OmegaConf config is read as "
+                                   "inert data); only for other pickles, and only for files you trust.")] = False,
     ) -> None:
         """Convert a checkpoint to pgseg's format (safetensors weights + JSON config), loadable everywhere."""
         from pgseg_core.models.factory import convert_checkpoint

@@ -11,9 +11,10 @@ It loads with ``torch.load(weights_only=True)``. ``pgseg convert`` writes the sa
 
 :func:`load_checkpoint` and :func:`init_from` also read (see :mod:`.convert`):
 
-* official NVlabs GroupViT / Ferenas PGSeg ``.pth`` files holding plain tensors. The released files also
-  pickle an OmegaConf ``config`` object, which ``weights_only=True`` refuses; those must be converted once
-  with ``pgseg convert SRC DST --trust-pickle`` (``torch.load(weights_only=False)``, only on request).
+* official NVlabs GroupViT / Ferenas PGSeg ``.pth`` files. The released files also pickle an OmegaConf
+  ``config`` object; its classes are allowlisted as inert stand-ins, so the file still loads with
+  ``weights_only=True`` and none of its code runs (:func:`_read_with_inert_config`). Pickles of anything else
+  are refused; ``pgseg convert SRC DST --trust-pickle`` (``torch.load(weights_only=False)``) is the opt-in.
 * Hugging Face ``GroupViTModel`` weights: a directory with ``config.json`` and ``model.safetensors`` (or a
   sharded index, or ``pytorch_model.bin``), or the weight file itself.
 """
@@ -78,8 +79,9 @@ def trainable_state_dict(model: PGSeg) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------------------
 # reading files
 
-_PICKLE_HELP = ("if you trust the file (the official NVlabs GroupViT / PGSeg .pth releases pickle their OmegaConf "
-                "config), convert it once with 'pgseg convert SRC DST --trust-pickle' and load DST")
+_PICKLE_HELP = ("only tensors and an OmegaConf training config (as in the official GroupViT / PGSeg releases) load "
+                "safely; if you trust the file, convert it once with 'pgseg convert SRC DST --trust-pickle' "
+                "and load DST")
 
 
 def _pickle_refused(e: BaseException) -> bool:
@@ -115,12 +117,85 @@ def read_checkpoint_file(path: str | Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip, EOF, runtime and several pickle error types
         if _pickle_refused(e):
+            obj, foreign = _read_with_inert_config(path)
+            if obj is not None:
+                return obj
+            what = f" (GLOBAL {', '.join(foreign)})" if foreign else _refused_global(e)
             raise CheckpointError(f"{path} needs arbitrary code to unpickle and was refused (weights_only=True)"
-                                  f"{_refused_global(e)}; {_PICKLE_HELP}") from e
+                                  f"{what}; {_PICKLE_HELP}") from e
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if isinstance(e, (zipfile.BadZipFile, EOFError, RuntimeError, pickle.UnpicklingError)):
             raise CheckpointError(f"cannot read checkpoint {path}: file is truncated or corrupt ({msg})") from e
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {msg}") from e
+
+
+# Globals that a pickled training config (OmegaConf's DictConfig, as in the official NVlabs GroupViT / PGSeg
+# releases) refers to. They are replaced by inert stand-ins, so reading such a file runs none of their code.
+_CONFIG_MODULES = ("omegaconf",)
+_CONFIG_GLOBALS = frozenset({
+    "typing.Any", "builtins.dict", "builtins.list", "builtins.tuple", "builtins.set", "builtins.int",
+    "builtins.float", "builtins.str", "builtins.bool", "builtins.NoneType", "collections.defaultdict",
+    "collections.OrderedDict", "enum.Enum",
+})
+
+
+def _is_config_global(full_name: str) -> bool:
+    module = full_name.rsplit(".", 1)[0]
+    return full_name in _CONFIG_GLOBALS or any(module == m or module.startswith(m + ".") for m in _CONFIG_MODULES)
+
+
+class _InertConfigObject:
+    """Inert stand-in for a pickled config class: records its arguments and state, runs no foreign code."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> "_InertConfigObject":
+        return object.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.__dict__["args"] = args
+
+    def __setstate__(self, state: Any) -> None:
+        self.__dict__["state"] = state
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.__dict__.setdefault("items", {})[key] = value
+
+    def append(self, value: Any) -> None:
+        self.__dict__.setdefault("list", []).append(value)
+
+    def extend(self, values: Any) -> None:
+        self.__dict__.setdefault("list", []).extend(values)
+
+
+def _read_with_inert_config(path: Path) -> tuple[Any | None, list[str]]:
+    """``weights_only=True`` load of a file whose only non-tensor globals belong to a pickled config.
+
+    The official releases store ``{"model": state_dict, "config": DictConfig, ...}``. Every global the file
+    names outside torch's safe set must be a config global (:data:`_CONFIG_MODULES`, :data:`_CONFIG_GLOBALS`);
+    each is allowlisted as a fresh :class:`_InertConfigObject` subclass, so the config is read as inert data
+    and the tensors load exactly as with any safe load.
+
+    Returns:
+        ``(object, [])`` when the file loads this way, else ``(None, globals that are not config globals)``
+        (the caller then refuses the file, naming them).
+    """
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint, or unreadable: the caller reports the original error
+        return None, []
+    foreign = sorted(n for n in names if not _is_config_global(n))
+    if not names or foreign:
+        return None, foreign
+    stand_ins = [(type(n.rsplit(".", 1)[1], (_InertConfigObject,), {"__module__": "pgseg_inert." + n}), n)
+                 for n in names]
+    try:
+        with torch.serialization.safe_globals(stand_ins):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        _log.debug("inert-config read of %s failed: %s", path, e)
+        return None, []
+    _log.info("%s: its pickled training config (%s) was read as inert data and ignored; the weights loaded "
+              "safely (weights_only=True)", path, ", ".join(sorted({n.split(".")[0] for n in names})))
+    return obj, []
 
 
 class _Stub:
@@ -370,8 +445,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         ``info.source_format`` and ``info.notes`` (dropped / new / resized keys) describe the conversion.
 
     Raises:
-        CheckpointError: unreadable file, another model kind, a pickle that needs code (convert it with
-            ``pgseg convert --trust-pickle``), or weights that do not fit the config.
+        CheckpointError: unreadable file, another model kind, a pickle that needs code other than an
+            OmegaConf config (convert it with ``pgseg convert --trust-pickle``), or weights that do not fit
+            the config.
     """
     loaded = read_any_checkpoint(path)
     model = create_model(loaded.config.model)
