@@ -16,9 +16,11 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def prep_shards_cli(
         out_dir: Annotated[Optional[Path], typer.Option(
-            "--out", "-o", help="Shard directory to write (tar + index.json); not used by 'coco-object'.")] = None,
+            "--out", "-o",
+            help="Shard directory to write (tar + index.json); not used by 'coco-object'.")] = None,
         source: Annotated[str, typer.Option(
-            help="'demo' (built-in real-image composites), 'folder', or 'coco-object' (eval labels).")] = "demo",
+            help="'demo' (built-in real-image composites), 'folder', or 'coco-object' (eval labels)."
+        )] = "demo",
         images: Annotated[Optional[Path], typer.Option(help="Folder of images (source 'folder').")] = None,
         captions: Annotated[Optional[Path], typer.Option(
             help="Caption file .tsv/.csv/.jsonl (source 'folder'; default: captions.* or <stem>.txt).")] = None,
@@ -30,9 +32,10 @@ def register(app: typer.Typer) -> None:
         photos: Annotated[Optional[Path], typer.Option(
             help="Demo: also export the bundled real photos (for 'pgseg segment') to this folder.")] = None,
         coco_root: Annotated[Optional[Path], typer.Option(
-            help="coco-object: the coco_stuff164k folder (raw PNGs in annotations/{train2017,val2017}).")] = None,
+            help="coco-object: the coco_stuff164k folder (raw PNGs in annotations/{train2017,val2017})."
+        )] = None,
         coco_split: Annotated[Optional[list[str]], typer.Option(
-            help="coco-object: split to convert (train / val; repeatable; default: all present).")] = None,
+            metavar="<split>", help="coco-object: split to convert (train / val; repeatable; default: all present).")] = None,
         workers: Annotated[int, typer.Option(help="coco-object: worker processes.")] = 0,
     ) -> None:
         """Build training/validation shards (demo composites, a folder of images with captions), or write

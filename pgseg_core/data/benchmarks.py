@@ -189,8 +189,8 @@ class SegDataset(ABC):
     def _skip(self, what: str, err: BaseException) -> None:
         self.skipped += 1
         if self.skipped <= 5 or self.skipped % 100 == 0:
-            log.warning("skipped an unreadable sample of %s (%d so far): %s: %s", self.info.name, self.skipped,
-                        what, err)
+            log.warning("skipped an unreadable sample of %s (%d so far): %s: %s", self.info.name,
+                        self.skipped, what, err)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -284,8 +284,8 @@ def _layout(name: str) -> _Layout:
 
 def _find_root(layout: _Layout, root: Path) -> Path:
     if not root.exists():
-        raise DataError(f"{layout.name}: dataset root not found: {root}: pass the dataset folder or the data/ "
-                        "folder holding the mmseg tree")
+        raise DataError(f"{layout.name}: dataset root not found: {root}: pass the dataset folder or the "
+                        "data/ folder holding the mmseg tree")
     img_top = layout.img_dir.split("/")[0]
     ann_top = layout.ann_dir.split("/")[0]
     tried = []
@@ -348,12 +348,13 @@ class FileSegDataset(SegDataset):
         items = [(k, img_dir / f"{k}{layout.img_suffix}", ann_dir / f"{k}{layout.seg_suffix}") for k in keys]
         missing_img = [i for _, i, _ in items if not i.is_file()]
         if missing_img:
-            raise DataError(f"{layout.name}: {len(missing_img)} image(s) of the {split} split not found, e.g. "
-                            f"{missing_img[0]}: complete {img_dir} ({layout.obtain})")
+            raise DataError(f"{layout.name}: {len(missing_img)} image(s) of the {split} split not found, "
+                            f"e.g. {missing_img[0]}: complete {img_dir} ({layout.obtain})")
         missing = [(i, a) for _, i, a in items if not a.is_file()]
         if missing:
-            raise DataError(f"{layout.name}: {len(missing)} image(s) without a label file, e.g. {missing[0][0]} "
-                            f"(expected {missing[0][1]}): add the label maps ({layout.obtain})")
+            raise DataError(f"{layout.name}: {len(missing)} image(s) without a label file, e.g. "
+                            f"{missing[0][0]} (expected {missing[0][1]}): add the label maps "
+                            f"({layout.obtain})")
         super().__init__(DatasetInfo(layout.name, layout.title, layout.has_background, layout.num_classes,
                                      split, str(base), layout.reduce_zero_label, layout.class_key))
         self.layout = layout
@@ -373,8 +374,8 @@ class FileSegDataset(SegDataset):
     @staticmethod
     def _scan_split_folder(layout: _Layout, img_dir: Path, split: str) -> list[str]:
         if not img_dir.is_dir():
-            raise DataError(f"{layout.name}: split folder not found: {img_dir}: use a split that exists there "
-                            f"(split='{split}') or add it from {layout.obtain}")
+            raise DataError(f"{layout.name}: split folder not found: {img_dir}: use a split that exists "
+                            f"there (split='{split}') or add it from {layout.obtain}")
         pattern = f"*{layout.img_suffix}"
         files = img_dir.rglob(pattern) if layout.recursive else img_dir.glob(pattern)
         keys = sorted(str(p.relative_to(img_dir))[: -len(layout.img_suffix)] for p in files if p.is_file())
@@ -429,9 +430,9 @@ class FileSegDataset(SegDataset):
             self._skip(str(ann_path), e)
             return None
         if raw.shape[:2] != image.shape[:2]:
-            raise DataError(f"{self.info.name}: label {ann_path} is {raw.shape[1]}x{raw.shape[0]} but its image "
-                            f"{img_path} is {image.shape[1]}x{image.shape[0]} (WxH): the label map must match "
-                            "its image")
+            raise DataError(f"{self.info.name}: label {ann_path} is {raw.shape[1]}x{raw.shape[0]} but its "
+                            f"image {img_path} is {image.shape[1]}x{image.shape[0]} (WxH): the label map "
+                            "must match its image")
         return ValSample(key, image, self.canonical(raw, ann_path), self.classes, self.info.split)
 
     def __getitem__(self, i: int) -> ValSample:
@@ -466,10 +467,12 @@ class CocoInstancesDataset(SegDataset):
     Same labels and class files as "coco-object"; the overlap and crowd rules are those of
     :class:`~pgseg_core.data.coco_object.CocoInstanceRasterizer` (largest instance first, crowd ->
     its category by default, ``crowd="ignore"`` -> 255). Images are read from ``<root>/<split>2017/`` or
-    ``<root>/images/<split>2017/``, in file-name order.
+    ``<root>/images/<split>2017/``, in file-name order; ``root`` may also be a folder holding ``coco/`` or
+    ``coco_stuff164k/``.
 
     Raises (at construction):
-        DataError: root or annotation file missing, an unknown category, no image folder, listed images missing.
+        DataError: root or annotation file missing, an unknown category, no image folder, listed images
+            missing.
     """
 
     def __init__(self, root: str | Path, split: str = "val", crowd: str = "category"):
@@ -477,11 +480,12 @@ class CocoInstancesDataset(SegDataset):
 
         root = Path(root)
         if not root.exists():
-            raise DataError(f"coco-object-instances: dataset root not found: {root}: pass the COCO 2017 folder "
-                            "holding annotations/instances_val2017.json and val2017/")
+            raise DataError(f"coco-object-instances: dataset root not found: {root}: pass the COCO 2017 "
+                            "folder holding annotations/instances_val2017.json and val2017/")
         split_name = _COCO_ALIAS.get(split, split)
         ann_name = f"annotations/instances_{split_name}.json"
-        base = next((c for c in (root, root / "coco") if (c / ann_name).is_file()), None)
+        candidates = (root, root / "coco", root / "coco_stuff164k")
+        base = next((c for c in candidates if (c / ann_name).is_file()), None)
         if base is None:
             raise DataError(f"coco-object-instances: annotation file not found: {root / ann_name}: unpack "
                             "annotations_trainval2017.zip into the COCO folder")
@@ -523,9 +527,9 @@ class CocoInstancesDataset(SegDataset):
                 self._skip(str(path), e)
                 continue
             if image.shape[:2] != (int(info["height"]), int(info["width"])):
-                raise DataError(f"coco-object-instances: image {path} is {image.shape[1]}x{image.shape[0]} but "
-                                f"the annotations say {info['width']}x{info['height']} (WxH): use the images "
-                                "the annotation file was made for")
+                raise DataError(f"coco-object-instances: image {path} is {image.shape[1]}x{image.shape[0]} "
+                                f"but the annotations say {info['width']}x{info['height']} (WxH): use the "
+                                "images the annotation file was made for")
             yield ValSample(path.stem, image, self.rasterizer.label(image_id), self.classes, self.info.split)
 
 
@@ -551,9 +555,10 @@ class DemoDataset(SegDataset):
         splits = index.get("splits", {})
         entry = splits.get(split)
         if not isinstance(entry, dict) or not isinstance(entry.get("classes"), list):
-            labelled = [k for k, v in splits.items() if isinstance(v, dict) and isinstance(v.get("classes"), list)]
-            raise DataError(f"demo: no labelled split '{split}' in {shard_dir}: use one of "
-                            f"{', '.join(labelled) or '(none: build them with pgseg prep-shards --source demo)'}")
+            labelled = [k for k, v in splits.items()
+                        if isinstance(v, dict) and isinstance(v.get("classes"), list)]
+            choices = ", ".join(labelled) or "(none: build them with pgseg prep-shards --source demo)"
+            raise DataError(f"demo: no labelled split '{split}' in {shard_dir}: use one of {choices}")
         self.shard_dir = Path(shard_dir)
         self._class_names = [str(c) for c in entry["classes"]]
         self._count = int(entry.get("count", 0))

@@ -37,9 +37,10 @@ __all__ = ["COCO_THING_IDS", "COCO_THING_NAMES", "COCO_OBJECT_LUT", "INSTANCE_SU
 
 #: COCO category ids of the 80 thing classes, in COCO id order (= COCO-Object labels 1..80).
 COCO_THING_IDS: tuple[int, ...] = (
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32, 33,
-    34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61,
-    62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90,
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28,
+    31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56,
+    57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86,
+    87, 88, 89, 90,
 )
 
 #: The COCO names of those categories (same order).
@@ -176,13 +177,13 @@ def convert_coco_object(coco_stuff_root: str | Path, splits: Sequence[str] | Non
         names = [s if s.endswith("2017") else f"{s}2017" for s in splits]
         for name in names:
             if not (ann / name).is_dir():
-                raise DataError(f"split folder not found: {ann / name}: unpack stuffthingmaps_trainval2017.zip "
-                                f"into {ann}")
+                raise DataError(f"split folder not found: {ann / name}: unpack "
+                                f"stuffthingmaps_trainval2017.zip into {ann}")
     else:
         names = [n for n in ("train2017", "val2017") if (ann / n).is_dir()]
         if not names:
-            raise DataError(f"no train2017/ or val2017/ folder in {ann}: unpack stuffthingmaps_trainval2017.zip "
-                            "there")
+            raise DataError(f"no train2017/ or val2017/ folder in {ann}: unpack "
+                            "stuffthingmaps_trainval2017.zip there")
     jobs: list[tuple[str, Path]] = [(n, p) for n in names for p in _raw_pngs(ann / n)]
     if not jobs:
         raise DataError(f"no raw COCO-Stuff PNGs in {', '.join(str(ann / n) for n in names)}")
@@ -271,8 +272,8 @@ class CocoInstanceRasterizer:
         for cat in dataset["categories"]:
             cid, name = int(cat["id"]), str(cat.get("name", ""))
             if cid not in label_of_id:
-                raise DataError(f"unknown category id {cid} ('{name}') in {self.ann_file}: COCO-Object uses the "
-                                "80 COCO thing categories (ids 1..90); is this a COCO instances file?")
+                raise DataError(f"unknown category id {cid} ('{name}') in {self.ann_file}: COCO-Object uses "
+                                "the 80 COCO thing categories (ids 1..90); is this a COCO instances file?")
             expected = COCO_THING_NAMES[label_of_id[cid] - 1]
             if name and name != expected:
                 raise DataError(f"category id {cid} is '{name}' in {self.ann_file} but '{expected}' in COCO: "
