@@ -396,6 +396,14 @@ def test_convert_coco_object_writes_resumes_and_counts_bad(tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(val / "000000000001_instanceTrainIds.png")), expected)
 
 
+def test_convert_coco_object_with_worker_processes(tmp_path):
+    root, raw = _stuff_tree(tmp_path)
+    s = convert_coco_object(root, workers=2)
+    assert (s["converted"], s["existing"], s["bad"]) == (3, 0, 1)
+    out = np.asarray(Image.open(root / "annotations/train2017/000000000009_instanceTrainIds.png"))
+    np.testing.assert_array_equal(out, np.vectorize(_expected_coco_object)(raw.T))
+
+
 def test_convert_coco_object_errors(tmp_path):
     with pytest.raises(DataError, match="COCO-Stuff root not found"):
         convert_coco_object(tmp_path / "missing")
@@ -520,6 +528,8 @@ def test_demo_shards_adapter(tmp_path):
     for a, b in zip(got, ref):
         np.testing.assert_array_equal(a.label, b.label)
     assert open_dataset("demo", tmp_path / "shards").info.split == "val-caption"
+    with pytest.raises(DataError, match="classes come from index.json"):
+        load_class_spec("demo")
     with pytest.raises(DataError, match="no labelled split 'val-other'.*val-caption, val-heldout"):
         open_dataset("demo", tmp_path / "shards", split="val-other")
 

@@ -49,8 +49,8 @@ from .loader import ValSample
 
 log = logging.getLogger("pgseg.data.benchmarks")
 
-__all__ = ["DatasetInfo", "SegDataset", "open_dataset", "dataset_names", "PROTOCOLS", "class_file",
-           "load_class_spec"]
+__all__ = ["DatasetInfo", "SegDataset", "FileSegDataset", "CocoInstancesDataset", "DemoDataset", "open_dataset",
+           "dataset_names", "PROTOCOLS", "class_file", "load_class_spec", "read_label_png"]
 
 PROTOCOLS = ("groupvit", "sclip")
 IGNORE = 255
@@ -102,6 +102,9 @@ def class_file(dataset: str, protocol: str = "groupvit") -> Path:
     Raises:
         ConfigError: unknown protocol (with the closest name). DataError: unknown dataset.
     """
+    if dataset == "demo":
+        raise DataError("demo shards have no packaged class files: their classes come from index.json "
+                        "(open_dataset('demo', shard_dir).class_spec())")
     layout = _layout(dataset)
     if protocol not in PROTOCOLS:
         raise ConfigError(f"unknown class protocol '{protocol}': {_suggest(protocol, PROTOCOLS)}"
