@@ -256,6 +256,20 @@ def test_label_values_out_of_range_are_named(name, bad, expect, tmp_path):
         list(ds)
 
 
+def test_16_bit_label_png(tmp_path):
+    base = tmp_path / "cityscapes"
+    _image(base / "leftImg8bit/val/c/a_leftImg8bit.png", (2, 3))
+    path = base / "gtFine/val/c/a_gtFine_labelTrainIds.png"
+    path.parent.mkdir(parents=True)
+    Image.fromarray(np.array([[0, 18, 255], [1, 2, 3]], dtype=np.uint16)).save(path)
+    with Image.open(path) as im:
+        assert im.mode.startswith("I")
+    np.testing.assert_array_equal(next(iter(open_dataset("cityscapes", base))).label, [[0, 18, 255], [1, 2, 3]])
+    Image.fromarray(np.array([[0, 300, 255], [1, 2, 3]], dtype=np.uint16)).save(path)
+    with pytest.raises(DataError, match=r"label values 300 out of range in .*a_gtFine_labelTrainIds\.png"):
+        list(open_dataset("cityscapes", base))
+
+
 def test_colour_label_is_rejected(tmp_path):
     make_voc(tmp_path)
     Image.new("RGB", (6, 4), (128, 0, 0)).save(tmp_path / "VOCdevkit/VOC2012/SegmentationClass/a.png")
