@@ -31,23 +31,39 @@ def _phase_cb(progress: Progress | None, phase: str) -> Callable[[int, int | Non
     return lambda done, total=None: progress(phase, done, total or 0, {})
 
 
-def prep_shards(source: str, out_dir: str | Path, *, images: str | Path | None = None,
+def prep_shards(source: str, out_dir: str | Path | None, *, images: str | Path | None = None,
                 captions: str | Path | None = None, seed: int = 0, n_train: int = 8000, n_val: int = 200,
                 img_size: int = 224, shard_size: int = 1000, photos_dir: str | Path | None = None,
+                coco_root: str | Path | None = None, coco_splits: list[str] | None = None, workers: int = 0,
                 progress: Progress | None = None) -> dict[str, Any]:
-    """Build training/validation shards.
+    """Build training/validation shards, or convert evaluation labels in place.
 
     Args:
-        source: ``"demo"`` (built-in composites from real photos, cutouts, clip art and emoji) or
-            ``"folder"`` (a folder of images with captions, given by ``images``).
-        out_dir: shard directory; gets ``*.tar`` shards and ``index.json``.
+        source: ``"demo"`` (built-in composites from real photos, cutouts, clip art and emoji),
+            ``"folder"`` (a folder of images with captions, given by ``images``) or ``"coco-object"``
+            (COCO-Object label maps next to the raw COCO-Stuff-164k PNGs of ``coco_root``, GroupViT's
+            mapping, see :func:`pgseg_core.data.coco_object.convert_coco_object`).
+        out_dir: shard directory; gets ``*.tar`` shards and ``index.json`` (not used by "coco-object").
         images / captions: folder source only (see :func:`pgseg_core.data.shards.write_folder_shards`).
         seed, n_train, n_val, img_size, shard_size: demo source sizes (n_val per validation split).
         photos_dir: demo source only: also export the bundled real photos (for ``pgseg segment``) here.
+        coco_root / coco_splits / workers: coco-object source only: the coco_stuff164k folder, the splits
+            ("train", "val"; default all present) and the number of worker processes.
 
     Raises:
-        ConfigError: unknown source or missing ``images``. DataError: missing sources or bad files.
+        ConfigError: unknown source, or a missing ``images`` / ``coco_root`` / ``out_dir``.
+        DataError: missing sources or bad files.
     """
+    if source == "coco-object":
+        if coco_root is None:
+            raise ConfigError("--source coco-object needs --coco-root DIR (the coco_stuff164k folder with "
+                              "annotations/val2017/*.png)")
+        from .data.coco_object import convert_coco_object
+
+        return convert_coco_object(coco_root, coco_splits or None, workers=workers,
+                                   progress=_phase_cb(progress, "label maps"))
+    if out_dir is None:
+        raise ConfigError(f"--source {source} needs --out DIR (the shard directory to write)")
     if source == "demo":
         from .data.demo import build_demo_shards
 
@@ -65,7 +81,7 @@ def prep_shards(source: str, out_dir: str | Path, *, images: str | Path | None =
 
         return write_folder_shards(images, out_dir, captions=captions, shard_size=shard_size,
                                    progress=_phase_cb(progress, "images"))
-    raise ConfigError(f"unknown source '{source}': use 'demo' or 'folder'")
+    raise ConfigError(f"unknown source '{source}': use 'demo', 'folder' or 'coco-object'")
 
 
 def train(model: str, data: str, out_dir: str | Path, *, overrides: dict[str, Any] | None = None,

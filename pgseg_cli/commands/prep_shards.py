@@ -1,4 +1,5 @@
-"""``pgseg prep-shards``: build webdataset shards (demo composites or a captioned image folder)."""
+"""``pgseg prep-shards``: build webdataset shards (demo composites or a captioned image folder), or convert
+COCO-Stuff-164k label maps to COCO-Object in place."""
 
 from __future__ import annotations
 
@@ -14,8 +15,12 @@ def register(app: typer.Typer) -> None:
     @app.command("prep-shards")
     @handle_errors
     def prep_shards_cli(
-        out_dir: Annotated[Path, typer.Option("--out", "-o", help="Shard directory to write (tar + index.json).")],
-        source: Annotated[str, typer.Option(help="'demo' (built-in real-image composites) or 'folder'.")] = "demo",
+        out_dir: Annotated[Optional[Path], typer.Option(
+            "--out", "-o",
+            help="Shard directory to write (tar + index.json); not used by 'coco-object'.")] = None,
+        source: Annotated[str, typer.Option(
+            help="'demo' (built-in real-image composites), 'folder', or 'coco-object' (eval labels)."
+        )] = "demo",
         images: Annotated[Optional[Path], typer.Option(help="Folder of images (source 'folder').")] = None,
         captions: Annotated[Optional[Path], typer.Option(
             help="Caption file .tsv/.csv/.jsonl (source 'folder'; default: captions.* or <stem>.txt).")] = None,
@@ -26,14 +31,25 @@ def register(app: typer.Typer) -> None:
         shard_size: Annotated[int, typer.Option(help="Samples per tar shard.")] = 1000,
         photos: Annotated[Optional[Path], typer.Option(
             help="Demo: also export the bundled real photos (for 'pgseg segment') to this folder.")] = None,
+        coco_root: Annotated[Optional[Path], typer.Option(
+            help="coco-object: the coco_stuff164k folder (raw PNGs in annotations/{train2017,val2017})."
+        )] = None,
+        coco_split: Annotated[Optional[list[str]], typer.Option(
+            metavar="<split>", help="coco-object: split to convert (train / val; repeatable; default: all present).")] = None,
+        workers: Annotated[int, typer.Option(help="coco-object: worker processes.")] = 0,
     ) -> None:
-        """Build training/validation shards: demo composites, or a folder of images with captions."""
+        """Build training/validation shards (demo composites, a folder of images with captions), or write
+        COCO-Object label maps (*_instanceTrainIds.png) next to the raw COCO-Stuff PNGs."""
         from pgseg_core.api import prep_shards
 
         with progress_bar("prep-shards") as update:
             summary = prep_shards(source, out_dir, images=images, captions=captions, seed=seed, n_train=n_train,
                                   n_val=n_val, img_size=img_size, shard_size=shard_size, photos_dir=photos,
+                                  coco_root=coco_root, coco_splits=coco_split, workers=workers,
                                   progress=lambda phase, d, t, info: update(d, t, phase=phase))
+        if source == "coco-object":
+            _render_coco_object(summary)
+            return
         splits = summary.get("splits") or {"train": summary.get("count", 0)}
         out.print(f"wrote shards to {summary['out_dir']}: " + ", ".join(f"{k} {v}" for k, v in splits.items()))
         skipped = summary.get("skipped") or {}
@@ -42,3 +58,12 @@ def register(app: typer.Typer) -> None:
             err.print(f"skipped {n_skipped} unreadable image(s): {skipped}")
         if summary.get("photos"):
             out.print(f"exported {len(summary['photos'])} real photos to {photos}")
+
+
+def _render_coco_object(summary: dict) -> None:
+    for split, c in summary["splits"].items():
+        out.print(f"{split}: {c['converted']} converted, {c['existing']} already there, {c['bad']} bad")
+    out.print(f"COCO-Object label maps (*_instanceTrainIds.png) are in {summary['root']}/annotations")
+    if summary["bad"]:
+        first = next(f for c in summary["splits"].values() for f in c["bad_files"])
+        err.print(f"skipped {summary['bad']} bad label map(s), e.g. {first}")

@@ -129,14 +129,16 @@ def make_train_loader(data_cfg: DataConfig, batch_size: int, seed: int, *, img_s
 
 @dataclass
 class ValSample:
-    """One validation composite with its label map.
+    """One validation image with its label map (demo composite or benchmark image).
 
     Attributes:
         key: sample key.
         image: uint8 RGB ``[H,W,3]``.
-        label: uint8 ``[H,W]``: 0 background, 1 + i = ``classes[i]``, 255 ignore.
+        label: uint8 ``[H,W]`` canonical labels: with background 0 = background and 1 + i = ``classes[i]``;
+            for a benchmark without background (see :mod:`pgseg_core.data.benchmarks`) i = ``classes[i]``;
+            255 ignore.
         classes: the split's class list.
-        split: split name ("val-caption" or "val-heldout").
+        split: split name ("val-caption", "val-heldout", or a benchmark split such as "val").
         caption: the composite's caption ("" if the shard has none).
     """
 
