@@ -16,8 +16,8 @@ from .config import RunConfig, apply_overrides, load_config
 from .errors import ConfigError, DataError
 from .utils.io import atomic_write_json
 
-__all__ = ["prep_shards", "train", "evaluate_checkpoint", "segment_files", "resolve_inputs", "parse_class_list",
-           "visualize_prototypes"]
+__all__ = ["prep_shards", "train", "evaluate_checkpoint", "segment_files", "resolve_inputs",
+           "parse_class_list", "visualize_prototypes"]
 
 _log = logging.getLogger("pgseg.api")
 

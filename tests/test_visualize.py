@@ -1,4 +1,4 @@
-"""visualize-prototypes: collected maps, matching = the loss's, HRS = an independent computation, files, CLI."""
+"""visualize-prototypes: collected maps, matching = the loss's, HRS = independent computation, files, CLI."""
 
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ def test_collected_shapes_and_value_ranges(single_thread):
 
 
 def test_prototypes_are_the_em_of_the_stage_inputs(single_thread):
-    """EM is deterministic given the tokens: re-running it on the recorded inputs gives the shown prototypes."""
+    """EM is deterministic given the tokens: re-running it on the recorded inputs gives the same result."""
     model, cfg = _model()
     state = _state(model)
     for st, layer in zip(state.stages, model.img_encoder.layers):
@@ -320,7 +320,8 @@ def test_cli_skips_a_corrupt_image_and_exits_nonzero(files, tmp_path):
 
 
 def test_cli_missing_checkpoint_one_line(files, tmp_path):
-    result = _run("visualize-prototypes", files["photos"], "-c", tmp_path / "nope.pt", "--out", tmp_path / "o")
+    result = _run("visualize-prototypes", files["photos"], "-c", tmp_path / "nope.pt",
+                  "--out", tmp_path / "o")
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
@@ -328,8 +329,8 @@ def test_cli_missing_checkpoint_one_line(files, tmp_path):
 
 
 def test_cli_rejects_a_bad_option_value(files, tmp_path):
-    result = _run("visualize-prototypes", files["photos"], "-c", files["ckpt"]["pgseg"], "--out", tmp_path / "o",
-                  "--max-images", "0")
+    result = _run("visualize-prototypes", files["photos"], "-c", files["ckpt"]["pgseg"],
+                  "--out", tmp_path / "o", "--max-images", "0")
     assert result.exit_code == 1
     assert [ln for ln in result.output.splitlines() if ln.startswith("error:")] == [
         "error: --max-images must be a positive number, got 0"]

@@ -1,9 +1,10 @@
 """PNG figures of :mod:`pgseg_core.viz.prototypes` states (PIL + numpy only).
 
 * :func:`render_panel`: per image, the image, the group maps of every grouping stage (hard: cells coloured
-  by group id with white group boundaries; soft: bilinear + argmax like the inference rule, opacity from 0.15
-  at a uniform distribution to 0.85 at probability 1) and, with NPR, the prototype maps (each prototype in the colour of the group the
-  Hungarian matching paired it with, so agreeing pairs share a colour).
+  by group id with white group boundaries; soft: bilinear + argmax like the inference rule, opacity from
+  0.15 at a uniform distribution to 0.85 at probability 1) and, with NPR, the prototype maps (each
+  prototype in the colour of the group the Hungarian matching paired it with, so agreeing pairs share a
+  colour).
 * :func:`render_matching`: per stage, lines from group s to its matched prototype, with the cosine
   similarity and which directions of L_PG keep the pair after HRS.
 * :func:`render_patch_grid`: per stage, one row per prototype with its most similar patches over a folder.
@@ -73,12 +74,13 @@ def _blend(image: np.ndarray, label: np.ndarray, colours: np.ndarray, alpha: np.
     return out
 
 
-def _hard_tile(base: np.ndarray, cell_label: np.ndarray, colours: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _hard_tile(base: np.ndarray, cell_label: np.ndarray, colours: np.ndarray, size: tuple[int, int]
+               ) -> np.ndarray:
     return _blend(base, _resize_labels(cell_label, size), colours, 0.6)
 
 
 def _soft_tile(base: np.ndarray, probs: np.ndarray, colours: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """probs [S, h, w] -> bilinear to the tile (align_corners=False), argmax colour, opacity from the max probability."""
+    """probs [S, h, w] -> bilinear to the tile (align_corners=False), argmax colour, opacity from the max."""
     t = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))[None]
     up = F.interpolate(t, size=(size[1], size[0]), mode="bilinear", align_corners=False)[0]
     conf, label = up.max(dim=0)
@@ -149,15 +151,16 @@ def render_panel(state: ImageState) -> Image.Image:
     size = _tile_size(state)
     base = np.asarray(Image.fromarray(state.image).resize(size, Image.BILINEAR)).astype(np.float32)
     h, w = state.grid
-    hard_row: list[tuple[str, np.ndarray | None]] = [(f"image ({state.image.shape[1]}x{state.image.shape[0]})",
-                                                      base)]
+    size_text = f"{state.image.shape[1]}x{state.image.shape[0]}"
+    hard_row: list[tuple[str, np.ndarray | None]] = [(f"image ({size_text})", base)]
     soft_row: list[tuple[str, np.ndarray | None]] = [(f"token grid {w}x{h}", _grid_tile(base, state.grid))]
     for st in state.stages:
         colours = _colours(st.assign_hard.shape[0])
         used = len(np.unique(st.group_map))
         hard_row.append((f"stage {st.index + 1} groups: {used}/{len(colours)} used",
                          _hard_tile(base, st.group_map, colours, size)))
-        soft_row.append((f"stage {st.index + 1} groups, soft", _soft_tile(base, st.group_probs, colours, size)))
+        soft_row.append((f"stage {st.index + 1} groups, soft",
+                         _soft_tile(base, st.group_probs, colours, size)))
     for st in state.stages:
         if not st.has_npr:
             continue
@@ -165,7 +168,8 @@ def render_panel(state: ImageState) -> Image.Image:
         used = len(np.unique(st.proto_map))
         hard_row.append((f"stage {st.index + 1} prototypes: {used}/{len(colours)}",
                          _hard_tile(base, st.proto_map, colours, size)))
-        soft_row.append((f"stage {st.index + 1} prototypes, soft", _soft_tile(base, st.proto_probs, colours, size)))
+        soft_row.append((f"stage {st.index + 1} prototypes, soft",
+                         _soft_tile(base, st.proto_probs, colours, size)))
     if state.npr:
         mode = "released-code matching (minimise) and HRS (column 0)" if state.released_code else \
             "matching maximises similarity, HRS on the matched pair"
@@ -244,7 +248,8 @@ def render_matching(state: ImageState) -> Image.Image | None:
             draw.line((x0 + left_w - 4, ya, xr - 4, yb),
                       fill=_pair_colour(bool(st.hrs_keep_gp[s]), bool(st.hrs_keep_pg[s])), width=2)
     legend_y = top + n_max * row_h + pad
-    draw.text((pad, legend_y), "green: kept by HRS in both L_PG directions; orange: one direction; grey: dropped",
+    draw.text((pad, legend_y),
+              "green: kept by HRS in both L_PG directions; orange: one direction; grey: dropped",
               fill=_INK, font=font)
     return canvas
 

@@ -36,7 +36,7 @@ logger = logging.getLogger("pgseg.viz")
 
 def samples_from_files(paths: Iterable[Path], short_side: int, max_long: int,
                        failed: list[dict[str, str]]) -> Iterable[VizSample]:
-    """Read and resize image files lazily; an unreadable file is logged, appended to ``failed`` and skipped."""
+    """Read and resize image files lazily; an unreadable file is logged, added to ``failed`` and skipped."""
     for path in paths:
         try:
             image = np.asarray(load_image_rgb(path))
@@ -74,8 +74,8 @@ def visualize_samples(model: Any, samples: Iterable[VizSample], out_dir: str | P
         progress: ``callback(done, total)`` after each sample.
 
     Returns:
-        ``{"out_dir", "index", "processed", "outputs": [{"image", "panel", "matching", "json"}], "patch_grids",
-        "npr", "released_code", "failed", "num_failed"}``; paths relative to ``out_dir``.
+        ``{"out_dir", "index", "processed", "outputs": [{"image", "panel", "matching", "json", "stages"}],
+        "patch_grids", "npr", "released_code", "failed", "num_failed"}``; paths relative to ``out_dir``.
     """
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -120,7 +120,8 @@ def visualize_samples(model: Any, samples: Iterable[VizSample], out_dir: str | P
 def _write_image(state: ImageState, out_dir: Path, stem: str) -> dict[str, Any]:
     panel = f"images/{stem}_panel.png"
     save_image_atomic(render_panel(state), out_dir / panel)
-    record: dict[str, Any] = {"image": state.name, "panel": panel, "matching": None, "json": f"images/{stem}.json"}
+    record: dict[str, Any] = {"image": state.name, "panel": panel, "matching": None,
+                              "json": f"images/{stem}.json"}
     fig = render_matching(state)
     if fig is not None:
         record["matching"] = f"images/{stem}_matching.png"
@@ -165,19 +166,20 @@ def _page(summary: dict[str, Any], title: str) -> str:
              f"<title>pgseg prototypes: {html.escape(title)}</title><style>{_CSS}</style></head><body>",
              f"<h1>Groups and prototypes</h1><p>{html.escape(title)}</p>"]
     if summary["npr"]:
-        mode = ("<b>released-code mode</b>: the Hungarian matching minimises the similarity and HRS reads column 0"
-                if summary["released_code"] else
-                "the Hungarian matching maximises the group-prototype cosine similarity; HRS keeps a pair when its "
-                "min-max normalised similarity exceeds phi")
+        mode = ("<b>released-code mode</b>: the Hungarian matching minimises the similarity and HRS reads "
+                "column 0" if summary["released_code"] else
+                "the Hungarian matching maximises the group-prototype cosine similarity; HRS keeps a pair "
+                "when its min-max normalised similarity exceeds phi")
         parts.append(f"<p>PGSeg checkpoint (NPR). Matching and HRS are computed with the training loss's own "
-                     f"functions: {mode}. Stage numbers start at 1. Prototype maps colour each prototype with "
-                     f"the colour of the group it is matched to.</p>")
+                     f"functions: {mode}. Stage numbers start at 1. Prototype maps colour each prototype "
+                     f"with the colour of the group it is matched to.</p>")
     else:
         parts.append("<p class='note'>This checkpoint has no NPR (plain GroupViT): only the group maps are "
                      "shown; there are no prototypes, no matching and no nearest-patch grids.</p>")
     parts.append(f"<p>{summary['processed']} image(s) rendered, {summary['num_failed']} failed.</p>")
     if summary["failed"]:
-        items = "".join(f"<li>{html.escape(f['image'])}: {html.escape(f['error'])}</li>" for f in summary["failed"])
+        items = "".join(f"<li>{html.escape(f['image'])}: {html.escape(f['error'])}</li>"
+                        for f in summary["failed"])
         parts.append(f"<div class='note'><b>Skipped:</b><ul>{items}</ul></div>")
     if summary["patch_grids"]:
         parts.append("<h2>Nearest patches per prototype</h2>")
@@ -194,7 +196,8 @@ def _page(summary: dict[str, Any], title: str) -> str:
         for stage in rec["stages"]:
             if "matching" in stage:
                 parts.append(f"<details><summary>stage {stage['stage']} matching table "
-                             f"({stage['hrs_kept_gp']} / {stage['hrs_kept_pg']} pairs kept p&rarr;g / g&rarr;p)"
+                             f"({stage['hrs_kept_gp']} / {stage['hrs_kept_pg']} pairs kept "
+                             f"p&rarr;g / g&rarr;p)"
                              f"</summary>{_matching_table(stage)}</details>")
         parts.append(f"<p><a href='{_link(rec['json'])}'>numbers (JSON)</a></p></section>")
     parts.append("</body></html>\n")

@@ -119,7 +119,8 @@ class StageState:
         for s in range(len(self.match)):
             k = int(self.match[s])
             rows.append({"group": s, "prototype": k, "similarity": float(self.similarity[s, k]),
-                         "hrs_score_gp": float(self.hrs_score_gp[s]), "hrs_score_pg": float(self.hrs_score_pg[s]),
+                         "hrs_score_gp": float(self.hrs_score_gp[s]),
+                         "hrs_score_pg": float(self.hrs_score_pg[s]),
                          "kept_gp": bool(self.hrs_keep_gp[s]), "kept_pg": bool(self.hrs_keep_pg[s]),
                          "cells": int((self.group_map == s).sum())})
         return rows
@@ -192,13 +193,13 @@ def prepare_image(image: np.ndarray, short_side: int, max_long: int, name: str =
     h = resized.shape[0] // TOKEN_STRIDE * TOKEN_STRIDE
     w = resized.shape[1] // TOKEN_STRIDE * TOKEN_STRIDE
     if h == 0 or w == 0:
-        raise DataError(f"{name}: {image.shape[1]}x{image.shape[0]} px is below one 16x16 token at short side "
-                        f"{short_side}; use a larger --short-side")
+        raise DataError(f"{name}: {image.shape[1]}x{image.shape[0]} px is below one 16x16 token at short "
+                        f"side {short_side}; use a larger --short-side")
     return VizSample(name=name, image=np.ascontiguousarray(resized[:h, :w]))
 
 
 def _one_hot_argmax(a: torch.Tensor) -> torch.Tensor:
-    """[B, S, N] -> one-hot over dim 1 of its argmax (the straight-through output is only ~0/1 numerically)."""
+    """[B, S, N] -> one-hot over dim 1 of its argmax (a straight-through output is only ~0/1 numerically)."""
     return torch.zeros_like(a).scatter_(1, a.argmax(dim=1, keepdim=True), 1.0)
 
 
@@ -226,7 +227,8 @@ def collect_image_state(model: Any, sample: VizSample, device: torch.device | st
         out = model.encode_image(stem_feats=sample.stem_feats[None].to(device).float(), stage_inputs=True)
     else:
         if H % TOKEN_STRIDE or W % TOKEN_STRIDE:
-            raise DataError(f"{sample.name}: image size {W}x{H} is not a multiple of 16 px; use prepare_image()")
+            raise DataError(f"{sample.name}: image size {W}x{H} is not a multiple of 16 px; "
+                            "resize it with prepare_image()")
         pixels = sample.pixels if sample.pixels is not None else to_tensor_normalized(sample.image)
         out = model.encode_image(pixels[None].to(device).float(), stage_inputs=True)
     vis = out.vision
@@ -245,11 +247,13 @@ def collect_image_state(model: Any, sample: VizSample, device: torch.device | st
         if i == 0:
             cell_masks = torch.eye(h * w, dtype=torch.bool, device=tokens.device).reshape(h * w, h, w)
         else:
-            chained = group_probabilities(hard[:i], (h, w))[0]  # [S_{i-1}, h, w] cells of each incoming segment
+            # [S_{i-1}, h, w]: the cells of each incoming segment
+            chained = group_probabilities(hard[:i], (h, w))[0]
             cell_masks = chained > 0.5
         st = StageState(index=i, assign_hard=hard[i][0].cpu().numpy(), assign_soft=soft[i][0].cpu().numpy(),
                         group_map=group_onehot.argmax(dim=0).cpu().numpy().astype(np.int64),
-                        group_probs=group_probs.cpu().numpy(), centres=grouping.centres[0].float().cpu().numpy(),
+                        group_probs=group_probs.cpu().numpy(),
+                        centres=grouping.centres[0].float().cpu().numpy(),
                         input_tokens=tokens.cpu().numpy(), cell_masks=cell_masks.cpu().numpy())
         if has_npr:
             proto = vis.nprs[i]
@@ -260,8 +264,9 @@ def collect_image_state(model: Any, sample: VizSample, device: torch.device | st
 
 
 def _fill_npr(st: StageState, centres: torch.Tensor, prototypes: torch.Tensor, z: torch.Tensor,
-              soft_below: list[torch.Tensor], grid: tuple[int, int], released_code: bool, threshold: float) -> None:
-    """Prototype maps, matching and HRS of one stage; the matching / HRS calls mirror ``PGSeg._prototype_losses``.
+              soft_below: list[torch.Tensor], grid: tuple[int, int], released_code: bool, threshold: float
+              ) -> None:
+    """Prototype maps, matching and HRS of one stage; the matching / HRS calls mirror PGSeg._prototype_losses.
 
     centres [1, S, C], prototypes [1, K, C], z [1, N_i, K], soft_below: soft assignments of the stages below.
     """
@@ -289,7 +294,7 @@ def _fill_npr(st: StageState, centres: torch.Tensor, prototypes: torch.Tensor, z
 
 
 def _hrs_score(sim: torch.Tensor, released_code: bool) -> torch.Tensor:
-    """The normalised similarity :func:`hrs_mask` compares with phi (for display; the mask comes from hrs_mask)."""
+    """The normalised similarity :func:`hrs_mask` compares with phi (display only; the mask is hrs_mask's)."""
     lo = sim.min(dim=1, keepdim=True).values
     hi = sim.max(dim=1, keepdim=True).values
     norm = (sim - lo) / (hi - lo + 1e-6)
@@ -378,7 +383,7 @@ class PatchBank:
 
 
 def _thumbnail(image: np.ndarray, cells: np.ndarray, tile: int) -> np.ndarray:
-    """Crop the bounding box of ``cells`` (bool [h, w] over 16-px cells), dim outside pixels, fit in tile×tile."""
+    """Crop the bounding box of ``cells`` (bool [h, w], 16-px cells), dim the outside, fit in a tile."""
     from PIL import Image
 
     ys, xs = np.nonzero(cells)
