@@ -103,6 +103,8 @@ def visualize_samples(model: Any, samples: Iterable[VizSample], out_dir: str | P
             # inputs handled so far: samples seen plus inputs the reader skipped before they became samples
             read_failures = len(failed) - failed_before - encode_failures
             progress(min(seen + read_failures, total), total)
+    if progress is not None:
+        progress(total, total)  # inputs the reader skipped after the last sample
     grids = []
     for stage in bank.stages():
         rel = f"patches_stage{stage + 1}.png"
