@@ -16,7 +16,8 @@ from .config import RunConfig, apply_overrides, load_config
 from .errors import ConfigError, DataError
 from .utils.io import atomic_write_json
 
-__all__ = ["prep_shards", "train", "evaluate_checkpoint", "segment_files", "resolve_inputs", "parse_class_list"]
+__all__ = ["prep_shards", "train", "evaluate_checkpoint", "segment_files", "resolve_inputs",
+           "parse_class_list", "visualize_prototypes"]
 
 _log = logging.getLogger("pgseg.api")
 
@@ -227,3 +228,53 @@ def segment_files(inputs: list[str], classes: list[str], checkpoint: str | Path,
     return segment_images(model, paths, classes, Path(out_dir), eval_cfg, dev,
                           progress=_phase_cb(progress, "segment"))
 
+
+
+def visualize_prototypes(inputs: list[str], checkpoint: str | Path, out_dir: str | Path, *,
+                         max_images: int | None = None, short_side: int | None = None,
+                         patches_per_prototype: int = 8, device: str = "auto",
+                         progress: Progress | None = None) -> dict[str, Any]:
+    """Render what the image encoder does with each image: group maps per grouping stage, NPR prototype maps,
+    the Hungarian group <-> prototype matching with its HRS-kept pairs (PGSeg §3.2-3.4), and across the
+    images the patches nearest to every prototype; writes PNGs, JSON and a static ``index.html``.
+
+    Args:
+        inputs: image files and folders (see :func:`resolve_inputs`).
+        checkpoint: any checkpoint :func:`pgseg_core.models.factory.load_checkpoint` reads. A GroupViT without
+            NPR renders group maps only.
+        out_dir: output folder (layout in :mod:`pgseg_core.viz.prototype_report`).
+        max_images: use at most this many inputs (in sorted order).
+        short_side: resize images so the short side has this many pixels (default: the checkpoint's
+            ``eval.short_side``; the long side stays within ``eval.max_long``).
+        patches_per_prototype: patches shown per prototype in the nearest-patch grids.
+        device: auto, cpu, cuda or cuda:N.
+
+    Returns:
+        Summary (see :func:`pgseg_core.viz.prototype_report.visualize_samples`); unreadable images are skipped
+        and listed in ``failed``.
+
+    Raises:
+        DataError: missing inputs or no images. CheckpointError: unreadable checkpoint. DeviceError: missing
+        device. ConfigError: non-positive ``max_images``, ``short_side`` or ``patches_per_prototype``.
+    """
+    from .models.factory import load_checkpoint
+    from .utils.device import resolve_device
+    from .viz.prototype_report import samples_from_files, visualize_samples
+
+    for name, value in (("--max-images", max_images), ("--short-side", short_side),
+                        ("--patches", patches_per_prototype)):
+        if value is not None and int(value) < 1:
+            raise ConfigError(f"{name} must be a positive number, got {value}")
+    paths = resolve_inputs(inputs)
+    if max_images is not None:
+        paths = paths[: int(max_images)]
+    dev = resolve_device(device)
+    model, info = load_checkpoint(checkpoint, dev)
+    model.eval()
+    short = int(short_side or info.config.eval.short_side)
+    failed: list[dict[str, str]] = []
+    samples = samples_from_files(paths, short, max(int(info.config.eval.max_long), short), failed)
+    title = f"checkpoint {info.path} ({info.config.name}, step {info.step}); images at short side {short} px"
+    return visualize_samples(model, samples, out_dir, total=len(paths), device=dev,
+                             patches_per_prototype=int(patches_per_prototype), failed=failed, title=title,
+                             progress=_phase_cb(progress, "visualize"))

@@ -93,13 +93,16 @@ class PGSeg(nn.Module):
 
     # ------------------------------------------------------------------------------------------------
     def encode_image(self, images: torch.Tensor | None = None, *, stem_feats: torch.Tensor | None = None,
-                     dense: bool = False) -> ImageOutput:
+                     dense: bool = False, stage_inputs: bool = False) -> ImageOutput:
         """Encode images.
 
         Args:
             images: [B, 3, H, W] ImageNet-normalised, H and W multiples of 16.
             stem_feats: instead of images, precomputed frozen-stem features [B, 112, h, w].
             dense: also project every final token (``group_emb``) for segmentation.
+            stage_inputs: also keep each grouping stage's input tokens [B, N_i, C] in
+                ``out.vision.stage_inputs`` (inspection hook; the per-stage group centres, assignments and
+                NPR prototypes / responsibilities are always in ``out.vision.groupings`` / ``.nprs``).
 
         Returns:
             ImageOutput (see its fields).
@@ -111,7 +114,7 @@ class PGSeg(nn.Module):
             tokens, grid = enc.embed(images)
         else:
             raise ValueError("encode_image needs images or stem_feats")
-        vis = enc.forward_tokens(tokens, grid)
+        vis = enc.forward_tokens(tokens, grid, keep_stage_inputs=stage_inputs)
         if self.cfg.pool == "projected":
             group_emb = self.img_projector(vis.tokens)  # [B, S, D]
             image_emb = group_emb.mean(dim=1)

@@ -178,6 +178,9 @@ class VisionOutput:
     grid: tuple[int, int]  # (h, w) stage-0 token grid
     groupings: list = field(default_factory=list)  # GroupingOutput per grouping stage
     nprs: list = field(default_factory=list)  # NPROutput per grouping stage (empty without NPR)
+    # per grouping stage, the tokens it received [B, N_i, C] (stage 0: patch tokens + pos-embed; stage i > 0:
+    # the S_{i-1} segment tokens); NPR's EM runs over exactly these. Filled only with keep_stage_inputs=True.
+    stage_inputs: list = field(default_factory=list)
 
 
 class GroupViTEncoder(nn.Module):
@@ -239,12 +242,20 @@ class GroupViTEncoder(nn.Module):
             raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {p}")
         return self.patch_embed(images), (H // p, W // p)
 
-    def forward_tokens(self, tokens: torch.Tensor, grid: tuple[int, int]) -> VisionOutput:
-        """Run the stages on patch tokens [B, N, C] (grid (h, w)); adds the (interpolated) pos-embed."""
+    def forward_tokens(self, tokens: torch.Tensor, grid: tuple[int, int], *, keep_stage_inputs: bool = False
+                       ) -> VisionOutput:
+        """Run the stages on patch tokens [B, N, C] (grid (h, w)); adds the (interpolated) pos-embed.
+
+        ``keep_stage_inputs`` (inspection hook, e.g. ``pgseg visualize-prototypes``) also records in
+        ``VisionOutput.stage_inputs`` the input tokens [B, N_i, C] of every grouping stage, the tokens NPR's
+        EM runs over. It only keeps references; the computation is the same either way.
+        """
         x = self.pos_drop(tokens + interpolate_pos_embed(self.pos_embed, self.grid, grid))
         group_token = None
         out = VisionOutput(tokens=x, grid=grid)
         for layer in self.layers:
+            if keep_stage_inputs and layer.downsample is not None:
+                out.stage_inputs.append(x)
             x, group_token, grouping, npr_out = layer(x, group_token)
             if grouping is not None:
                 out.groupings.append(grouping)

@@ -1,0 +1,46 @@
+"""``pgseg visualize-prototypes``: group maps, NPR prototype maps, matching, nearest patches (PNG + HTML)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .._console import err, handle_errors, out, progress_bar
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("visualize-prototypes")
+    @handle_errors
+    def visualize_prototypes_cli(
+        images: Annotated[list[str], typer.Argument(help="Image files or directories.")],
+        checkpoint: Annotated[str, typer.Option("--checkpoint", "-c",
+                                                help="Checkpoint (pgseg, NVlabs, HF) or run directory.")],
+        out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output directory (gets index.html).")],
+        max_images: Annotated[Optional[int], typer.Option(help="Use at most this many images.")] = None,
+        short_side: Annotated[Optional[int], typer.Option(
+            help="Resize the short side to this many pixels (default: the checkpoint's).")] = None,
+        patches: Annotated[int, typer.Option(
+            help="Patches shown per prototype in the nearest-patch grids.")] = 8,
+        device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    ) -> None:
+        """Show what the image encoder does: per image the group maps of both grouping stages, the NPR
+        prototype maps and the Hungarian group<->prototype matching with its HRS-kept pairs; across the
+        images, the patches nearest to each prototype. Writes PNGs, JSON and an index.html that opens from
+        disk."""
+        from pgseg_core.api import visualize_prototypes
+
+        with progress_bar("visualize") as update:
+            summary = visualize_prototypes(images, checkpoint, out_dir, max_images=max_images,
+                                           short_side=short_side, patches_per_prototype=patches,
+                                           device=device,
+                                           progress=lambda p, d, t, i: update(d, t, phase=p))
+        note = "" if summary["npr"] else " (no NPR in this checkpoint: group maps only)"
+        out.print(f"rendered {summary['processed']} image(s){note}; open {Path(out_dir) / summary['index']}",
+                  highlight=False, soft_wrap=True)
+        for failure in summary.get("failed", []):
+            err.print(f"[red]failed[/] {failure['image']}: {failure['error']}", highlight=False)
+        if summary.get("failed"):
+            err.print(f"{summary['num_failed']} image(s) failed", highlight=False)
+            raise typer.Exit(1)

@@ -1,0 +1,206 @@
+"""Files -> prototype visualisation folder: per-image PNGs and JSON, nearest-patch grids, ``index.html``.
+
+Output layout (all writes atomic: temporary file + ``os.replace``)::
+
+    OUT/index.html                 static page, relative links only, opens from disk
+    OUT/summary.json               what was written, what failed
+    OUT/images/<stem>_panel.png    image, group maps and prototype maps (render_panel)
+    OUT/images/<stem>_matching.png Hungarian matching with HRS (NPR checkpoints only)
+    OUT/images/<stem>.json         the numbers behind the figures (ImageState.to_json)
+    OUT/patches_stage<i>.png       nearest patches of every prototype of stage i (NPR checkpoints only)
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import numpy as np
+import torch
+
+from ..data.transforms import load_image_rgb
+from ..errors import DataError
+from ..utils.io import atomic_write, atomic_write_json
+from .palette import save_image_atomic
+from .prototype_render import render_matching, render_panel, render_patch_grid
+from .prototypes import ImageState, PatchBank, VizSample, collect_image_state, prepare_image
+
+__all__ = ["visualize_samples", "samples_from_files"]
+
+logger = logging.getLogger("pgseg.viz")
+
+
+def samples_from_files(paths: Iterable[Path], short_side: int, max_long: int,
+                       failed: list[dict[str, str]]) -> Iterable[VizSample]:
+    """Read and resize image files lazily; an unreadable file is logged, added to ``failed`` and skipped."""
+    for path in paths:
+        try:
+            image = np.asarray(load_image_rgb(path))
+            yield prepare_image(image, short_side, max_long, name=Path(path).stem)
+        except DataError as e:
+            logger.warning("skipping %s: %s", path, e)
+            failed.append({"image": str(path), "error": str(e)})
+
+
+def _unique(stem: str, used: set[str]) -> str:
+    name, k = stem, 0
+    while name in used:
+        k += 1
+        name = f"{stem}-{k}"
+    used.add(name)
+    return name
+
+
+def visualize_samples(model: Any, samples: Iterable[VizSample], out_dir: str | Path, *, total: int,
+                      device: torch.device | str = "cpu", patches_per_prototype: int = 8, tile: int = 48,
+                      failed: list[dict[str, str]] | None = None, title: str = "",
+                      progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Collect and render every sample, then the nearest-patch grids and ``index.html``.
+
+    Args:
+        model: a PGSeg model in eval mode on ``device``.
+        samples: :class:`VizSample` s (from files with :func:`samples_from_files`, or from a feature cache).
+        out_dir: output folder (created).
+        total: number of samples expected (for progress).
+        patches_per_prototype: patches shown per prototype in the grids.
+        tile: grid thumbnail side, pixels.
+        failed: list that already holds (and receives) ``{"image", "error"}`` of skipped inputs; reading
+            errors are appended by :func:`samples_from_files`, encoder errors on bad samples here.
+        title: page heading (e.g. the checkpoint path).
+        progress: ``callback(done, total)`` after each sample.
+
+    Returns:
+        ``{"out_dir", "index", "processed", "outputs": [{"image", "panel", "matching", "json", "stages"}],
+        "patch_grids", "npr", "released_code", "failed", "num_failed"}``; paths relative to ``out_dir``.
+    """
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    failed = failed if failed is not None else []
+    bank = PatchBank(patches_per_prototype, tile)
+    outputs: list[dict[str, Any]] = []
+    used: set[str] = set()
+    npr = bool(model.cfg.npr.enabled)
+    failed_before = len(failed)
+    seen = encode_failures = 0
+    for sample in samples:
+        seen += 1
+        try:
+            state = collect_image_state(model, sample, device)
+        except DataError as e:
+            logger.warning("skipping %s: %s", sample.name, e)
+            failed.append({"image": sample.name, "error": str(e)})
+            encode_failures += 1
+        else:
+            stem = _unique(sample.name, used)
+            outputs.append(_write_image(state, out_dir, stem))
+            bank.add(state)
+            logger.info("rendered %s", sample.name)
+        if progress is not None:
+            # inputs handled so far: samples seen plus inputs the reader skipped before they became samples
+            read_failures = len(failed) - failed_before - encode_failures
+            progress(min(seen + read_failures, total), total)
+    if progress is not None:
+        progress(total, total)  # inputs the reader skipped after the last sample
+    grids = []
+    for stage in bank.stages():
+        rel = f"patches_stage{stage + 1}.png"
+        save_image_atomic(render_patch_grid(bank.hits(stage), stage, bank.tile_for(stage)), out_dir / rel)
+        grids.append({"stage": stage + 1, "png": rel})
+    summary = {"out_dir": str(out_dir), "index": "index.html", "processed": len(outputs), "outputs": outputs,
+               "patch_grids": grids, "npr": npr, "released_code": bool(model.cfg.npr.released_code),
+               "failed": failed, "num_failed": len(failed)}
+    atomic_write(out_dir / "index.html",
+                 lambda tmp: Path(tmp).write_text(_page(summary, title), encoding="utf-8"))
+    atomic_write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+def _write_image(state: ImageState, out_dir: Path, stem: str) -> dict[str, Any]:
+    panel = f"images/{stem}_panel.png"
+    save_image_atomic(render_panel(state), out_dir / panel)
+    record: dict[str, Any] = {"image": state.name, "panel": panel, "matching": None,
+                              "json": f"images/{stem}.json"}
+    fig = render_matching(state)
+    if fig is not None:
+        record["matching"] = f"images/{stem}_matching.png"
+        save_image_atomic(fig, out_dir / record["matching"])
+    data = state.to_json()
+    atomic_write_json(out_dir / record["json"], data)
+    record["stages"] = data["stages"]
+    return record
+
+
+# ----------------------------------------------------------------------------------------------------------
+# index.html
+
+_CSS = """body{font-family:sans-serif;margin:1.5em;max-width:1700px;color:#222}
+img{max-width:100%;border:1px solid #ccc}
+table{border-collapse:collapse;font-size:12px;margin:.4em 0}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}
+.kept{background:#dff3e3}.one{background:#fcebd3}.dropped{color:#999}
+.note{background:#fff6d6;padding:.5em;border:1px solid #e6d38a}
+section{margin-bottom:2.5em}"""
+
+
+def _link(rel: str) -> str:
+    return html.escape(quote(rel), quote=True)
+
+
+def _matching_table(stage: dict[str, Any]) -> str:
+    rows = ["<tr><th>group</th><th>cells</th><th>prototype</th><th>cos sim</th><th>HRS score p&rarr;g</th>"
+            "<th>HRS score g&rarr;p</th><th>kept</th></tr>"]
+    for r in stage["matching"]:
+        both, one = r["kept_gp"] and r["kept_pg"], r["kept_gp"] or r["kept_pg"]
+        cls = "kept" if both else ("one" if one else "dropped")
+        status = "both" if both else ("p&rarr;g only" if r["kept_gp"] else ("g&rarr;p only" if one else "no"))
+        rows.append(f'<tr class="{cls}"><td>g{r["group"]}</td><td>{r["cells"]}</td><td>p{r["prototype"]}</td>'
+                    f'<td>{r["similarity"]:+.3f}</td><td>{r["hrs_score_gp"]:.3f}</td>'
+                    f'<td>{r["hrs_score_pg"]:.3f}</td><td>{status}</td></tr>')
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def _page(summary: dict[str, Any], title: str) -> str:
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
+             f"<title>pgseg prototypes: {html.escape(title)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>Groups and prototypes</h1><p>{html.escape(title)}</p>"]
+    if summary["npr"]:
+        mode = ("<b>released-code mode</b>: the Hungarian matching minimises the similarity and HRS reads "
+                "column 0" if summary["released_code"] else
+                "the Hungarian matching maximises the group-prototype cosine similarity; HRS keeps a pair "
+                "when its min-max normalised similarity exceeds phi")
+        parts.append(f"<p>PGSeg checkpoint (NPR). Matching and HRS are computed with the training loss's own "
+                     f"functions: {mode}. Stage numbers start at 1. Prototype maps colour each prototype "
+                     f"with the colour of the group it is matched to.</p>")
+    else:
+        parts.append("<p class='note'>This checkpoint has no NPR (plain GroupViT): only the group maps are "
+                     "shown; there are no prototypes, no matching and no nearest-patch grids.</p>")
+    parts.append(f"<p>{summary['processed']} image(s) rendered, {summary['num_failed']} failed.</p>")
+    if summary["failed"]:
+        items = "".join(f"<li>{html.escape(f['image'])}: {html.escape(f['error'])}</li>"
+                        for f in summary["failed"])
+        parts.append(f"<div class='note'><b>Skipped:</b><ul>{items}</ul></div>")
+    if summary["patch_grids"]:
+        parts.append("<h2>Nearest patches per prototype</h2>")
+        for g in summary["patch_grids"]:
+            parts.append(f"<h3>stage {g['stage']}</h3><a href='{_link(g['png'])}'>"
+                         f"<img src='{_link(g['png'])}' alt='stage {g['stage']} patches'></a>")
+    parts.append("<h2>Images</h2>")
+    for rec in summary["outputs"]:
+        parts.append(f"<section><h3>{html.escape(rec['image'])}</h3>"
+                     f"<a href='{_link(rec['panel'])}'><img src='{_link(rec['panel'])}' alt='panel'></a>")
+        if rec["matching"]:
+            parts.append(f"<p><a href='{_link(rec['matching'])}'><img src='{_link(rec['matching'])}' "
+                         f"alt='matching'></a></p>")
+        for stage in rec["stages"]:
+            if "matching" in stage:
+                parts.append(f"<details><summary>stage {stage['stage']} matching table "
+                             f"({stage['hrs_kept_gp']} / {stage['hrs_kept_pg']} pairs kept "
+                             f"p&rarr;g / g&rarr;p)"
+                             f"</summary>{_matching_table(stage)}</details>")
+        parts.append(f"<p><a href='{_link(rec['json'])}'>numbers (JSON)</a></p></section>")
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
