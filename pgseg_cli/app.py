@@ -38,10 +38,10 @@ def _root(
 
 
 def _register() -> None:
-    from .commands import convert, prep_shards, segment, train
+    from .commands import convert, export_onnx, prep_shards, segment, train
     from .commands import eval as eval_cmd
 
-    for module in (prep_shards, train, eval_cmd, segment, convert):
+    for module in (prep_shards, train, eval_cmd, segment, export_onnx, convert):
         module.register(app)
 
 
