@@ -14,6 +14,8 @@ from PIL import Image
 
 from pgseg_core.config import EvalConfig
 from pgseg_core.errors import ConfigError
+from pgseg_core.segment.batch import TorchEncoder
+from pgseg_core.segment.classes import ClassSpec, embed_classes
 from pgseg_core.segment.segmenter import Segmenter, segment_images
 from pgseg_core.viz.overlay import render_overlay
 from pgseg_core.viz.palette import PALETTE, colorize, label_to_palette_png
@@ -80,9 +82,11 @@ def test_segment_images_outputs_and_failures(tmp_path: Path) -> None:
     out = tmp_path / "out"
     ticks: list[tuple[int, int]] = []
 
+    names = ["red", "green", "blue"]
+    ce = embed_classes(ColourModel(), ClassSpec.from_names(names), ["{}"], "cpu")
     summary = segment_images(
-        ColourModel(), [good, broken, same_stem, missing], ["red", "green", "blue"], out, _cfg(), "cpu",
-        progress=lambda d, t: ticks.append((d, t)),
+        TorchEncoder(ColourModel(), "cpu"), [good, broken, same_stem], ce, names, 100.0, out, _cfg(), "cpu",
+        missing=[(str(missing), "not found")], progress=lambda d, t, info: ticks.append((d, t)),
     )  # fmt: skip
     assert summary["processed"] == 2
     assert summary["num_failed"] == 2 and len(summary["failed"]) == 2

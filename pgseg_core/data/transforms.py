@@ -228,11 +228,30 @@ def load_image_rgb(path: str | Path, background: tuple[int, int, int] = _WHITE) 
             f"{Image.MAX_IMAGE_PIXELS} (PIL.Image.MAX_IMAGE_PIXELS); downscale it first"
         ) from None
     except UnidentifiedImageError:
+        kind = _sniff_format(path)
+        if kind is not None:
+            raise DataError(f"unsupported image mode in {path}: PIL cannot decode this {kind} pixel layout (e.g. "
+                            "float RGB or an unusual number of samples) or the file is corrupt; convert it to 8-bit "
+                            "RGB") from None
         raise DataError(f"{path} is not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as e:
         if "mode" in str(e).lower() and "truncated" not in str(e).lower():
             raise DataError(f"unsupported image mode in {path}: {e}; save it as 8-bit RGB first") from e
         raise DataError(f"cannot decode image {path}: {e} (truncated or corrupt file?)") from e
+
+
+def _sniff_format(path: Path) -> str | None:
+    """'TIFF' when the file starts with a TIFF header, else None.
+
+    PIL reports a TIFF whose sample layout it has no mode for (float RGB, 2 or 5 samples per pixel, ...) as
+    unidentified; the header tells that case apart from a file that is not an image at all.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    return "TIFF" if head in (b"II*\x00", b"MM\x00*") else None
 
 
 def _pixels_of(e: BaseException) -> str:
