@@ -72,6 +72,6 @@ def register(app: typer.Typer) -> None:
             f"{summary['device']}, text cache {summary['text_cache']})", highlight=False, soft_wrap=True)
         for failure in summary["failed"]:
             text = failure["error"] if failure["image"] in failure["error"] else f"{failure['image']}: {failure['error']}"
-            err.print(f"[red]failed[/] {escape(text)}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
         if summary["failed"]:
             raise typer.Exit(1)
