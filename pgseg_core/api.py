@@ -181,6 +181,7 @@ def segment_files(inputs: list[str], checkpoint: str | Path, out_dir: str | Path
                   stdin: Iterable[str] | None = None, skip_existing: bool = False, batch_size: int = 1,
                   num_workers: int = 0, backend: str = "torch", onnx_path: str | Path | None = None,
                   text_cache: str | Path | bool | None = True, bf16: bool = True,
+                  export_onnx_to: str | Path | None = None,
                   on_record: Callable[[dict[str, Any]], None] | None = None,
                   progress: Progress | None = None) -> dict[str, Any]:
     """Segment image files into the named classes and write label PNGs, overlays, JSON and/or COCO RLE.
@@ -201,6 +202,8 @@ def segment_files(inputs: list[str], checkpoint: str | Path, out_dir: str | Path
         backend: ``torch`` or ``onnx`` (image encoder through ONNX Runtime on the CPU, from ``onnx_path``
             written by :func:`export_onnx`; text embeddings still come from ``checkpoint``).
         text_cache: True = ``out_dir/.pgseg_cache``; a path = that folder; False/None = off.
+        export_onnx_to: first export the checkpoint's image encoder to this ``.onnx`` file (as
+            :func:`export_onnx`), then segment with it through ONNX Runtime (``backend`` becomes ``onnx``).
         on_record: receives one JSON record per image (status ok / skipped / failed).
         progress: ``progress("segment", done, total, {"images_per_s": float})``.
 
@@ -221,6 +224,10 @@ def segment_files(inputs: list[str], checkpoint: str | Path, out_dir: str | Path
     spec = parse_class_spec(classes, classes_file, bg_words)
     fmts = parse_formats(formats)
     tpls = _read_templates(templates, templates_file)
+    if export_onnx_to is not None:
+        if backend == "onnx" and onnx_path is not None:
+            raise ConfigError("give either --export-onnx FILE (export, then use it) or --onnx FILE, not both")
+        backend, onnx_path = "onnx", export_onnx_to
     if backend not in ("torch", "onnx"):
         raise ConfigError(f"unknown backend '{backend}': use torch or onnx")
     if backend == "onnx" and onnx_path is None:
@@ -235,6 +242,8 @@ def segment_files(inputs: list[str], checkpoint: str | Path, out_dir: str | Path
             raise ConfigError(f"--backend onnx runs on the CPU; drop --device {device} (or use --backend torch)")
         device = "cpu"
     dev = resolve_device(device)
+    if export_onnx_to is not None:
+        export_onnx(checkpoint, export_onnx_to)
     resolved = resolve_inputs(inputs, recursive=recursive, stdin=stdin)
     out_dir = Path(out_dir)
     plans = plan_outputs([im.rel for im in resolved.images], out_dir, fmts)

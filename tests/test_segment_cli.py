@@ -288,6 +288,11 @@ def test_onnx_backend_gives_the_same_masks_as_torch(env, tmp_path):
         assert [c["pixels"] for c in st] == [c["pixels"] for c in so]
         np.testing.assert_allclose([c["score"] for c in st], [c["score"] for c in so], atol=1e-4)
     assert len(labels_seen) >= 2, "parity on a constant label map would prove little"
+    # segment --export-onnx: export, then segment with it
+    y = seg(env / "tiny.pt", tmp_path / "y", env / "photos" / "a.jpg", extra=("--export-onnx", tmp_path / "m.onnx"))
+    assert y.exit_code == 0 and "onnx on cpu" in y.output and (tmp_path / "m.json").is_file()
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "y" / "a_label.png")),
+                                  np.asarray(Image.open(tmp_path / "t" / "a_label.png")))
 
 
 def test_onnx_from_another_checkpoint_is_refused(env, tmp_path):

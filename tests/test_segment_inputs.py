@@ -151,3 +151,30 @@ def test_text_cache_hit_skips_the_text_tower(tmp_path):
     ckpt.write_bytes(b"weights v2")
     cached_class_embeddings(Counting(), spec, ["{}"], "cpu", digest=checkpoint_digest(ckpt), cache_dir=tmp_path / "c")
     assert len(calls) == 4 and len(os.listdir(tmp_path / "c")) == 4
+
+
+@pytest.mark.cuda
+def test_bf16_autocast_on_cuda_agrees_with_fp32():
+    import math
+
+    from pgseg_core.config import load_config
+    from pgseg_core.models.factory import create_model
+
+    cfg = load_config("pgseg-tiny")
+    torch.manual_seed(3)
+    model = create_model(cfg.model).eval().cuda()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.3)
+        model.logit_scale.fill_(math.log(100.0))
+    eval_cfg = EvalConfig(short_side=64, mode="whole", bg_thresh=0.0, top_k=0)
+    ce = embed_classes(model, ClassSpec.from_names(["cat", "dog", "tree", "car"]), ["a photo of a {}."], "cuda")
+    image = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
+    prepared = [prepare_image(image, eval_cfg)]
+    bf16 = TorchEncoder(model, "cuda", bf16=True)
+    fp32 = TorchEncoder(model, "cuda", bf16=False)
+    assert bf16.bf16 and not fp32.bf16
+    (lb, sb), = predict_batch(bf16, prepared, ce, model.logit_scale_value(), eval_cfg, "cuda")
+    (lf, sf), = predict_batch(fp32, prepared, ce, model.logit_scale_value(), eval_cfg, "cuda")
+    assert sb.dtype == np.float32 and (lb == lf).mean() > 0.9

@@ -42,6 +42,8 @@ def register(app: typer.Typer) -> None:
         workers: Annotated[int, typer.Option(help="Decode worker processes (0 = in the main process).")] = 2,
         backend: Annotated[str, typer.Option(help="Image encoder: torch or onnx (ONNX Runtime, CPU).")] = "torch",
         onnx: Annotated[Optional[Path], typer.Option("--onnx", help="Model from 'pgseg export-onnx' (--backend onnx).")] = None,
+        export_onnx: Annotated[Optional[Path], typer.Option(
+            "--export-onnx", help="Export the image encoder to this .onnx file first, then segment with it.")] = None,
         text_cache: Annotated[Optional[Path], typer.Option(
             help="Folder of the text-embedding cache (default: OUT/.pgseg_cache).")] = None,
         no_text_cache: Annotated[bool, typer.Option("--no-text-cache", help="Always run the text tower.")] = False,
@@ -63,7 +65,7 @@ def register(app: typer.Typer) -> None:
                 templates=template, templates_file=templates_file, eval_overrides=overrides, device=device,
                 formats=fmt, recursive=recursive, stdin=sys.stdin if "-" in images else None,
                 skip_existing=skip_existing, batch_size=batch_size, num_workers=workers, backend=backend,
-                onnx_path=onnx, text_cache=cache, on_record=emit,
+                onnx_path=onnx, text_cache=cache, export_onnx_to=export_onnx, on_record=emit,
                 progress=lambda p, d, t, i: update(d, t, info=f"{i.get('images_per_s', 0.0):.2f} img/s", phase=p))
         console = err if jsonl else out
         console.print(
