@@ -261,7 +261,12 @@ def segment_files(inputs: list[str], checkpoint: str | Path, out_dir: str | Path
         eval_cfg = _eval_config(info.config, overrides)
         if tpls:
             eval_cfg = dataclasses.replace(eval_cfg, templates=list(tpls))
-        digest = checkpoint_digest(info.path) if (text_cache or backend == "onnx") else None
+        digest = None
+        if text_cache or backend == "onnx":
+            try:
+                digest = checkpoint_digest(info.path)
+            except OSError as e:  # e.g. weights that are not plain files: run without the cache
+                _log.warning("cannot hash %s (%s): text-embedding cache off", info.path, e)
         cache_dir = None
         if text_cache:
             cache_dir = out_dir / ".pgseg_cache" if text_cache is True else Path(text_cache)
@@ -279,6 +284,8 @@ def segment_files(inputs: list[str], checkpoint: str | Path, out_dir: str | Path
         from .config import EvalConfig
 
         eval_cfg = EvalConfig()  # nothing to run: every image is done
+    if not resolved.images and not resolved.missing:
+        _log.warning("no input images: nothing to segment")
     summary = segment_images(encoder, resolved.images, class_emb, spec.names, logit_scale, out_dir, eval_cfg, dev,
                              formats=fmts, skip_existing=skip_existing, batch_size=batch_size,
                              num_workers=num_workers, missing=resolved.missing, on_record=on_record,

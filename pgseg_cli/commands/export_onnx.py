@@ -16,7 +16,8 @@ def register(app: typer.Typer) -> None:
     def export_onnx_cli(
         checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="Checkpoint file or run directory.")],
         out_path: Annotated[Path, typer.Option("--out", "-o", help="The .onnx file to write (+ a .json sidecar).")],
-        size: Annotated[int, typer.Option(help="Square tracing size in pixels (multiple of 16); any size runs later.")] = 448,
+        size: Annotated[int, typer.Option(
+            help="Square tracing size in pixels (multiple of 16); any size runs later.")] = 448,
     ) -> None:
         """Export the image encoder (group embeddings, image embedding, soft assignments) to ONNX."""
         from pgseg_core.api import export_onnx

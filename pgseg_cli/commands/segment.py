@@ -24,24 +24,28 @@ def register(app: typer.Typer) -> None:
         out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output directory (mirrors input sub-folders).")],
         classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names, e.g. 'cat,dog'.")] = None,
         classes_file: Annotated[Optional[Path], typer.Option(
-            help="Class file: one class per line, comma-separated synonyms, optional 'background: w1, w2' line.")] = None,
+            help="Class file: one class per line, comma-separated synonyms, optional 'background: w1, w2' "
+                 "line.")] = None,
         bg_words: Annotated[Optional[str], typer.Option(
             help="Comma-separated background words (e.g. 'sky,wall'): pixels they win are background.")] = None,
         template: Annotated[Optional[list[str]], typer.Option(
             help="Prompt template with {} for the class name; repeat for several (mean over templates).")] = None,
         templates_file: Annotated[Optional[Path], typer.Option(help="Text file, one template per line.")] = None,
-        bg_thresh: Annotated[Optional[float], typer.Option(help="Background threshold in [0, 1] (default: checkpoint's).")] = None,
+        bg_thresh: Annotated[Optional[float], typer.Option(
+            help="Background threshold in [0, 1] (default: checkpoint's).")] = None,
         top_k: Annotated[Optional[int], typer.Option(help="Keep the image's top-k classes; 0 = all.")] = None,
         short_side: Annotated[Optional[int], typer.Option(help="Resize the short side to this many pixels.")] = None,
-        fmt: Annotated[str, typer.Option("--format", help="Outputs: any of png,overlay,json,coco-rle.")] = "png,overlay,json",
+        fmt: Annotated[str, typer.Option(
+            "--format", help="Outputs: any of png,overlay,json,coco-rle.")] = "png,overlay,json",
         jsonl: Annotated[bool, typer.Option("--jsonl", help="Write one JSON record per image to stdout.")] = False,
-        skip_existing: Annotated[bool, typer.Option(help="Skip images whose requested outputs all exist.")] = False,
+        skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip images whose requested outputs all exist.")] = False,
         recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")] = False,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (bf16 autocast on CUDA).")] = "auto",
         batch_size: Annotated[int, typer.Option(help="Images per encoder batch.")] = 4,
         workers: Annotated[int, typer.Option(help="Decode worker processes (0 = in the main process).")] = 2,
         backend: Annotated[str, typer.Option(help="Image encoder: torch or onnx (ONNX Runtime, CPU).")] = "torch",
-        onnx: Annotated[Optional[Path], typer.Option("--onnx", help="Model from 'pgseg export-onnx' (--backend onnx).")] = None,
+        onnx: Annotated[Optional[Path], typer.Option(
+            "--onnx", help="Model from 'pgseg export-onnx' (--backend onnx).")] = None,
         export_onnx: Annotated[Optional[Path], typer.Option(
             "--export-onnx", help="Export the image encoder to this .onnx file first, then segment with it.")] = None,
         text_cache: Annotated[Optional[Path], typer.Option(
@@ -73,7 +77,9 @@ def register(app: typer.Typer) -> None:
             f"failed {summary['num_failed']} ({summary['images_per_s']:.2f} images/s, {summary['backend']} on "
             f"{summary['device']}, text cache {summary['text_cache']})", highlight=False, soft_wrap=True)
         for failure in summary["failed"]:
-            text = failure["error"] if failure["image"] in failure["error"] else f"{failure['image']}: {failure['error']}"
+            text = failure["error"]
+            if failure["image"] not in text:
+                text = f"{failure['image']}: {text}"
             err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
         if summary["failed"]:
             raise typer.Exit(1)

@@ -224,8 +224,8 @@ def load_image_rgb(path: str | Path, background: tuple[int, int, int] = _WHITE) 
         raise DataError(f"expected an image file but {path} is a directory") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(
-            f"refusing to open {path}: {_pixels_of(e)} pixels is over the decompression-bomb limit of "
-            f"{Image.MAX_IMAGE_PIXELS} (PIL.Image.MAX_IMAGE_PIXELS); downscale it first"
+            f"refusing to open {path}: too many pixels ({_pixels_of(e)}, over the decompression-bomb limit "
+            f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}); downscale it first"
         ) from None
     except UnidentifiedImageError:
         kind = _sniff_format(path)

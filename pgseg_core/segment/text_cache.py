@@ -37,10 +37,10 @@ def _weight_files(path: Path) -> list[Path]:
     if path.is_dir():
         return [path / n for n in _WEIGHT_NAMES if (path / n).is_file()][:1] or sorted(
             p for p in path.iterdir() if p.is_file())
-    if path.suffix in (".json", ".safetensors"):
-        pair = [Path(f"{path.with_suffix('')}{s}") for s in (".safetensors", ".json")]
-        if all(p.is_file() for p in pair):
-            return pair
+    stem = str(path.with_suffix("")) if path.suffix in (".json", ".safetensors") else str(path)
+    pair = [Path(f"{stem}.safetensors"), Path(f"{stem}.json")]  # a `pgseg convert` pair, named by either file
+    if all(p.is_file() for p in pair):
+        return pair
     return [path]
 
 
@@ -52,6 +52,9 @@ def checkpoint_digest(path: str | Path) -> str:
 
     Returns:
         16 hex digits; reading costs one pass over the file(s).
+
+    Raises:
+        OSError: the file(s) cannot be read.
     """
     h = hashlib.sha256()
     for f in _weight_files(Path(path)):
