@@ -149,3 +149,13 @@ def test_render_overlay_legend() -> None:
     assert not (np.abs(legend.astype(int) - PALETTE[1]).sum(axis=-1) == 0).any()  # cat absent
     with pytest.raises(ValueError):
         render_overlay(img, label[:10], ["cat", "dog"])
+
+
+def test_segmenter_with_synonyms_and_background_words() -> None:
+    spec = ClassSpec((("green",), ("red", "blue")), ())
+    res = Segmenter(ColourModel(), spec, _cfg(), "cpu").predict(_red_green())
+    assert res.classes == ["green", "red"]
+    assert (res.label[:, :30] == 2).all() and (res.label[:, 50:] == 1).all()
+    # "red" as a background word: the red half becomes background
+    res = Segmenter(ColourModel(), ClassSpec((("green",),), ("red",)), _cfg(), "cpu").predict(_red_green())
+    assert (res.label[:, :30] == 0).all() and (res.label[:, 50:] == 1).all()
