@@ -6,9 +6,11 @@ JSON-serialisable summary. Long stages accept ``progress(phase, done, total, inf
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,14 +18,12 @@ from .config import RunConfig, apply_overrides, load_config
 from .errors import ConfigError, DataError
 from .utils.io import atomic_write_json
 
-__all__ = ["prep_shards", "train", "evaluate_checkpoint", "segment_files", "resolve_inputs",
-           "parse_class_list", "visualize_prototypes"]
+__all__ = ["prep_shards", "train", "evaluate_checkpoint", "segment_files", "resolve_inputs", "export_onnx",
+           "visualize_prototypes"]
 
 _log = logging.getLogger("pgseg.api")
 
 Progress = Callable[[str, int, int, dict[str, Any]], None]
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 def _phase_cb(progress: Progress | None, phase: str) -> Callable[[int, int | None], None] | None:
@@ -159,75 +159,186 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, *, splits: lis
     return metrics
 
 
-def parse_class_list(classes: str | None, classes_file: str | Path | None = None) -> list[str]:
-    """Class names from ``"cat,dog"`` or a text file with one class per line (``#`` comments allowed).
-
-    Raises:
-        ConfigError: no classes given, an empty name, or duplicates. DataError: unreadable file.
-    """
-    names: list[str] = []
-    if classes:
-        names += [c.strip() for c in classes.split(",")]
-    if classes_file:
-        path = Path(classes_file)
-        if not path.is_file():
-            raise DataError(f"class file not found: {path}")
-        if path.suffix.lower() not in ("", ".txt", ".csv", ".lst"):
-            raise DataError(f"unknown class-file format '{path.suffix}' for {path}: use a .txt file with one "
-                            "class per line")
-        for line in path.read_text(encoding="utf-8").splitlines():
-            line = line.split("#", 1)[0].strip()
-            if line:
-                names.append(line)
-    if not names:
-        raise ConfigError("no classes given: pass --classes 'cat,dog' or --classes-file FILE")
-    if any(n == "" for n in names):
-        raise ConfigError(f"empty class name in --classes '{classes}'")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ConfigError(f"duplicate class names: {', '.join(dupes)}")
-    return names
-
-
-def resolve_inputs(inputs: list[str]) -> list[Path]:
-    """Expand image files and directories (non-recursive) into a sorted list of image paths.
-
-    Raises:
-        DataError: a path that does not exist, or nothing to segment.
-    """
-    paths: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            paths += sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.exists():
-            paths.append(p)
-        else:
-            raise DataError(f"input not found: {p}")
-    if not paths:
-        raise DataError(f"no images found in {', '.join(inputs)}")
-    return paths
-
-
-def segment_files(inputs: list[str], classes: list[str], checkpoint: str | Path, out_dir: str | Path, *,
-                  eval_overrides: dict[str, Any] | None = None, device: str = "auto",
-                  progress: Progress | None = None) -> dict[str, Any]:
-    """Segment image files with the named classes; write label PNG, overlay and JSON per image.
+def resolve_inputs(inputs: list[str], *, recursive: bool = False, stdin: Iterable[str] | None = None):
+    """Expand files, directories (``recursive``), glob patterns and ``-`` (paths on ``stdin``).
 
     Returns:
-        Summary with ``processed``, ``outputs`` and ``failed`` (bad files are skipped and listed).
+        :class:`pgseg_core.segment.inputs.ResolvedInputs`: ``images`` (path + output-relative path, duplicates
+        removed) and ``missing`` (item, reason) pairs; never raises for a bad item.
     """
-    from .models.factory import load_checkpoint
+    from .segment.inputs import resolve_inputs as _resolve
+
+    return _resolve(inputs, recursive=recursive, stdin=stdin)
+
+
+def _read_templates(templates: list[str] | None, templates_file: str | Path | None) -> list[str] | None:
+    found = [t for t in (templates or []) if t.strip()]
+    if templates_file:
+        path = Path(templates_file)
+        if not path.is_file():
+            raise DataError(f"templates file not found: {path}")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read templates file {path}: {e}") from e
+        found += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        if not found:
+            raise ConfigError(f"templates file {path} holds no template: one per line, e.g. 'a photo of a {{}}.'")
+    for tpl in found:
+        if tpl.count("{}") != 1:
+            raise ConfigError(f"template {tpl!r} must contain exactly one '{{}}' where the class name goes")
+    return found or None
+
+
+def segment_files(inputs: list[str], checkpoint: str | Path, out_dir: str | Path, *,
+                  classes: str | None = None, classes_file: str | Path | None = None,
+                  bg_words: str | None = None, templates: list[str] | None = None,
+                  templates_file: str | Path | None = None, eval_overrides: dict[str, Any] | None = None,
+                  device: str = "auto", formats: str | list[str] | None = None, recursive: bool = False,
+                  stdin: Iterable[str] | None = None, skip_existing: bool = False, batch_size: int = 1,
+                  num_workers: int = 0, backend: str = "torch", onnx_path: str | Path | None = None,
+                  text_cache: str | Path | bool | None = True, bf16: bool = True,
+                  export_onnx_to: str | Path | None = None,
+                  on_record: Callable[[dict[str, Any]], None] | None = None,
+                  progress: Progress | None = None) -> dict[str, Any]:
+    """Segment image files into the named classes and write label PNGs, overlays, JSON and/or COCO RLE.
+
+    Args:
+        inputs: files, directories, glob patterns, ``-`` (paths on ``stdin``); see
+            :mod:`pgseg_core.segment.inputs`. Outputs mirror the inputs' sub-folders under ``out_dir``.
+        checkpoint: any checkpoint :func:`pgseg_core.models.factory.load_checkpoint` reads.
+        classes / classes_file / bg_words: the vocabulary (:func:`pgseg_core.segment.classes.parse_class_spec`;
+            a class scores the max over its synonyms, a pixel won by a background word is background).
+        templates / templates_file: prompt templates (default: the checkpoint's eval templates).
+        eval_overrides: EvalConfig fields such as ``{"bg_thresh": 0.5, "top_k": 3, "short_side": 448}``.
+        device: ``auto | cpu | cuda | cuda:N`` (bf16 autocast on CUDA unless ``bf16=False``).
+        formats: ``"png,overlay,json,coco-rle"`` subset (default png, overlay, json).
+        skip_existing: skip images whose requested outputs all exist (no decode, no inference; the model is
+            not even loaded when every image is done).
+        batch_size / num_workers: images per encoder batch; DataLoader decode processes.
+        backend: ``torch`` or ``onnx`` (image encoder through ONNX Runtime on the CPU, from ``onnx_path``
+            written by :func:`export_onnx`; text embeddings still come from ``checkpoint``).
+        text_cache: True = ``out_dir/.pgseg_cache``; a path = that folder; False/None = off.
+        export_onnx_to: first export the checkpoint's image encoder to this ``.onnx`` file (as
+            :func:`export_onnx`), then segment with it through ONNX Runtime (``backend`` becomes ``onnx``).
+        on_record: receives one JSON record per image (status ok / skipped / failed).
+        progress: ``progress("segment", done, total, {"images_per_s": float})``.
+
+    Returns:
+        Summary: ``out_dir, classes, formats, total, processed, skipped, failed [{image, error}], num_failed,
+        seconds, images_per_s, backend, device, text_cache`` ("hit", "miss", "off" or "unused").
+
+    Raises:
+        ConfigError: bad classes / templates / formats / settings. DataError: a bad class or templates file.
+        CheckpointError, DeviceError, DependencyError: as the loaders. Bad images never raise: they are
+        counted in ``failed``.
+    """
+    from .segment.classes import parse_class_spec
+    from .segment.outputs import parse_formats, plan_outputs
     from .segment.segmenter import segment_images
     from .utils.device import resolve_device
 
-    paths = resolve_inputs(inputs)
+    spec = parse_class_spec(classes, classes_file, bg_words)
+    fmts = parse_formats(formats)
+    tpls = _read_templates(templates, templates_file)
+    if export_onnx_to is not None:
+        if backend == "onnx" and onnx_path is not None:
+            raise ConfigError("give either --export-onnx FILE (export, then use it) or --onnx FILE, not both")
+        backend, onnx_path = "onnx", export_onnx_to
+    if backend not in ("torch", "onnx"):
+        raise ConfigError(f"unknown backend '{backend}': use torch or onnx")
+    if backend == "onnx" and onnx_path is None:
+        raise ConfigError("--backend onnx needs --onnx MODEL.onnx (write it with 'pgseg export-onnx')")
+    if int(batch_size) < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    overrides = dict(eval_overrides or {})
+    if "bg_thresh" in overrides and not 0.0 <= float(overrides["bg_thresh"]) <= 1.0:
+        raise ConfigError(f"--bg-thresh must lie in [0, 1], got {overrides['bg_thresh']}")
+    if backend == "onnx":
+        if device not in ("auto", "cpu"):
+            raise ConfigError(f"--backend onnx runs on the CPU; drop --device {device} (or use --backend torch)")
+        device = "cpu"
     dev = resolve_device(device)
-    model, info = load_checkpoint(checkpoint, dev)
-    eval_cfg = _eval_config(info.config, eval_overrides)
-    return segment_images(model, paths, classes, Path(out_dir), eval_cfg, dev,
-                          progress=_phase_cb(progress, "segment"))
+    if export_onnx_to is not None:
+        export_onnx(checkpoint, export_onnx_to)
+    resolved = resolve_inputs(inputs, recursive=recursive, stdin=stdin)
+    out_dir = Path(out_dir)
+    plans = plan_outputs([im.rel for im in resolved.images], out_dir, fmts)
+    pending = [not (skip_existing and p.all_exist()) for p in plans]
 
+    encoder = class_emb = None
+    logit_scale, cache_state = 0.0, "unused"
+    eval_cfg = None
+    if any(pending):
+        from .models.factory import load_checkpoint
+        from .segment.batch import TorchEncoder
+        from .segment.text_cache import cached_class_embeddings, checkpoint_digest
+
+        model, info = load_checkpoint(checkpoint, dev)
+        eval_cfg = _eval_config(info.config, overrides)
+        if tpls:
+            eval_cfg = dataclasses.replace(eval_cfg, templates=list(tpls))
+        digest = None
+        if text_cache or backend == "onnx":
+            try:
+                digest = checkpoint_digest(info.path)
+            except OSError as e:  # e.g. weights that are not plain files: run without the cache
+                _log.warning("cannot hash %s (%s): text-embedding cache off", info.path, e)
+        cache_dir = None
+        if text_cache:
+            cache_dir = out_dir / ".pgseg_cache" if text_cache is True else Path(text_cache)
+        class_emb, hit = cached_class_embeddings(model, spec, list(eval_cfg.templates), dev, digest=digest,
+                                                 cache_dir=cache_dir)
+        cache_state = "off" if cache_dir is None else ("hit" if hit else "miss")
+        logit_scale = float(model.logit_scale_value())
+        if backend == "onnx":
+            from .segment.onnx_export import OnnxEncoder
+
+            encoder = OnnxEncoder(onnx_path, checkpoint_digest=digest)
+        else:
+            encoder = TorchEncoder(model, dev, bf16=bf16)
+    else:
+        from .config import EvalConfig
+
+        eval_cfg = EvalConfig()  # nothing to run: every image is done
+    if not resolved.images and not resolved.missing:
+        _log.warning("no input images: nothing to segment")
+    summary = segment_images(encoder, resolved.images, class_emb, spec.names, logit_scale, out_dir, eval_cfg, dev,
+                             formats=fmts, skip_existing=skip_existing, batch_size=batch_size,
+                             num_workers=num_workers, missing=resolved.missing, on_record=on_record,
+                             progress=(lambda d, t, info: progress("segment", d, t, info)) if progress else None)
+    summary.update({"backend": backend, "device": str(dev), "text_cache": cache_state,
+                    "class_spec": spec.to_dict()})
+    return summary
+
+
+def export_onnx(checkpoint: str | Path, out: str | Path, *, size: int = 448) -> dict[str, Any]:
+    """Export a checkpoint's image encoder to ONNX (``pgseg export-onnx``), with a ``.json`` sidecar.
+
+    Args:
+        checkpoint: any checkpoint :func:`pgseg_core.models.factory.load_checkpoint` reads.
+        out: the ``.onnx`` file.
+        size: square tracing size in pixels, a multiple of 16 (inputs of any multiple of 16 work later).
+
+    Returns:
+        The sidecar dict plus ``"path"`` and ``"sidecar"``.
+
+    Raises:
+        ConfigError: a bad size. CheckpointError, DependencyError: unreadable checkpoint, onnx missing.
+    """
+    from .models.factory import load_checkpoint
+    from .segment.onnx_export import export_onnx as _export, onnx_sidecar_path
+    from .segment.text_cache import checkpoint_digest
+
+    if size <= 0 or size % 16:
+        raise ConfigError(f"--size must be a positive multiple of 16 pixels, got {size}")
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise ConfigError(f"--out must name a .onnx file, got {out}")
+    model, info = load_checkpoint(checkpoint, "cpu")
+    meta = _export(model, out, size=size, config=info.config.to_dict(), checkpoint=str(info.path),
+                   checkpoint_digest=checkpoint_digest(info.path))
+    return {**meta, "path": str(out), "sidecar": str(onnx_sidecar_path(out))}
 
 
 def visualize_prototypes(inputs: list[str], checkpoint: str | Path, out_dir: str | Path, *,
@@ -265,14 +376,18 @@ def visualize_prototypes(inputs: list[str], checkpoint: str | Path, out_dir: str
                         ("--patches", patches_per_prototype)):
         if value is not None and int(value) < 1:
             raise ConfigError(f"{name} must be a positive number, got {value}")
-    paths = resolve_inputs(inputs)
+    resolved = resolve_inputs(inputs)
+    if not resolved.images:
+        reasons = "; ".join(f"{item}: {why}" for item, why in resolved.missing)
+        raise DataError(f"no images to visualize ({reasons or 'no inputs'})")
+    paths = [im.path for im in resolved.images]
     if max_images is not None:
         paths = paths[: int(max_images)]
     dev = resolve_device(device)
     model, info = load_checkpoint(checkpoint, dev)
     model.eval()
     short = int(short_side or info.config.eval.short_side)
-    failed: list[dict[str, str]] = []
+    failed: list[dict[str, str]] = [{"image": item, "error": why} for item, why in resolved.missing]
     samples = samples_from_files(paths, short, max(int(info.config.eval.max_long), short), failed)
     title = f"checkpoint {info.path} ({info.config.name}, step {info.step}); images at short side {short} px"
     return visualize_samples(model, samples, out_dir, total=len(paths), device=dev,

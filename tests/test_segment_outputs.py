@@ -14,6 +14,8 @@ from PIL import Image
 
 from pgseg_core.config import EvalConfig
 from pgseg_core.errors import ConfigError
+from pgseg_core.segment.batch import TorchEncoder
+from pgseg_core.segment.classes import ClassSpec, embed_classes
 from pgseg_core.segment.segmenter import Segmenter, segment_images
 from pgseg_core.viz.overlay import render_overlay
 from pgseg_core.viz.palette import PALETTE, colorize, label_to_palette_png
@@ -80,9 +82,11 @@ def test_segment_images_outputs_and_failures(tmp_path: Path) -> None:
     out = tmp_path / "out"
     ticks: list[tuple[int, int]] = []
 
+    names = ["red", "green", "blue"]
+    ce = embed_classes(ColourModel(), ClassSpec.from_names(names), ["{}"], "cpu")
     summary = segment_images(
-        ColourModel(), [good, broken, same_stem, missing], ["red", "green", "blue"], out, _cfg(), "cpu",
-        progress=lambda d, t: ticks.append((d, t)),
+        TorchEncoder(ColourModel(), "cpu"), [good, broken, same_stem], ce, names, 100.0, out, _cfg(), "cpu",
+        missing=[(str(missing), "not found")], progress=lambda d, t, info: ticks.append((d, t)),
     )  # fmt: skip
     assert summary["processed"] == 2
     assert summary["num_failed"] == 2 and len(summary["failed"]) == 2
@@ -145,3 +149,13 @@ def test_render_overlay_legend() -> None:
     assert not (np.abs(legend.astype(int) - PALETTE[1]).sum(axis=-1) == 0).any()  # cat absent
     with pytest.raises(ValueError):
         render_overlay(img, label[:10], ["cat", "dog"])
+
+
+def test_segmenter_with_synonyms_and_background_words() -> None:
+    spec = ClassSpec((("green",), ("red", "blue")), ())
+    res = Segmenter(ColourModel(), spec, _cfg(), "cpu").predict(_red_green())
+    assert res.classes == ["green", "red"]
+    assert (res.label[:, :30] == 2).all() and (res.label[:, 50:] == 1).all()
+    # "red" as a background word: the red half becomes background
+    res = Segmenter(ColourModel(), ClassSpec((("green",),), ("red",)), _cfg(), "cpu").predict(_red_green())
+    assert (res.label[:, :30] == 0).all() and (res.label[:, 50:] == 1).all()

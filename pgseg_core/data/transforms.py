@@ -7,6 +7,7 @@ Every image that enters a model is RGB float in [0, 1], then normalised with the
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -198,12 +199,17 @@ def load_image_rgb(path: str | Path, background: tuple[int, int, int] = _WHITE) 
         PIL image, mode RGB, fully loaded (the file is closed).
 
     Raises:
-        DataError: the file is missing, not an image, truncated/corrupt, or a decompression bomb
-            (more than ``PIL.Image.MAX_IMAGE_PIXELS`` x 2 pixels).
+        DataError: the file is missing, not an image, truncated/corrupt, in a mode that cannot be turned
+            into RGB, or a decompression bomb (more than ``PIL.Image.MAX_IMAGE_PIXELS`` pixels: PIL's warning
+            between that limit and twice it is an error here too).
     """
     path = Path(path)
     try:
-        with Image.open(path) as opened:
+        with warnings.catch_warnings():
+            # PIL only warns between MAX_IMAGE_PIXELS and twice that; refuse those files too
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            opened = Image.open(path)
+        with opened:
             opened.load()
             img = opened
             try:
@@ -216,11 +222,41 @@ def load_image_rgb(path: str | Path, background: tuple[int, int, int] = _WHITE) 
         raise DataError(f"image not found: {path}") from None
     except IsADirectoryError:
         raise DataError(f"expected an image file but {path} is a directory") from None
-    except Image.DecompressionBombError as e:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise DataError(
-            f"refusing to open {path}: too many pixels for a safe decode ({e}); downscale it first"
-        ) from e
+            f"refusing to open {path}: too many pixels ({_pixels_of(e)}, over the decompression-bomb limit "
+            f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}); downscale it first"
+        ) from None
     except UnidentifiedImageError:
+        kind = _sniff_format(path)
+        if kind is not None:
+            raise DataError(f"unsupported image mode in {path}: PIL cannot decode this {kind} pixel layout (e.g. "
+                            "float RGB or an unusual number of samples) or the file is corrupt; convert it to 8-bit "
+                            "RGB") from None
         raise DataError(f"{path} is not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as e:
+        if "mode" in str(e).lower() and "truncated" not in str(e).lower():
+            raise DataError(f"unsupported image mode in {path}: {e}; save it as 8-bit RGB first") from e
         raise DataError(f"cannot decode image {path}: {e} (truncated or corrupt file?)") from e
+
+
+def _sniff_format(path: Path) -> str | None:
+    """'TIFF' when the file starts with a TIFF header, else None.
+
+    PIL reports a TIFF whose sample layout it has no mode for (float RGB, 2 or 5 samples per pixel, ...) as
+    unidentified; the header tells that case apart from a file that is not an image at all.
+    """
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    return "TIFF" if head in (b"II*\x00", b"MM\x00*") else None
+
+
+def _pixels_of(e: BaseException) -> str:
+    """The pixel count PIL puts in its decompression-bomb message ("Image size (N pixels) exceeds ...")."""
+    import re
+
+    found = re.search(r"\((\d+) pixels\)", str(e))
+    return found.group(1) if found else "too many"

@@ -1,12 +1,18 @@
 """Segmenter facade (embed the vocabulary once, segment many images) and the files -> outputs runner.
 
 Symbols: C classes (no background), H×W pixels. Label maps: 0 background, 1 + c class c.
+
+:func:`segment_images` is the engine of ``pgseg segment``: a torch DataLoader decodes images (in worker
+processes with ``num_workers > 0``), :func:`.batch.predict_batch` runs the encoder on the crops of a batch of
+images together, and :mod:`.outputs` writes the requested files atomically. A bad image is recorded and
+skipped; the run goes on.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,10 +22,11 @@ import torch
 
 from ..data.transforms import load_image_rgb
 from ..errors import ConfigError, DataError
-from ..utils.io import atomic_write_json
-from ..viz.overlay import render_overlay
-from ..viz.palette import label_to_palette_png, save_image_atomic
-from .inference import compute_class_embeddings, predict
+from .batch import Encoder, predict_batch, prepare_image
+from .classes import ClassEmbeddings, ClassSpec, embed_classes
+from .inference import predict
+from .inputs import InputImage
+from .outputs import DEFAULT_FORMATS, plan_outputs, write_outputs
 
 logger = logging.getLogger("pgseg.segment")
 
@@ -49,26 +56,34 @@ class Segmenter:
 
     Args:
         model: a PGSeg-contract model, already on ``device``; it is put in eval mode.
-        class_names: C class names to segment (background is implicit, label 0).
+        class_names: C class names to segment (background is implicit, label 0), or a
+            :class:`~pgseg_core.segment.classes.ClassSpec` with synonyms and background words.
         eval_cfg: :class:`pgseg_core.config.EvalConfig` (resize, slide, bg_thresh, top_k, templates).
         device: torch device of the model.
+        class_emb: precomputed embeddings of the vocabulary (e.g. from the text cache); computed if None.
 
     Raises:
         ConfigError: empty or duplicated class names, or bad templates.
     """
 
-    def __init__(self, model: Any, class_names: list[str], eval_cfg: Any, device: torch.device | str) -> None:
-        names = [str(n).strip() for n in class_names]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ConfigError(f"duplicate class names {dupes}: list each class once")
+    def __init__(self, model: Any, class_names: list[str] | ClassSpec, eval_cfg: Any,
+                 device: torch.device | str, class_emb: ClassEmbeddings | None = None) -> None:
+        spec = class_names if isinstance(class_names, ClassSpec) else None
+        if spec is None:
+            names = [str(n).strip() for n in class_names]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ConfigError(f"duplicate class names {dupes}: list each class once")
+            spec = ClassSpec.from_names(names)
         self.model = model
-        self.classes = names
+        self.spec = spec
+        self.classes = spec.names
         self.eval_cfg = eval_cfg
         self.device = torch.device(device)
         if hasattr(model, "eval"):
             model.eval()
-        self.class_emb = compute_class_embeddings(model, names, list(eval_cfg.templates), self.device)
+        self.class_emb = class_emb if class_emb is not None else embed_classes(
+            model, spec, list(eval_cfg.templates), self.device)
 
     def predict(self, image: np.ndarray) -> SegResult:
         """Segment one uint8 RGB image [H,W,3].
@@ -83,124 +98,138 @@ class Segmenter:
         return SegResult(label=label, scores=scores, classes=list(self.classes))
 
 
-def _load_image(path: Path) -> np.ndarray:
-    return np.asarray(load_image_rgb(path))  # DataError on a missing / unreadable file
+class _DecodeDataset(torch.utils.data.Dataset):
+    """Decode + resize + normalise one image per item; errors come back as text instead of raising."""
+
+    def __init__(self, paths: list[Path], eval_cfg: Any) -> None:
+        self.paths = paths
+        self.eval_cfg = eval_cfg
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, Any, str | None]:
+        try:
+            image = np.asarray(load_image_rgb(self.paths[i]))  # DataError on a bad file
+            return i, image, prepare_image(image, self.eval_cfg), None
+        except DataError as e:
+            return i, None, None, str(e)
+        except Exception as e:  # noqa: BLE001 - a decoder bug must not end the whole run
+            return i, None, None, f"cannot read {self.paths[i]}: {type(e).__name__}: {e}"
 
 
-def summarize_prediction(result: SegResult, image_name: str, bg_thresh: float) -> dict[str, Any]:
-    """Per-image JSON record: size, and for each class present its pixels, fraction and mean score.
+def _as_list(batch: list) -> list:
+    return batch
 
-    ``score`` is the mean over the class's pixels of its score channel (the per-pixel maximum, since the
-    label is the argmax), in [0, 1]. Classes are listed by decreasing pixel count.
-    """
-    label, scores = result.label, result.scores
-    h, w = label.shape
-    total = float(h * w)
-    counts = np.bincount(label.reshape(-1), minlength=len(result.classes) + 1)
-    classes = []
-    for idx in np.argsort(-counts[1:], kind="stable") + 1:
-        pixels = int(counts[idx])
-        if pixels == 0:
-            continue
-        classes.append(
-            {
-                "name": result.classes[idx - 1],
-                "index": int(idx),
-                "pixels": pixels,
-                "fraction": pixels / total,
-                "score": float(scores[idx][label == idx].mean()),
-            }
-        )
-    return {
-        "image": image_name,
-        "width": int(w),
-        "height": int(h),
-        "classes": classes,
-        "background_pixels": int(counts[0]),
-        "bg_thresh": float(bg_thresh),
-    }
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # decode workers: one thread each, the model keeps the others
 
 
 def segment_images(
-    model: Any,
-    inputs: list[Path],
+    encoder: Encoder,
+    images: Sequence[InputImage | Path | str],
+    class_emb: ClassEmbeddings,
     class_names: list[str],
-    out_dir: Path,
+    logit_scale: float,
+    out_dir: str | Path,
     eval_cfg: Any,
     device: torch.device | str,
-    progress: Callable[[int, int], None] | None = None,
+    *,
+    formats: Sequence[str] = DEFAULT_FORMATS,
+    skip_existing: bool = False,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    missing: Sequence[tuple[str, str]] = (),
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    progress: Callable[[int, int, dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Segment image files; write ``<stem>_label.png``, ``<stem>_overlay.png`` and ``<stem>.json`` for each.
-
-    ``<stem>_label.png`` is a palette (mode P) PNG whose pixel values are the labels (0 background,
-    1 + c class c); ``<stem>_overlay.png`` is the colour overlay with a legend strip below it;
-    ``<stem>.json`` holds ``{"image", "width", "height", "classes": [{"name", "index", "pixels",
-    "fraction", "score"}], "background_pixels", "bg_thresh"}``. Two inputs with the same stem get
-    ``<stem>-1``, ``<stem>-2``, ... All writes are atomic (temporary file + ``os.replace``). An unreadable
-    image is logged, recorded in ``failed`` and skipped; the run goes on.
+    """Segment image files and write the requested outputs under ``out_dir`` (see :mod:`.outputs`).
 
     Args:
-        model: a PGSeg-contract model on ``device``.
-        inputs: image files.
-        class_names: C class names.
-        out_dir: output folder (created).
-        eval_cfg: :class:`pgseg_core.config.EvalConfig`.
-        device: torch device of the model.
-        progress: optional ``callback(n_done, n_total)`` after each image.
+        encoder: crops [B,3,h,w] -> :class:`~pgseg_core.segment.inference.CropFeatures`
+            (:class:`~pgseg_core.segment.batch.TorchEncoder` or the ONNX Runtime encoder).
+        images: :class:`~pgseg_core.segment.inputs.InputImage` items (plain paths are placed by file name).
+        class_emb: embeddings of the C classes (synonyms, background words).
+        class_names: the C display names (label 1 + c).
+        logit_scale: the model's s = min(exp(logit_scale), 100).
+        out_dir: output root; sub-folders mirror the inputs' relative paths.
+        eval_cfg: :class:`pgseg_core.config.EvalConfig` (resize, slide, bg_thresh, top_k).
+        device: where scores are computed.
+        formats: subset of ``png, overlay, json, coco-rle``.
+        skip_existing: skip (without decoding) images whose requested outputs all exist.
+        batch_size: images decoded and encoded together (their same-size crops share one forward).
+        num_workers: DataLoader decode processes (0 = decode in this process).
+        missing: ``(item, reason)`` inputs that resolved to nothing; counted as failed.
+        on_record: called with one JSON-serialisable record per image, in input order within a batch:
+            ``status`` "ok" (plus :func:`.outputs.image_record` fields and ``outputs``), "skipped"
+            (``outputs``) or "failed" (``error``).
+        progress: ``callback(done, total, {"images_per_s": float})`` after each batch.
 
     Returns:
-        ``{"out_dir", "classes", "processed": int, "outputs": [{"image", "label", "overlay", "json"}],
-        "failed": [{"image", "error"}], "num_failed": int}``.
+        ``{"out_dir", "classes", "formats", "total", "processed", "skipped", "failed": [{"image", "error"}],
+        "num_failed", "seconds", "images_per_s"}``.
 
     Raises:
-        ConfigError: bad class names or templates, or more than 254 classes (before any image is read).
+        ConfigError: more than 254 classes, or invalid eval settings (before any image is read).
     """
-    out_dir = Path(out_dir)
     if len(class_names) > MAX_PNG_CLASSES:
-        raise ConfigError(
-            f"{len(class_names)} classes do not fit an 8-bit label PNG: "
-            f"segment at most {MAX_PNG_CLASSES} classes at once"
-        )
-    segmenter = Segmenter(model, class_names, eval_cfg, device)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    outputs: list[dict[str, str]] = []
+        raise ConfigError(f"{len(class_names)} classes do not fit an 8-bit label PNG: segment at most "
+                          f"{MAX_PNG_CLASSES} classes at once")
+    out_dir = Path(out_dir)
+    items = [im if isinstance(im, InputImage) else InputImage(Path(im), Path(im).name) for im in images]
+    plans = plan_outputs([im.rel for im in items], out_dir, tuple(formats))
+    total = len(items) + len(missing)
+    emit = on_record or (lambda record: None)
     failed: list[dict[str, str]] = []
-    used_stems: set[str] = set()
-    paths = [Path(p) for p in inputs]
-    for n, path in enumerate(paths, start=1):
-        try:
-            image = _load_image(path)
-            result = segmenter.predict(image)
-        except DataError as e:
-            logger.warning("skipping %s: %s", path, e)
-            failed.append({"image": str(path), "error": str(e)})
-        else:
-            stem, k = path.stem, 0
-            while stem in used_stems:
-                k += 1
-                stem = f"{path.stem}-{k}"
-            used_stems.add(stem)
-            label_path = label_to_palette_png(result.label.astype(np.uint8), out_dir / f"{stem}_label.png")
-            overlay = render_overlay(image, result.label, result.classes)
-            overlay_path = save_image_atomic(overlay, out_dir / f"{stem}_overlay.png")
-            json_path = out_dir / f"{stem}.json"
-            atomic_write_json(json_path, summarize_prediction(result, str(path), eval_cfg.bg_thresh))
-            outputs.append(
-                {
-                    "image": str(path),
-                    "label": str(label_path),
-                    "overlay": str(overlay_path),
-                    "json": str(json_path),
-                }
-            )
-            logger.info("segmented %s -> %s", path, label_path)
+    done = skipped = processed = 0
+    start = time.perf_counter()
+
+    def tick() -> None:
         if progress is not None:
-            progress(n, len(paths))
-    return {
-        "out_dir": str(out_dir),
-        "classes": list(segmenter.classes),
-        "processed": len(outputs),
-        "outputs": outputs,
-        "failed": failed,
-        "num_failed": len(failed),
-    }
+            elapsed = time.perf_counter() - start
+            progress(done, total, {"images_per_s": processed / elapsed if elapsed > 0 else 0.0})
+
+    for item, reason in missing:
+        failed.append({"image": item, "error": f"input {reason}: {item}"})
+        emit({"image": item, "status": "failed", "error": failed[-1]["error"]})
+        done += 1
+    todo = []
+    for im, plan in zip(items, plans):
+        if skip_existing and plan.all_exist():
+            skipped += 1
+            done += 1
+            emit({"image": str(im.path), "status": "skipped", "outputs": {f: str(p) for f, p in plan.files.items()}})
+        else:
+            todo.append((im, plan))
+    tick()
+    if todo:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        loader = torch.utils.data.DataLoader(
+            _DecodeDataset([im.path for im, _ in todo], eval_cfg), batch_size=max(int(batch_size), 1),
+            shuffle=False, num_workers=max(int(num_workers), 0), collate_fn=_as_list,
+            worker_init_fn=_worker_init if num_workers > 0 else None)
+        for batch in loader:
+            good = [(i, image, prep) for i, image, prep, error in batch if error is None]
+            results = predict_batch(encoder, [prep for _, _, prep in good], class_emb, logit_scale, eval_cfg,
+                                    device, max_crops=max(int(batch_size), 1) * 8) if good else []
+            by_index = {i: (image, res) for (i, image, _), res in zip(good, results)}
+            for i, _, _, error in batch:
+                im, plan = todo[i]
+                done += 1
+                if error is not None:
+                    logger.warning("skipping %s: %s", im.path, error)
+                    failed.append({"image": str(im.path), "error": error})
+                    emit({"image": str(im.path), "status": "failed", "error": error})
+                    continue
+                image, (label, scores) = by_index[i]
+                record = write_outputs(plan, image, label, scores, list(class_names), str(im.path),
+                                       float(eval_cfg.bg_thresh))
+                processed += 1
+                emit({"image": record["image"], "status": "ok", **record})
+                logger.debug("segmented %s -> %s", im.path, plan.stem_rel)
+            tick()
+    seconds = time.perf_counter() - start
+    return {"out_dir": str(out_dir), "classes": list(class_names), "formats": list(formats), "total": total,
+            "processed": processed, "skipped": skipped, "failed": failed, "num_failed": len(failed),
+            "seconds": round(seconds, 3), "images_per_s": round(processed / seconds, 3) if seconds > 0 else 0.0}
