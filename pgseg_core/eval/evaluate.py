@@ -1,4 +1,11 @@
-"""Zero-shot segmentation evaluation over the validation splits of a shard set.
+"""Zero-shot segmentation evaluation over the validation splits of a shard set or a benchmark dataset.
+
+:func:`evaluate_stream` is the loop shared by both: per image, the class-independent features come from a
+feature cache or the encoder, the scoring rule runs once per eval setting (the main one and each sweep
+value), and each setting accumulates its own confusion matrix on the model's device.
+:func:`evaluate` walks the splits of demo shards; :func:`evaluate_dataset` adapts any dataset object with
+``info.has_background``, ``class_spec(protocol)``, ``len`` and iteration (the mmseg-layout readers of
+``pgseg_core.data.benchmarks``).
 
 For each split, the class names of ``index.json`` ("splits"[name]["classes"]) are embedded once with
 ``eval_cfg.templates``; each sample is predicted with the GroupViT rule (pgseg_method.md §4.2-4.3) and

@@ -14,6 +14,12 @@ Pipeline of one image (:func:`predict`):
    (:func:`crop_scores`) give ``[C+1, h_crop, w_crop]`` scores, background in channel 0;
 5. per-pixel scores are summed over the windows and divided by the window count, bilinearly resized
    to the original size, and the argmax is the label (0 background, 1 + c class c).
+
+Steps 1-3 and the encoder half of step 4 are class-independent: :func:`extract_image_features` returns
+them as :class:`ImageFeatures` (what the HDF5 feature cache stores, :mod:`pgseg_core.cache.features`);
+:func:`scores_from_features` is the class-dependent rest, with the GroupViT rule (``eval.rule: groupvit``)
+or the SCLIP-family probability rule (``eval.rule: prob``, :func:`crop_probabilities`).
+:func:`predict` is the two in sequence.
 """
 
 from __future__ import annotations
