@@ -212,3 +212,30 @@ def test_sigkill_during_writes_leaves_a_readable_cache(tmp_path) -> None:
         for key in cache.keys():
             feats = cache.get(key)
             assert feats.group_emb.shape[0] == len(feats.windows)
+
+
+def test_real_model_scores_from_cache_are_bit_identical_to_predict(tmp_path) -> None:
+    """pgseg-tiny returns group embeddings in a transposed (Conv1d) layout; cached scoring must still match."""
+    from pgseg_core.config import load_config
+    from pgseg_core.models.factory import create_model
+    from pgseg_core.segment.inference import compute_class_embeddings, predict, scores_from_features
+
+    torch.manual_seed(0)
+    cfg = load_config("pgseg-tiny")
+    model = create_model(cfg.model).eval()
+    emb = compute_class_embeddings(model, ["cat", "dog", "tree"], ["a photo of a {}."], "cpu")
+    img = np.random.default_rng(2).integers(0, 256, (70, 130, 3), dtype=np.uint8)
+    ec = replace(cfg.eval, short_side=96, crop=64, stride=32, mode="slide", bg_thresh=0.3)
+    predict(model, img, emb, ec, "cpu")  # warm-up: the first forward of a shape may round differently
+    label, scores = predict(model, img, emb, ec, "cpu")
+    with FeatureCache.open(tmp_path / "f.h5", _meta()) as cache:
+        cache.put("x", extract_image_features(model, img, ec, "cpu"))
+    with FeatureCache.open(tmp_path / "f.h5", _meta()) as cache:
+        feats = cache.get("x")
+    assert feats.group_emb_d_major
+    label_c, scores_c = scores_from_features(feats, emb, ec)
+    np.testing.assert_array_equal(label_c, label)
+    np.testing.assert_array_equal(scores_c, scores)
+    for rule_cfg in (replace(ec, rule="prob", logit_scale=30.0), replace(ec, top_k=1, bg_thresh=0.9)):
+        np.testing.assert_array_equal(scores_from_features(feats, emb, rule_cfg)[1],
+                                      predict(model, img, emb, rule_cfg, "cpu")[1])

@@ -11,7 +11,7 @@ Layout (schema 1)::
     /                     attrs: schema=1, kind="pgseg-feature-cache", created_by, checkpoint_sha256,
                                  config_hash, protocol, dataset
     /images/<escaped key> attrs: key (the sample key), orig_size, resized_size, padded_size, grid,
-                                 logit_scale, num_stages, complete=1 (written last)
+                                 logit_scale, num_stages, group_emb_d_major, complete=1 (written last)
         windows        int32   [W,4]        (y1, y2, x1, x2) in the resized frame, end exclusive
         group_emb      float32 [W,S,D]      L2-normalised final group embeddings
         image_emb      float32 [W,D]        L2-normalised image embeddings
@@ -249,6 +249,7 @@ class FeatureCache:
             image_emb=tensor("image_emb"),
             assign_soft=[tensor(f"assign_soft_{i}") for i in range(n_stages)],
             logit_scale=float(a["logit_scale"]),
+            group_emb_d_major=bool(int(a.get("group_emb_d_major", 0))),
         )
 
     def put(self, key: str, feats: ImageFeatures) -> None:
@@ -278,6 +279,7 @@ class FeatureCache:
             "orig_size": list(feats.orig_size), "resized_size": list(feats.resized_size),
             "padded_size": list(feats.padded_size), "grid": list(feats.grid),
             "logit_scale": float(feats.logit_scale), "num_stages": len(feats.assign_soft),
+            "group_emb_d_major": int(feats.group_emb_d_major),
         })
         grp.attrs["complete"] = 1
         self._f.flush()

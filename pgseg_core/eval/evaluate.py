@@ -33,7 +33,7 @@ import torch
 
 from ..errors import DataError
 from ..segment.classes import ClassSpec, embed_classes
-from ..segment.inference import _check_eval_cfg, extract_image_features, score_maps
+from ..segment.inference import _check_eval_cfg, extract_image_features, iter_score_maps
 from .metrics import ConfusionAccumulator, harmonic_mean, metrics_from_confusion
 from .sweep import Sweep
 
@@ -201,8 +201,8 @@ def evaluate_stream(
             encoded += 1
             if cache is not None:
                 cache.put(cache_key, feats)
-        for cfg, acc in zip(cfgs, accs):
-            pred, _ = score_maps(feats, class_emb, cfg, with_background=with_background)
+        maps = iter_score_maps(feats, class_emb, cfgs, with_background=with_background)
+        for (pred, _), acc in zip(maps, accs):
             acc.update(pred, gt)
         n += 1
         if on_image is not None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -135,6 +136,22 @@ def _encode_crops(
 # class-dependent rule
 
 
+def pixel_groups(group_probs: torch.Tensor, out_size: tuple[int, int]) -> torch.Tensor:
+    """Step 1 of the rules: the group of every pixel, argmax over groups of the token-grid probabilities
+    bilinearly resized (align_corners=False) to ``out_size``.
+
+    Args:
+        group_probs: [B,S,h,w] chained soft token-to-group probabilities (:func:`group_probabilities`).
+        out_size: (H, W) pixels.
+
+    Returns:
+        [B,H,W] int64 group indices in [0, S).
+    """
+    probs = F.interpolate(group_probs, size=(int(out_size[0]), int(out_size[1])), mode="bilinear",
+                          align_corners=False)  # [B,S,H,W]
+    return probs.argmax(dim=1)
+
+
 def crop_scores(
     feats: CropFeatures,
     class_emb: torch.Tensor | ClassEmbeddings,
@@ -143,6 +160,8 @@ def crop_scores(
     top_k: int,
     out_size: tuple[int, int],
     with_background: bool = True,
+    *,
+    group_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """GroupViT per-crop class scores (pgseg_method.md §4.3 steps 1, 3, 4).
 
@@ -165,6 +184,7 @@ def crop_scores(
         top_k: number of image-level classes kept; 0 (or less) keeps all.
         out_size: (H, W) pixels of the score maps.
         with_background: prepend the background channel.
+        group_idx: [B,H,W] per-pixel group of step 1 (:func:`pixel_groups`), when already computed.
 
     Returns:
         [B,C+1,H,W] scores in [0, 1] (background channel 0 then the C classes), or [B,C,H,W] without
@@ -184,8 +204,8 @@ def crop_scores(
     h_out, w_out = int(out_size[0]), int(out_size[1])
 
     # step 1: pixel -> group (one-hot of the argmax of the resized soft probabilities)
-    probs = F.interpolate(probs, size=(h_out, w_out), mode="bilinear", align_corners=False)  # [B,S,H,W]
-    group_idx = probs.argmax(dim=1)  # [B,H,W]
+    if group_idx is None:
+        group_idx = pixel_groups(probs, (h_out, w_out))  # [B,H,W]
 
     # step 3: group -> class affinity with the image-level top-k filter
     aff = ce.reduce(logit_scale * torch.einsum("bsd,md->bsm", g, t))  # [B,S,C'] <- max over synonyms [B,S,M]
@@ -352,6 +372,8 @@ def crop_probabilities(
     class_emb: torch.Tensor | ClassEmbeddings,
     logit_scale: float,
     out_size: tuple[int, int],
+    *,
+    group_idx: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Per-pixel class probabilities of the ``prob`` rule (the training-free SCLIP-family protocol,
     peers_and_eval.md §2.1), applied to group embeddings.
@@ -368,6 +390,7 @@ def crop_probabilities(
         class_emb: [C,D] L2-normalised class embeddings or :class:`ClassEmbeddings`.
         logit_scale: s, the softmax temperature (SCLIP family: 40; 65 VOC21, 50 PC60 / COCO-Object).
         out_size: (H, W) pixels of the maps.
+        group_idx: [B,H,W] per-pixel group (:func:`pixel_groups`), when already computed.
 
     Returns:
         [B,C',H,W] probabilities in [0, 1] summing to 1 over C' = C (+1 background-word column, last).
@@ -383,8 +406,8 @@ def crop_probabilities(
     if probs.shape[1] != g.shape[1]:
         raise ValueError(f"{probs.shape[1]} group masks but {g.shape[1]} group embeddings")
     b = g.shape[0]
-    probs = F.interpolate(probs, size=(int(out_size[0]), int(out_size[1])), mode="bilinear", align_corners=False)
-    group_idx = probs.argmax(dim=1)  # [B,H,W]
+    if group_idx is None:
+        group_idx = pixel_groups(probs, out_size)  # [B,H,W]
     group_prob = ce.reduce(logit_scale * torch.einsum("bsd,md->bsm", g, t)).softmax(dim=-1)  # [B,S,C']
     batch_idx = torch.arange(b, device=g.device)[:, None, None]
     return group_prob[batch_idx, group_idx].permute(0, 3, 1, 2).contiguous()  # [B,C',H,W]
@@ -410,6 +433,9 @@ class ImageFeatures:
         image_emb: [W,D] float32, L2-normalised image embeddings.
         assign_soft: per stage, [W,S_i,N_i] float32 softmax-over-groups assignments.
         logit_scale: the model's image-text scale min(exp(logit_scale), 100).
+        group_emb_d_major: the encoder returned ``group_emb`` as a transposed [B,D,S] buffer (a Conv1d
+            projection). Scoring recreates that memory layout, because matmul kernels round differently on
+            other layouts and scoring must be bit-identical to scoring the encoder's own output.
     """
 
     orig_size: tuple[int, int]
@@ -421,6 +447,7 @@ class ImageFeatures:
     image_emb: torch.Tensor
     assign_soft: list[torch.Tensor]
     logit_scale: float
+    group_emb_d_major: bool = False
 
     @property
     def num_windows(self) -> int:
@@ -436,7 +463,7 @@ class ImageFeatures:
             orig_size=self.orig_size, resized_size=self.resized_size, padded_size=self.padded_size,
             grid=self.grid, windows=list(self.windows), group_emb=self.group_emb.to(device),
             image_emb=self.image_emb.to(device), assign_soft=[a.to(device) for a in self.assign_soft],
-            logit_scale=self.logit_scale,
+            logit_scale=self.logit_scale, group_emb_d_major=self.group_emb_d_major,
         )
 
 
@@ -506,12 +533,14 @@ def extract_image_features(
     s_parts: list[list[torch.Tensor]] = []
     grid = (0, 0)
     padded_size = (0, 0)
+    d_major = False
     for start in range(0, len(windows), step):
         chunk = windows[start : start + step]
         crops = torch.stack([x[:, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])  # [n,3,hc,wc], same size
         padded = _pad_to_multiple(crops, TOKEN_STRIDE)
         padded_size = (int(padded.shape[-2]), int(padded.shape[-1]))
         group_emb, image_emb, assign_soft, grid = _encode_crops(model, padded)
+        d_major = group_emb.dim() == 3 and group_emb.shape[1] > 1 and group_emb.stride(1) == 1
         g_parts.append(group_emb)
         a_parts.append(image_emb)
         s_parts.append(assign_soft)
@@ -520,8 +549,29 @@ def extract_image_features(
     return ImageFeatures(
         orig_size=(int(h0), int(w0)), resized_size=(height, width), padded_size=padded_size, grid=grid,
         windows=[tuple(int(v) for v in win) for win in windows], group_emb=torch.cat(g_parts),
-        image_emb=torch.cat(a_parts), assign_soft=assign, logit_scale=logit_scale,
+        image_emb=torch.cat(a_parts), assign_soft=assign, logit_scale=logit_scale, group_emb_d_major=d_major,
     )
+
+
+def _window_chunks(features: ImageFeatures, crop_batch: int) -> list[tuple[list, CropFeatures, torch.Tensor]]:
+    """Per chunk of windows: the windows, their :class:`CropFeatures` and per-pixel groups [n,Hp,Wp]
+    (class-independent, shared by every scoring setting)."""
+    chunks = []
+    step = max(int(crop_batch), 1)
+    for start in range(0, features.num_windows, step):
+        chunk = features.windows[start : start + step]
+        sl = slice(start, start + len(chunk))
+        # fresh (aligned) copies in the encoder's memory layout: matmul kernels round differently on offset
+        # views and other layouts, and scoring must be bit-identical to scoring the encoder's own output
+        g = features.group_emb[sl]
+        g = g.transpose(1, 2).contiguous().transpose(1, 2) if features.group_emb_d_major else g.contiguous().clone()
+        feats = CropFeatures(
+            group_emb=g,
+            image_emb=features.image_emb[sl].clone(),
+            group_probs=group_probabilities([a[sl].clone() for a in features.assign_soft], features.grid),
+        )
+        chunks.append((chunk, feats, pixel_groups(feats.group_probs, features.padded_size)))
+    return chunks
 
 
 def _window_maps(
@@ -529,7 +579,7 @@ def _window_maps(
     ce: ClassEmbeddings,
     eval_cfg: Any,
     with_background: bool,
-    crop_batch: int,
+    chunks: list[tuple[list, CropFeatures, torch.Tensor]],
 ) -> torch.Tensor:
     """Window-averaged per-pixel maps in the resized frame: [K,H,W] where K = C+1 (groupvit rule with
     background), C (groupvit without), or C' = C (+1 background-word column) for the prob rule."""
@@ -543,21 +593,11 @@ def _window_maps(
         channels = ce.num_classes + int(with_background)
     total = torch.zeros(channels, height, width, device=device)
     count = torch.zeros(1, height, width, device=device)
-    step = max(int(crop_batch), 1)
-    for start in range(0, features.num_windows, step):
-        chunk = features.windows[start : start + step]
-        sl = slice(start, start + len(chunk))
-        # fresh (aligned) copies: matmul kernels may round differently on an offset view, and scoring
-        # must be bit-identical to scoring the encoder's own output
-        feats = CropFeatures(
-            group_emb=features.group_emb[sl].clone(),
-            image_emb=features.image_emb[sl].clone(),
-            group_probs=group_probabilities([a[sl].clone() for a in features.assign_soft], features.grid),
-        )
+    for chunk, feats, group_idx in chunks:
         y1, y2, x1, x2 = chunk[0]
         hc, wc = y2 - y1, x2 - x1
         if rule == "prob":
-            maps = crop_probabilities(feats, ce, scale, out_size=features.padded_size)
+            maps = crop_probabilities(feats, ce, scale, out_size=features.padded_size, group_idx=group_idx)
         else:
             maps = crop_scores(
                 feats,
@@ -567,6 +607,7 @@ def _window_maps(
                 int(eval_cfg.top_k),
                 out_size=features.padded_size,
                 with_background=with_background,
+                group_idx=group_idx,
             )
         maps = maps[:, :, :hc, :wc]  # [n,K,hc,wc]
         for (y1, y2, x1, x2), s in zip(chunk, maps):
@@ -591,14 +632,48 @@ def score_maps(
     Returns:
         ``(label, scores)``: label int64 tensor [H0,W0] and scores float32 tensor [K,H0,W0].
     """
-    _check_eval_cfg(eval_cfg)
+    return next(iter_score_maps(features, class_emb, [eval_cfg], with_background=with_background,
+                                crop_batch=crop_batch))
+
+
+@torch.no_grad()
+def iter_score_maps(
+    features: ImageFeatures,
+    class_emb: torch.Tensor | ClassEmbeddings,
+    eval_cfgs: list[Any],
+    *,
+    with_background: bool = True,
+    crop_batch: int = 4,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """:func:`score_maps` for several eval settings (a sweep), computing the per-pixel groups once.
+
+    Yields:
+        ``(label, scores)`` per entry of ``eval_cfgs``, in order, each equal to ``score_maps`` with it.
+
+    Raises:
+        ConfigError: invalid settings, or background words on a dataset without background.
+    """
+    for cfg in eval_cfgs:
+        _check_eval_cfg(cfg)
     ce = class_emb if isinstance(class_emb, ClassEmbeddings) else ClassEmbeddings.plain(class_emb.float())
     ce = ce.to(features.device)
-    rule = getattr(eval_cfg, "rule", "groupvit")
     if ce.has_background_words and not with_background:
         raise ConfigError("background words need a dataset with a background class: drop them from the "
                           "class list of this dataset")
-    scores = _window_maps(features, ce, eval_cfg, with_background, crop_batch)
+    chunks = _window_chunks(features, crop_batch)
+    for eval_cfg in eval_cfgs:
+        yield _finish_maps(features, ce, eval_cfg, with_background, chunks)
+
+
+def _finish_maps(
+    features: ImageFeatures,
+    ce: ClassEmbeddings,
+    eval_cfg: Any,
+    with_background: bool,
+    chunks: list[tuple[list, CropFeatures, torch.Tensor]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    rule = getattr(eval_cfg, "rule", "groupvit")
+    scores = _window_maps(features, ce, eval_cfg, with_background, chunks)
     h0, w0 = features.orig_size
     if tuple(scores.shape[-2:]) != (h0, w0):
         scores = F.interpolate(scores[None], size=(h0, w0), mode="bilinear", align_corners=False)[0]
