@@ -349,3 +349,12 @@ def test_cli_eval_dataset_protocol_cache_sweep(tiny_checkpoint, tmp_path, monkey
     assert bad.exit_code == 1 and "--data-root" in bad.output
     bad = runner.invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint)])
     assert bad.exit_code == 1 and "--dataset" in bad.output
+
+
+def test_channel_argmax_matches_torch_argmax_including_ties() -> None:
+    from pgseg_core.segment.inference import _channel_argmax
+
+    x = torch.rand(7, 13, 17, generator=torch.Generator().manual_seed(0))
+    x[2, :4] = x[5, :4] = 3.0  # ties: the first channel wins
+    x[:, 8:] = 0.0  # all equal: channel 0
+    assert torch.equal(_channel_argmax(x), x.argmax(dim=0))
