@@ -131,6 +131,9 @@ class EvalConfig:
     bg_thresh: float = 0.95
     top_k: int = 5  # keep the top-k classes of the image embedding; 0 = all
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    rule: Literal["groupvit", "prob"] = "groupvit"  # groupvit: affinity + bg_thresh; prob: softmax + prob_thresh
+    logit_scale: float = 0.0  # prob rule: softmax temperature s; 0 = the model's (min(exp(logit_scale), 100))
+    prob_thresh: float = 0.1  # prob rule: background where the max class probability is below (bg datasets)
 
 
 @dataclass

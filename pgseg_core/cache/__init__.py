@@ -1,0 +1,1 @@
+"""HDF5 caches: frozen-stem features for training (``stem``) and inference image features (``features``)."""

@@ -61,6 +61,11 @@ def confusion_matrix(pred: Any, gt: Any, num_classes: int, ignore_index: int = 2
     device = pred.device if isinstance(pred, torch.Tensor) else None
     p = _as_long_tensor(pred, device)
     g = _as_long_tensor(gt, p.device)
+    return _confusion_counts(p, g, num_classes, ignore_index).cpu().numpy().astype(np.int64)
+
+
+def _confusion_counts(p: torch.Tensor, g: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """[C,C] int64 counts on the tensors' device from flat long predictions / ground truth."""
     keep = g != ignore_index
     p = p[keep]
     g = g[keep]
@@ -74,7 +79,43 @@ def confusion_matrix(pred: Any, gt: Any, num_classes: int, ignore_index: int = 2
         lo, hi = int(p.min()), int(p.max())
         raise ValueError(f"prediction values must lie in [0, {num_classes}), got {lo}..{hi}")
     counts = torch.bincount(g * num_classes + p, minlength=num_classes * num_classes)
-    return counts.reshape(num_classes, num_classes).cpu().numpy().astype(np.int64)
+    return counts.reshape(num_classes, num_classes)
+
+
+class ConfusionAccumulator:
+    """Running pixel confusion matrix kept on a torch device (the model's GPU when it has one), so per-image
+    predictions never leave the device; ``torch.bincount`` per update.
+
+    Args:
+        num_classes: C (background included when the labels have one).
+        device: where the [C,C] int64 counts live.
+        ignore_index: ground-truth value whose pixels are skipped.
+    """
+
+    def __init__(self, num_classes: int, device: torch.device | str = "cpu", ignore_index: int = 255) -> None:
+        if num_classes <= 0:
+            raise ValueError(f"num_classes must be positive, got {num_classes}")
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.device = torch.device(device)
+        self.counts = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=self.device)
+
+    def update(self, pred: Any, gt: Any) -> None:
+        """Add one prediction [H,W] (values in [0, C)) against its ground truth [H,W] (values in [0, C) or
+        the ignore index). Tensors or numpy arrays; moved to the accumulator's device.
+
+        Raises:
+            ValueError: shapes differ or a prediction is out of range. DataError: a bad ground-truth value.
+        """
+        if tuple(pred.shape) != tuple(gt.shape):
+            raise ValueError(f"prediction shape {tuple(pred.shape)} differs from ground-truth shape {tuple(gt.shape)}")
+        p = _as_long_tensor(pred, self.device)
+        g = _as_long_tensor(gt, self.device)
+        self.counts += _confusion_counts(p, g, self.num_classes, self.ignore_index)
+
+    def numpy(self) -> np.ndarray:
+        """The matrix [C,C] as np.int64 (ground truth on the rows)."""
+        return self.counts.cpu().numpy().astype(np.int64)
 
 
 def _nanmean(values: np.ndarray) -> float:

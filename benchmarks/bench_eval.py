@@ -1,0 +1,171 @@
+"""Evaluation speed: images/s of the groupvit protocol at the paper model size, and the cost of a threshold
+sweep from the HDF5 feature cache vs recomputing every point.
+
+Random weights (the groupvit-s preset, ViT-S GroupViT as released) on synthetic VOC-sized images with random
+labels: the numbers measure speed only, not accuracy. Every figure is a ratio of timings taken in the same
+run, so it holds on the machine it was measured on.
+
+    python benchmarks/bench_eval.py --device cpu --images 2
+    python benchmarks/bench_eval.py --device cuda --images 20 --out benchmarks/results/bench_eval_cuda.json
+
+Target (issue 5): a cached 15-point bg_thresh sweep costs less than 2 full evaluations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pgseg_core.cache.features import CacheMeta, FeatureCache, feature_config_hash  # noqa: E402
+from pgseg_core.config import load_config  # noqa: E402
+from pgseg_core.eval.evaluate import evaluate_dataset  # noqa: E402
+from pgseg_core.eval.protocol import resolve_protocol  # noqa: E402
+from pgseg_core.eval.sweep import parse_sweep  # noqa: E402
+from pgseg_core.models.factory import create_model  # noqa: E402
+from pgseg_core.segment.classes import ClassSpec  # noqa: E402
+from pgseg_core.utils.device import resolve_device  # noqa: E402
+
+# twenty everyday object words (the size of a VOC vocabulary; any words work for a speed test)
+WORDS = ["plane", "bike", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "table", "dog",
+         "horse", "motorbike", "person", "plant", "sheep", "sofa", "train", "monitor"]
+
+
+class SyntheticDataset:
+    """VOC-like dataset: smooth random images of ``size`` with random 21-class labels (0 = background)."""
+
+    def __init__(self, n: int, size: tuple[int, int], seed: int = 0) -> None:
+        rng = np.random.default_rng(seed)
+        h, w = size
+        self.samples = []
+        for i in range(n):
+            coarse = rng.integers(0, 256, (h // 25 + 1, w // 25 + 1, 3), dtype=np.uint8)
+            img = np.kron(coarse, np.ones((25, 25, 1), dtype=np.uint8))[:h, :w]
+            label = np.kron(rng.integers(0, 21, (h // 50 + 1, w // 50 + 1)), np.ones((50, 50)))[:h, :w]
+            self.samples.append(SimpleNamespace(key=f"synthetic_{i:04d}", image=np.ascontiguousarray(img),
+                                                label=label.astype(np.uint8)))
+        self.info = SimpleNamespace(name="synthetic-voc", has_background=True, num_classes=20)
+
+    def class_spec(self, protocol: str) -> ClassSpec:
+        return ClassSpec.from_names(WORDS)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __iter__(self):
+        return iter(self.samples)
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - start
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ap.add_argument("--model", default="groupvit-s", help="model preset (random weights)")
+    ap.add_argument("--images", type=int, default=2, help="synthetic images")
+    ap.add_argument("--size", default="375x500", help="image HxW (VOC-like by default)")
+    ap.add_argument("--sweep", default="bg_thresh=0.3:1.0:0.05", help="sweep spec (15 points by default)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    ap.add_argument("--repeat", type=int, default=2, help="time the full evaluation and the sweeps this many "
+                    "times and keep the fastest (shared machines are noisy)")
+    ap.add_argument("--out", default="", help="write the results as JSON here")
+    args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    dev = resolve_device(args.device)
+    h, w = (int(v) for v in args.size.lower().split("x"))
+    torch.manual_seed(0)
+    cfg = load_config(args.model)
+    model = create_model(cfg.model).to(dev).eval()
+    eval_cfg = resolve_protocol("groupvit", "voc21", "groupvit").eval_cfg
+    sweep = parse_sweep(args.sweep)
+    ds = SyntheticDataset(args.images, (h, w))
+
+    def run(**kw):
+        return evaluate_dataset(model, ds, class_names="groupvit", eval_cfg=eval_cfg, device=dev, **kw)
+
+    evaluate_dataset(model, SyntheticDataset(1, (h, w), seed=1), class_names="groupvit", eval_cfg=eval_cfg,
+                     device=dev)  # warm-up
+    repeat = max(int(args.repeat), 1)
+    t_full = min(_timed(run)[1] for _ in range(repeat))
+    t_one_pass = min(_timed(lambda: run(sweep=sweep))[1] for _ in range(repeat))
+    with tempfile.TemporaryDirectory() as tmp:
+        meta = CacheMeta("benchmark", feature_config_hash(cfg.model, eval_cfg), "groupvit", "synthetic-voc")
+        with FeatureCache.open(Path(tmp) / "f.h5", meta) as cache:
+            _, t_write = _timed(lambda: run(cache=cache))
+        t_cached = float("inf")
+        for _ in range(repeat):
+            with FeatureCache.open(Path(tmp) / "f.h5", meta) as cache:
+                res, t = _timed(lambda: run(cache=cache, sweep=sweep))
+            assert res.splits["val"]["images_encoded"] == 0
+            t_cached = min(t_cached, t)
+    t_recompute = 0.0
+    for value in sweep.values:  # what a sweep costs without features: one full evaluation per value
+        point_cfg = dataclasses.replace(eval_cfg, **{sweep.key: value})
+        _, t = _timed(lambda: evaluate_dataset(model, ds, class_names="groupvit", eval_cfg=point_cfg, device=dev))
+        t_recompute += t
+    n = len(ds)
+    result = {
+        "benchmark": "bench_eval",
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name(),
+        "note": "random weights, synthetic images: speed only; timings taken on a shared machine are noisy",
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "model": args.model,
+        "protocol": "groupvit (short side 448, slide 448/224, top-5)",
+        "images": n,
+        "repeat": repeat,
+        "image_size": [h, w],
+        "sweep": {"key": sweep.key, "points": len(sweep.values)},
+        "seconds": {"full_eval": round(t_full, 3), "one_pass_sweep_no_cache": round(t_one_pass, 3),
+                    "cache_write_pass": round(t_write, 3), "cached_sweep": round(t_cached, 3),
+                    "recompute_sweep": round(t_recompute, 3)},
+        "images_per_s": round(n / t_full, 4),
+        "ratios": {
+            "cached_sweep_over_full_eval": round(t_cached / t_full, 4),
+            "recompute_over_cached_sweep": round(t_recompute / t_cached, 2),
+            "one_pass_sweep_over_full_eval": round(t_one_pass / t_full, 4),
+            "cache_write_over_full_eval": round(t_write / t_full, 4),
+        },
+        "target_cached_sweep_below_2_full_evals": t_cached < 2 * t_full,
+    }
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
