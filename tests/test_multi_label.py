@@ -104,7 +104,8 @@ def test_shared_prompts_are_positives_for_every_image_naming_them():
     s = 5.0
     logits = s * _l2(img.double().numpy()) @ _l2(prm.double().numpy()).T
     t = targets.numpy()
-    i2t = np.mean([-sum(_log_softmax(logits[r])[c] for c in range(3) if t[r, c]) / t[r].sum() for r in range(4)])
+    i2t = np.mean([-sum(_log_softmax(logits[r])[c] for c in range(3) if t[r, c]) / t[r].sum()
+                   for r in range(4)])
     t2i = np.mean([-sum(_log_softmax(logits[:, c])[r] for r in range(4) if t[r, c]) / t[:, c].sum()
                    for c in range(3)])
     got = multi_label_contrastive(img, prm, targets, torch.tensor(math.log(s)))
@@ -132,7 +133,8 @@ def test_group_variant_scores_the_best_group():
     sim = np.einsum("bsd,pd->bsp", gn, pn).max(axis=1)
     logits = 7.0 * sim
     t = targets.numpy()
-    i2t = np.mean([-sum(_log_softmax(logits[r])[c] for c in range(2) if t[r, c]) / t[r].sum() for r in range(3)])
+    i2t = np.mean([-sum(_log_softmax(logits[r])[c] for c in range(2) if t[r, c]) / t[r].sum()
+                   for r in range(3)])
     t2i = np.mean([-sum(_log_softmax(logits[:, c])[r] for r in range(3) if t[r, c]) / t[:, c].sum()
                    for c in range(2)])
     assert float(loss.detach()) == pytest.approx(0.5 * (i2t + t2i), rel=1e-5)

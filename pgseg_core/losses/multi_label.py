@@ -31,7 +31,9 @@ def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 def multi_label_contrastive(image_emb: torch.Tensor, prompt_emb: torch.Tensor, targets: torch.Tensor,
                             logit_scale: torch.Tensor, max_scale: float = 100.0) -> torch.Tensor:
-    """L_ml = ½ [SoftCE(s·I·Pᵀ, T/ΣT rows) + SoftCE(s·P·Iᵀ, Tᵀ/ΣTᵀ rows)], s = min(exp(logit_scale), 100).
+    """L_ml = ½ [SoftCE(s·I·Pᵀ, row-normalised T) + SoftCE(s·P·Iᵀ, row-normalised Tᵀ)].
+
+    s = min(exp(logit_scale), 100); pgseg_method.md §2.2.
 
     Args:
         image_emb: [B, D] image embeddings, or [B, S, D] group embeddings (score = max over groups);

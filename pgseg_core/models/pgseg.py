@@ -58,7 +58,8 @@ class PGSeg(nn.Module):
         self.text_projector = ProjectMLP(text_width, cfg.proj_hidden, cfg.embed_dim, cfg.proj_layers)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.contrast_temperature)))
         if cfg.multi_label > 0:  # GroupViT's separate scale of the multi-label loss (same init)
-            self.multi_label_logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.contrast_temperature)))
+            init = math.log(1.0 / cfg.contrast_temperature)
+            self.multi_label_logit_scale = nn.Parameter(torch.tensor(init))
         if npr.enabled:
             # the L_PG temperature lives in the image encoder, as in the released checkpoints
             self.img_encoder.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / npr.pg_temperature)))
@@ -178,7 +179,8 @@ class PGSeg(nn.Module):
                 side = self.img_projector(img.vision.tokens, update_stats=False)  # [B, S, D]
             else:
                 side = img.image_emb  # [B, D]
-            ml = multi_label_contrastive(side, prompt_emb, targets.to(side.device), self.multi_label_logit_scale)
+            ml = multi_label_contrastive(side, prompt_emb, targets.to(side.device),
+                                         self.multi_label_logit_scale)
             losses["loss_multi_label"] = ml
             total = total + self.cfg.multi_label_weight * ml
         if self.text_npr is not None:
