@@ -88,6 +88,11 @@ class ModelConfig:
     contrast_temperature: float = 0.07  # logit_scale init = ln(1 / T); exp is clamped at 100
     pool: Literal["tokens", "projected"] = "tokens"  # image embedding: project(mean of tokens) as released,
     # or mean of the projected tokens (the per-group embeddings used at inference)
+    multi_label: int = 0  # GroupViT multi-label loss: prompts per caption (0 = off, released GCC+YFCC: 3)
+    multi_label_weight: float = 1.0  # L += weight * L_ml
+    multi_label_pool: Literal["image", "groups"] = "image"  # prompt vs image embedding (GroupViT), or vs the
+    # best final group (max over groups; the demo variant's multiple-instance term)
+    multi_label_template: str = "a photo of a {}."  # prompt built from each caption noun
 
 
 @dataclass

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..data.caption_nouns import caption_nouns
 from ..losses.contrastive import image_text_contrastive
+from ..losses.multi_label import multi_label_contrastive
 from ..losses.prototype import hungarian_match, prototype_group_loss
 from .layers import ProjectMLP
 from .npr import TextNPR
@@ -55,6 +57,9 @@ class PGSeg(nn.Module):
         self.img_projector = ProjectMLP(C, cfg.proj_hidden, cfg.embed_dim, cfg.proj_layers)
         self.text_projector = ProjectMLP(text_width, cfg.proj_hidden, cfg.embed_dim, cfg.proj_layers)
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / cfg.contrast_temperature)))
+        if cfg.multi_label > 0:  # GroupViT's separate scale of the multi-label loss (same init)
+            init = math.log(1.0 / cfg.contrast_temperature)
+            self.multi_label_logit_scale = nn.Parameter(torch.tensor(init))
         if npr.enabled:
             # the L_PG temperature lives in the image encoder, as in the released checkpoints
             self.img_encoder.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / npr.pg_temperature)))
@@ -154,20 +159,69 @@ class PGSeg(nn.Module):
             images: [B, 3, H, W] normalised (or ``stem_feats`` for the frozen hybrid stem).
 
         Returns:
-            dict with "loss" (total), "loss_itc", and with NPR "loss_pg" plus its parts "loss_pg_1",
+            dict with "loss" (total), "loss_itc", with ``multi_label`` > 0 "loss_multi_label"
+            (:func:`~pgseg_core.losses.multi_label.multi_label_contrastive`, weighted by
+            ``multi_label_weight`` in the total), and with NPR "loss_pg" plus its parts "loss_pg_1",
             "loss_pg_2", ..., "loss_pg_text".
         """
         img = self.encode_image(images, stem_feats=stem_feats)
         text_feats = self.text_encoder(texts)
-        text_emb = self.text_projector(text_feats.pooled)
+        use_ml = self.cfg.multi_label > 0
+        if use_ml:
+            prompts, targets = self.caption_prompts(texts)
+            prompt_pooled = self.text_encoder(prompts).pooled
+            # captions and prompts share one projector pass (one BatchNorm batch), as in GroupViT
+            both = self.text_projector(torch.cat([text_feats.pooled, prompt_pooled.to(text_feats.pooled)]))
+            text_emb, prompt_emb = both[: len(texts)], both[len(texts):]
+        else:
+            text_emb = self.text_projector(text_feats.pooled)
         losses = {"loss_itc": image_text_contrastive(img.image_emb, text_emb, self.logit_scale)}
         total = losses["loss_itc"]
+        if use_ml:
+            if self.cfg.multi_label_pool == "groups":
+                side = self.img_projector(img.vision.tokens, update_stats=False)  # [B, S, D]
+            else:
+                side = img.image_emb  # [B, D]
+            ml = multi_label_contrastive(side, prompt_emb, targets.to(side.device),
+                                         self.multi_label_logit_scale)
+            losses["loss_multi_label"] = ml
+            total = total + self.cfg.multi_label_weight * ml
         if self.text_npr is not None:
             pg = self._prototype_losses(img.vision, text_feats)
             losses.update(pg)
             total = total + pg["loss_pg"]
         losses["loss"] = total
         return losses
+
+    def caption_prompts(self, texts: list[str]) -> tuple[list[str], torch.Tensor]:
+        """Prompts of the multi-label loss (pgseg_method.md §2.2) for a batch of captions.
+
+        Each caption's object phrases (:func:`~pgseg_core.data.caption_nouns.caption_nouns`; the caption
+        itself when none is found) are put into ``multi_label_template``; with more than ``multi_label``
+        phrases a random subset of that size is kept (GroupViT samples min(M, #nouns)).
+
+        Returns:
+            (the P distinct prompts, in order of first use; bool targets [B, P], True where caption b
+            uses prompt p).
+
+        Raises:
+            ValueError: texts given as token ids (the prompts need the caption strings).
+        """
+        if isinstance(texts, torch.Tensor):
+            raise ValueError("the multi-label loss needs caption strings, not token ids")
+        index: dict[str, int] = {}
+        rows: list[list[int]] = []
+        for caption in texts:
+            nouns = caption_nouns(caption)
+            if len(nouns) > self.cfg.multi_label:
+                keep = torch.randperm(len(nouns))[: self.cfg.multi_label].sort().values.tolist()
+                nouns = [nouns[i] for i in keep]
+            prompts = [self.cfg.multi_label_template.format(n) for n in nouns] or [caption]
+            rows.append([index.setdefault(p, len(index)) for p in prompts])
+        targets = torch.zeros(len(texts), len(index), dtype=torch.bool)
+        for b, cols in enumerate(rows):
+            targets[b, cols] = True
+        return list(index), targets
 
     def _prototype_losses(self, vis: VisionOutput, text_feats) -> dict[str, torch.Tensor]:
         npr = self.cfg.npr
