@@ -7,7 +7,6 @@ JSON-serialisable summary. Long stages accept ``progress(phase, done, total, inf
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from collections.abc import Iterable
