@@ -282,7 +282,7 @@ def segment_files(inputs: list[str], checkpoint: str | Path, out_dir: str | Path
                   stdin: Iterable[str] | None = None, skip_existing: bool = False, batch_size: int = 1,
                   num_workers: int = 0, backend: str = "torch", onnx_path: str | Path | None = None,
                   text_cache: str | Path | bool | None = True, bf16: bool = True,
-                  export_onnx_to: str | Path | None = None,
+                  export_onnx_to: str | Path | None = None, feature_cache: str | Path | None = None,
                   on_record: Callable[[dict[str, Any]], None] | None = None,
                   progress: Progress | None = None) -> dict[str, Any]:
     """Segment image files into the named classes and write label PNGs, overlays, JSON and/or COCO RLE.
@@ -305,6 +305,9 @@ def segment_files(inputs: list[str], checkpoint: str | Path, out_dir: str | Path
         text_cache: True = ``out_dir/.pgseg_cache``; a path = that folder; False/None = off.
         export_onnx_to: first export the checkpoint's image encoder to this ``.onnx`` file (as
             :func:`export_onnx`), then segment with it through ONNX Runtime (``backend`` becomes ``onnx``).
+        feature_cache: HDF5 feature cache (docs/FEATURE_CACHE.md, the schema ``eval --cache`` writes): images
+            it holds (keyed by the SHA-256 of their bytes) skip the image encoder, so a rerun with other
+            classes, templates, bg_thresh or top-k only re-scores. torch backend only.
         on_record: receives one JSON record per image (status ok / skipped / failed).
         progress: ``progress("segment", done, total, {"images_per_s": float})``.
 
@@ -335,6 +338,8 @@ def segment_files(inputs: list[str], checkpoint: str | Path, out_dir: str | Path
         raise ConfigError("--backend onnx needs --onnx MODEL.onnx (write it with 'pgseg export-onnx')")
     if int(batch_size) < 1:
         raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if feature_cache is not None and backend != "torch":
+        raise ConfigError("--cache works with the torch backend only: drop --cache or --backend onnx")
     overrides = dict(eval_overrides or {})
     if "bg_thresh" in overrides and not 0.0 <= float(overrides["bg_thresh"]) <= 1.0:
         raise ConfigError(f"--bg-thresh must lie in [0, 1], got {overrides['bg_thresh']}")
@@ -387,10 +392,23 @@ def segment_files(inputs: list[str], checkpoint: str | Path, out_dir: str | Path
         eval_cfg = EvalConfig()  # nothing to run: every image is done
     if not resolved.images and not resolved.missing:
         _log.warning("no input images: nothing to segment")
-    summary = segment_images(encoder, resolved.images, class_emb, spec.names, logit_scale, out_dir, eval_cfg, dev,
-                             formats=fmts, skip_existing=skip_existing, batch_size=batch_size,
-                             num_workers=num_workers, missing=resolved.missing, on_record=on_record,
-                             progress=(lambda d, t, info: progress("segment", d, t, info)) if progress else None)
+    fc = None
+    if feature_cache is not None and any(pending):
+        from .cache.features import CacheMeta, FeatureCache, feature_config_hash
+
+        fc = FeatureCache.open(feature_cache, CacheMeta(_checkpoint_hash(info.path),
+                                                        feature_config_hash(info.config.model, eval_cfg),
+                                                        "checkpoint", "segment"))
+    try:
+        summary = segment_images(encoder, resolved.images, class_emb, spec.names, logit_scale, out_dir, eval_cfg,
+                                 dev, formats=fmts, skip_existing=skip_existing, batch_size=batch_size,
+                                 num_workers=num_workers, missing=resolved.missing, on_record=on_record,
+                                 feature_cache=fc, model=model if fc is not None else None,
+                                 progress=(lambda d, t, info: progress("segment", d, t, info)) if progress
+                                 else None)
+    finally:
+        if fc is not None:
+            fc.close()
     summary.update({"backend": backend, "device": str(dev), "text_cache": cache_state,
                     "class_spec": spec.to_dict()})
     return summary

@@ -308,3 +308,48 @@ def test_onnx_from_another_checkpoint_is_refused(env, tmp_path):
                               extra=("--backend", "onnx", "--onnx", tmp_path / "none.onnx")), "ONNX model not found")
     assert_one_line_error(run("export-onnx", "-c", env / "tiny.pt", "-o", tmp_path / "m.onnx", "--size", "50"),
                           "multiple of 16")
+
+
+# ------------------------------------------------------------------------------------------------ feature cache
+
+def test_feature_cache_reuse_skips_the_image_encoder(env, tmp_path, monkeypatch):
+    """segment --cache: the second run, with other classes, reads every image's features from the HDF5 cache
+    (the eval --cache schema) and never calls the image encoder; its masks equal an uncached run's."""
+    import h5py
+
+    import pgseg_core.segment.inference as inference_mod
+
+    calls = []
+    real = PGSeg.encode_image
+    monkeypatch.setattr(PGSeg, "encode_image", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
+    cache = tmp_path / "features.h5"
+    first = seg(env / "tiny.pt", tmp_path / "o1", env / "photos", extra=("--recursive", "--cache", str(cache)))
+    assert first.exit_code == 0, first.output
+    assert calls and "0 image(s) read, 3 encoded" in first.output
+    with h5py.File(cache, "r") as f:
+        assert f.attrs["dataset"] == "segment" and len(f["images"].keys()) == 3
+    calls.clear()
+    other = ("--recursive", "--cache", str(cache), "--classes", "tree,sky", "--top-k", "1")
+    second = seg(env / "tiny.pt", tmp_path / "o2", env / "photos", extra=other)
+    assert second.exit_code == 0, second.output
+    assert calls == [] and "3 image(s) read, 0 encoded" in second.output
+    # identical to running the same settings without a cache
+    third = seg(env / "tiny.pt", tmp_path / "o3", env / "photos", extra=other[:1] + other[3:])
+    assert third.exit_code == 0 and calls
+    for rel in ("a_label.png", "trip/b_label.png", "trip/day2/c_label.png"):
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "o2" / rel)),
+                              np.asarray(Image.open(tmp_path / "o3" / rel))), rel
+    assert inference_mod.extract_image_features  # the cache path is the documented two-half API
+
+
+def test_feature_cache_of_another_checkpoint_is_refused(env, tmp_path):
+    cache = tmp_path / "features.h5"
+    assert seg(env / "tiny.pt", tmp_path / "o1", env / "photos" / "a.jpg", extra=("--cache", str(cache))).exit_code == 0
+    cfg = load_config("pgseg-tiny")
+    save_checkpoint(tmp_path / "other.pt", varied_model(cfg, seed=9), cfg, 0)
+    res = seg(tmp_path / "other.pt", tmp_path / "o2", env / "photos" / "a.jpg", extra=("--cache", str(cache)))
+    assert res.exit_code != 0 and "Traceback" not in res.output
+    assert len([ln for ln in res.output.splitlines() if ln.startswith("error:")]) == 1
+    onnx = seg(env / "tiny.pt", tmp_path / "o3", env / "photos" / "a.jpg",
+               extra=("--cache", str(cache), "--backend", "onnx", "--onnx", str(tmp_path / "m.onnx")))
+    assert onnx.exit_code != 0 and "torch backend only" in onnx.output

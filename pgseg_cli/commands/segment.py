@@ -51,6 +51,9 @@ def register(app: typer.Typer) -> None:
         text_cache: Annotated[Optional[Path], typer.Option(
             help="Folder of the text-embedding cache (default: OUT/.pgseg_cache).")] = None,
         no_text_cache: Annotated[bool, typer.Option("--no-text-cache", help="Always run the text tower.")] = False,
+        feature_cache: Annotated[Optional[Path], typer.Option(
+            "--cache", help="HDF5 feature cache (the eval --cache format): images it holds skip the image "
+                            "encoder, so reruns with other classes or thresholds only re-score.")] = None,
     ) -> None:
         """Segment images into the classes you name (label PNG, overlay with legend, JSON, COCO RLE)."""
         from pgseg_core.api import segment_files
@@ -69,13 +72,18 @@ def register(app: typer.Typer) -> None:
                 templates=template, templates_file=templates_file, eval_overrides=overrides, device=device,
                 formats=fmt, recursive=recursive, stdin=sys.stdin if "-" in images else None,
                 skip_existing=skip_existing, batch_size=batch_size, num_workers=workers, backend=backend,
-                onnx_path=onnx, text_cache=cache, export_onnx_to=export_onnx, on_record=emit,
+                onnx_path=onnx, text_cache=cache, export_onnx_to=export_onnx, feature_cache=feature_cache,
+                on_record=emit,
                 progress=lambda p, d, t, i: update(d, t, info=f"{i.get('images_per_s', 0.0):.2f} img/s", phase=p))
         console = err if jsonl else out
         console.print(
             f"segmented {summary['processed']} image(s) into {out_dir}: skipped {summary['skipped']} existing, "
             f"failed {summary['num_failed']} ({summary['images_per_s']:.2f} images/s, {summary['backend']} on "
             f"{summary['device']}, text cache {summary['text_cache']})", highlight=False, soft_wrap=True)
+        if "feature_cache" in summary:
+            fc = summary["feature_cache"]
+            console.print(f"feature cache {feature_cache}: {fc['images_from_cache']} image(s) read, "
+                          f"{fc['images_encoded']} encoded", highlight=False, soft_wrap=True)
         for failure in summary["failed"]:
             text = failure["error"]
             if failure["image"] not in text:

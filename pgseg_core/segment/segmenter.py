@@ -10,6 +10,7 @@ skipped; the run goes on.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -24,7 +25,7 @@ from ..data.transforms import load_image_rgb
 from ..errors import ConfigError, DataError
 from .batch import Encoder, predict_batch, prepare_image
 from .classes import ClassEmbeddings, ClassSpec, embed_classes
-from .inference import predict
+from .inference import extract_image_features, predict, scores_from_features
 from .inputs import InputImage
 from .outputs import DEFAULT_FORMATS, plan_outputs, write_outputs
 
@@ -143,6 +144,8 @@ def segment_images(
     missing: Sequence[tuple[str, str]] = (),
     on_record: Callable[[dict[str, Any]], None] | None = None,
     progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+    feature_cache: Any | None = None,
+    model: Any | None = None,
 ) -> dict[str, Any]:
     """Segment image files and write the requested outputs under ``out_dir`` (see :mod:`.outputs`).
 
@@ -165,6 +168,12 @@ def segment_images(
             ``status`` "ok" (plus :func:`.outputs.image_record` fields and ``outputs``), "skipped"
             (``outputs``) or "failed" (``error``).
         progress: ``callback(done, total, {"images_per_s": float})`` after each batch.
+        feature_cache: an open :class:`pgseg_core.cache.features.FeatureCache` (docs/FEATURE_CACHE.md); each
+            image's class-independent features are read from it by the SHA-256 of the file's bytes, or
+            computed with ``model`` (:func:`.inference.extract_image_features`) and stored, then scored with
+            :func:`.inference.scores_from_features`. A rerun with other classes, templates, bg_thresh or top-k
+            then never runs the image encoder.
+        model: the torch model; required with ``feature_cache``.
 
     Returns:
         ``{"out_dir", "classes", "formats", "total", "processed", "skipped", "failed": [{"image", "error"}],
@@ -202,6 +211,9 @@ def segment_images(
             emit({"image": str(im.path), "status": "skipped", "outputs": {f: str(p) for f, p in plan.files.items()}})
         else:
             todo.append((im, plan))
+    cache_counts = {"encoded": 0, "from_cache": 0}
+    if feature_cache is not None and model is None:
+        raise ConfigError("a feature cache needs the torch model to encode images it does not hold yet")
     tick()
     if todo:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -211,8 +223,15 @@ def segment_images(
             worker_init_fn=_worker_init if num_workers > 0 else None)
         for batch in loader:
             good = [(i, image, prep) for i, image, prep, error in batch if error is None]
-            results = predict_batch(encoder, [prep for _, _, prep in good], class_emb, logit_scale, eval_cfg,
-                                    device, max_crops=max(int(batch_size), 1) * 8) if good else []
+            if feature_cache is not None:
+                results = []
+                for i, image, _ in good:
+                    feats, hit = _cached_features(feature_cache, model, todo[i][0].path, image, eval_cfg, device)
+                    cache_counts["from_cache" if hit else "encoded"] += 1
+                    results.append(scores_from_features(feats, class_emb, eval_cfg))
+            else:
+                results = predict_batch(encoder, [prep for _, _, prep in good], class_emb, logit_scale, eval_cfg,
+                                        device, max_crops=max(int(batch_size), 1) * 8) if good else []
             by_index = {i: (image, res) for (i, image, _), res in zip(good, results)}
             for i, _, _, error in batch:
                 im, plan = todo[i]
@@ -230,6 +249,28 @@ def segment_images(
                 logger.debug("segmented %s -> %s", im.path, plan.stem_rel)
             tick()
     seconds = time.perf_counter() - start
-    return {"out_dir": str(out_dir), "classes": list(class_names), "formats": list(formats), "total": total,
+    extra = {"feature_cache": {"images_encoded": cache_counts["encoded"],
+                               "images_from_cache": cache_counts["from_cache"]}} if feature_cache is not None else {}
+    return {**extra, "out_dir": str(out_dir), "classes": list(class_names), "formats": list(formats), "total": total,
             "processed": processed, "skipped": skipped, "failed": failed, "num_failed": len(failed),
             "seconds": round(seconds, 3), "images_per_s": round(processed / seconds, 3) if seconds > 0 else 0.0}
+
+
+def _file_key(path: Path) -> str:
+    """Cache key of an image file: the SHA-256 of its bytes (renames and copies still hit)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def _cached_features(cache: Any, model: Any, path: Path, image: np.ndarray, eval_cfg: Any,
+                     device: torch.device | str) -> tuple[Any, bool]:
+    """(ImageFeatures, whether they came from ``cache``); new features are stored before returning."""
+    key = _file_key(Path(path))
+    if cache.has(key):
+        return cache.get(key, device), True
+    feats = extract_image_features(model, image, eval_cfg, device)
+    cache.put(key, feats)
+    return feats, False
