@@ -150,7 +150,8 @@ def official_to_pgseg(state: dict[str, torch.Tensor], *, keep_mapping_text: bool
             else:
                 dropped_mt.append(key)
         elif key == "multi_label_logit_scale":
-            notes.append("dropped multi_label_logit_scale (GroupViT's multi-label loss is not implemented)")
+            notes.append("dropped multi_label_logit_scale (a training-only scale of the multi-label loss; "
+                         "inference does not use it; set model.multi_label to train with that loss)")
         elif key == "text_encoder.attn_mask":
             pass  # the causal mask is rebuilt, never stored
         else:
