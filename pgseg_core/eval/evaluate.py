@@ -270,6 +270,20 @@ def evaluate_samples(
                            key_prefix=key_prefix, sweep=sweep, max_images=max_images, on_image=on_image)
 
 
+
+def _ticker(progress: Callable[[int, int | None], None] | None, total: int | None) -> Callable[[], None]:
+    """A callback that counts finished images and reports ``progress(done, total)`` after each."""
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    return tick
+
+
 def evaluate(
     model: Any,
     data_spec: Any,
@@ -334,13 +348,7 @@ def evaluate(
 
     if hasattr(model, "eval"):
         model.eval()
-    done = 0
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total)
+    tick = _ticker(progress, total)
 
     results: dict[str, dict[str, Any]] = {}
     for name in splits:
@@ -427,13 +435,7 @@ def evaluate_dataset(
         total = min(total, max_images)
     if hasattr(model, "eval"):
         model.eval()
-    done = 0
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total)
+    tick = _ticker(progress, total)
 
     logger.info("evaluating %s/%s: %d images, %d classes%s", name, split_name, total, len(spec),
                 " + background" if with_bg else "")
