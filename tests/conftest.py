@@ -33,3 +33,19 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """A saved pgseg-tiny checkpoint with seed-0 random weights, shared by a test module."""
+    import torch
+
+    from pgseg_core.config import load_config
+    from pgseg_core.models.factory import create_model
+    from pgseg_core.train.loop import save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = load_config("pgseg-tiny")
+    path = tmp_path_factory.mktemp("ck") / "tiny.pt"
+    save_checkpoint(path, create_model(cfg.model), cfg, step=0)
+    return path

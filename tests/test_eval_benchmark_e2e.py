@@ -6,13 +6,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from pgseg_cli.app import app
-from pgseg_core.config import load_config
-from pgseg_core.models.factory import create_model
-from pgseg_core.train.loop import save_checkpoint
 from test_benchmarks import build
 
 NUM_CLASSES = {"voc21": 20, "voc20": 20, "pc60": 59, "pc59": 59, "coco-object": 80, "coco-stuff-171": 171,
@@ -20,21 +16,12 @@ NUM_CLASSES = {"voc21": 20, "voc20": 20, "pc60": 59, "pc59": 59, "coco-object": 
 WITH_BACKGROUND = {"voc21", "pc60", "coco-object"}
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = load_config("pgseg-tiny")
-    path = tmp_path_factory.mktemp("ck") / "tiny.pt"
-    save_checkpoint(path, create_model(cfg.model), cfg, step=0)
-    return path
-
-
 @pytest.mark.parametrize("name", sorted(NUM_CLASSES))
 @pytest.mark.parametrize("protocol", ["groupvit", "sclip"])
-def test_eval_cli_reads_each_layout(name, protocol, checkpoint, tmp_path):
+def test_eval_cli_reads_each_layout(name, protocol, tiny_checkpoint, tmp_path):
     root, labels, _ = build(name, tmp_path / "data")
     out = tmp_path / "m.json"
-    res = CliRunner().invoke(app, ["eval", "--checkpoint", str(checkpoint), "--dataset", name, "--data-root",
+    res = CliRunner().invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "--dataset", name, "--data-root",
                                    str(root), "--protocol", protocol, "--output", str(out), "--device", "cpu",
                                    "--eval.short_side", "32", "--eval.crop", "32", "--eval.stride", "16",
                                    "--no-per-class"])
@@ -51,11 +38,11 @@ def test_eval_cli_reads_each_layout(name, protocol, checkpoint, tmp_path):
     assert np.isfinite(split["mIoU"])
 
 
-def test_missing_split_file_is_one_line(checkpoint, tmp_path):
+def test_missing_split_file_is_one_line(tiny_checkpoint, tmp_path):
     root, _, _ = build("voc21", tmp_path / "data")
     for f in root.rglob("val.txt"):
         f.unlink()
-    res = CliRunner().invoke(app, ["eval", "--checkpoint", str(checkpoint), "--dataset", "voc21", "--data-root",
+    res = CliRunner().invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "--dataset", "voc21", "--data-root",
                                    str(root), "--device", "cpu"])
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert len([ln for ln in res.output.splitlines() if ln.startswith("error:")]) == 1

@@ -288,18 +288,6 @@ def test_sweep_encodes_each_image_once() -> None:
 # CLI: pgseg eval --dataset on a pgseg-tiny checkpoint
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    from pgseg_core.config import load_config
-    from pgseg_core.models.factory import create_model
-    from pgseg_core.train.loop import save_checkpoint
-
-    torch.manual_seed(0)
-    cfg = load_config("pgseg-tiny")
-    path = tmp_path_factory.mktemp("ck") / "tiny.pt"
-    save_checkpoint(path, create_model(cfg.model), cfg, step=0)
-    return path
-
 
 def test_cli_eval_dataset_protocol_cache_sweep(tiny_checkpoint, tmp_path, monkeypatch) -> None:
     import pgseg_core.api as api
