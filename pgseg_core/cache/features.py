@@ -108,26 +108,30 @@ class FeatureCache:
         self.meta = meta
         self.writable = writable
         self._complete: set[str] = set()
+        self._sections: dict[str, set[str]] = {}
         self.dropped = 0
-        images = self._f.get("images")
-        if images is None:
-            return
-        incomplete = []
-        for name, grp in images.items():
-            if int(grp.attrs.get("complete", 0)) == 1:
-                self._complete.add(str(grp.attrs["key"]))
-            else:
-                incomplete.append(name)
-        if incomplete and writable:
-            for name in incomplete:
-                del images[name]
-            self._f.flush()
-            _log.info("feature cache %s: dropped %d incomplete image(s), resuming", path, len(incomplete))
-        self.dropped = len(incomplete)
+        for top, grp_all in list(self._f.items()):
+            if not hasattr(grp_all, "items"):  # a dataset at the top level: not ours, leave it
+                continue
+            done = self._complete if top == "images" else self._sections.setdefault(top, set())
+            incomplete = []
+            for name, grp in grp_all.items():
+                if int(grp.attrs.get("complete", 0)) == 1:
+                    done.add(str(grp.attrs["key"]))
+                else:
+                    incomplete.append(name)
+            if incomplete and writable:
+                for name in incomplete:
+                    del grp_all[name]
+                self._f.flush()
+                _log.info("feature cache %s: dropped %d incomplete %s entr(y/ies), resuming", path,
+                          len(incomplete), top)
+            self.dropped += len(incomplete)
 
     # ------------------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, meta: CacheMeta | None = None, *, readonly: bool = False) -> "FeatureCache":
+    def open(cls, path: str | Path, meta: CacheMeta | None = None, *, readonly: bool = False,
+             check: tuple[str, ...] | None = None) -> "FeatureCache":
         """Open (or create) a cache.
 
         Args:
@@ -135,6 +139,9 @@ class FeatureCache:
             meta: what this run computes; an existing file whose attributes differ is refused. None opens
                 an existing file read-only without checks (for tools that only read it).
             readonly: open without writing (an existing file is required).
+            check: names of the :class:`CacheMeta` attributes an existing file must match (default: all).
+                ``visualize-prototypes`` checks only ``checkpoint_sha256``, because its ``viz`` section does
+                not depend on the slide settings that enter ``config_hash``.
 
         Raises:
             DataError: the file is not a readable feature cache, has another schema, or was written for
@@ -158,7 +165,7 @@ class FeatureCache:
                             "delete it or pass a new --cache path") from e
         try:
             if existed or readonly:
-                cls._check(handle, path, meta)
+                cls._check(handle, path, meta, check)
             else:
                 handle.attrs.update({"schema": FEATURE_CACHE_SCHEMA, "kind": _KIND, "created_by": _created_by(),
                                      **(meta.attrs() if meta else {})})
@@ -170,7 +177,7 @@ class FeatureCache:
         return cls(path, handle, meta, not readonly)
 
     @staticmethod
-    def _check(handle: Any, path: Path, meta: CacheMeta | None) -> None:
+    def _check(handle: Any, path: Path, meta: CacheMeta | None, check: tuple[str, ...] | None = None) -> None:
         if handle.attrs.get("kind") != _KIND:
             raise DataError(f"{path} is not a pgseg feature cache: delete it or pass a new --cache path")
         schema = int(handle.attrs.get("schema", -1))
@@ -180,6 +187,8 @@ class FeatureCache:
         if meta is None:
             return
         for name, want in meta.attrs().items():
+            if check is not None and name not in check:
+                continue
             have = str(handle.attrs.get(name, ""))
             if have != want:
                 raise DataError(f"feature cache {path} was written for {name} {have or '(none)'!r}, this run has "
@@ -284,6 +293,76 @@ class FeatureCache:
         grp.attrs["complete"] = 1
         self._f.flush()
         self._complete.add(key)
+
+    # ------------------------------------------------------------------------------------------------
+    # sections: other per-image records keyed like /images (e.g. "viz", pgseg_core.viz.prototype_cache)
+
+    @staticmethod
+    def _section_name(section: str) -> str:
+        if not section or section == "images" or "/" in section:
+            raise ValueError(f"invalid feature-cache section name {section!r}")
+        return section
+
+    def section_keys(self, section: str) -> list[str]:
+        """Keys with a complete entry in ``section``, sorted."""
+        return sorted(self._sections.get(self._section_name(section), ()))
+
+    def has_section(self, section: str, key: str) -> bool:
+        """Whether ``section`` holds a complete entry for ``key``."""
+        return str(key) in self._sections.get(self._section_name(section), ())
+
+    def section_attrs(self, section: str, key: str) -> dict[str, Any]:
+        """The attributes of the ``section`` entry of ``key`` (without reading its arrays).
+
+        Raises:
+            KeyError: no complete entry.
+        """
+        key = str(key)
+        if not self.has_section(section, key):
+            raise KeyError(f"no complete {section} entry for {key!r} in {self.path}")
+        grp = self._handle()[section][_escape(key)]
+        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in grp.attrs.items()
+                if k not in ("key", "complete")}
+
+    def get_section(self, section: str, key: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The arrays and attributes of the ``section`` entry of ``key``.
+
+        Raises:
+            KeyError: no complete entry (check :meth:`has_section` first).
+        """
+        key = str(key)
+        if not self.has_section(section, key):
+            raise KeyError(f"no complete {section} entry for {key!r} in {self.path}")
+        grp = self._handle()[section][_escape(key)]
+        return {name: np.asarray(ds[...]) for name, ds in grp.items()}, self.section_attrs(section, key)
+
+    def put_section(self, section: str, key: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
+        """Write (or overwrite) the ``section`` entry of ``key``: named arrays (gzip-compressed when they
+        have more than one dimension) and scalar / list attributes; the ``complete`` marker is written last,
+        then the file is flushed.
+
+        Raises:
+            ValueError: read-only cache or invalid section name.
+        """
+        if not self.writable:
+            raise ValueError(f"feature cache {self.path} is open read-only")
+        key = str(key)
+        top = self._handle().require_group(self._section_name(section))
+        done = self._sections.setdefault(section, set())
+        name = _escape(key)
+        if name in top:
+            del top[name]
+            done.discard(key)
+        grp = top.create_group(name)
+        grp.attrs["key"] = key
+        for ds_name, arr in arrays.items():
+            arr = np.ascontiguousarray(arr)
+            opts = dict(_COMPRESSION) if arr.ndim >= 2 and arr.size > 0 else {}
+            grp.create_dataset(ds_name, data=arr, **opts)
+        grp.attrs.update(attrs)
+        grp.attrs["complete"] = 1
+        self._f.flush()
+        done.add(key)
 
 
 def _pair(v: Any) -> tuple[int, int]:

@@ -10,7 +10,6 @@ skipped; the run goes on.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -23,6 +22,7 @@ import torch
 
 from ..data.transforms import load_image_rgb
 from ..errors import ConfigError, DataError
+from ..utils.hashing import image_cache_key
 from .batch import Encoder, predict_batch, prepare_image
 from .classes import ClassEmbeddings, ClassSpec, embed_classes
 from .inference import extract_image_features, predict, scores_from_features
@@ -256,19 +256,10 @@ def segment_images(
             "seconds": round(seconds, 3), "images_per_s": round(processed / seconds, 3) if seconds > 0 else 0.0}
 
 
-def _file_key(path: Path) -> str:
-    """Cache key of an image file: the SHA-256 of its bytes (renames and copies still hit)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return "sha256:" + h.hexdigest()
-
-
 def _cached_features(cache: Any, model: Any, path: Path, image: np.ndarray, eval_cfg: Any,
                      device: torch.device | str) -> tuple[Any, bool]:
     """(ImageFeatures, whether they came from ``cache``); new features are stored before returning."""
-    key = _file_key(Path(path))
+    key = image_cache_key(path)
     if cache.has(key):
         return cache.get(key, device), True
     feats = extract_image_features(model, image, eval_cfg, device)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-__all__ = ["file_sha256", "checkpoint_sha256"]
+__all__ = ["file_sha256", "image_cache_key", "checkpoint_sha256"]
 
 _WEIGHT_SUFFIXES = {".pt", ".pth", ".bin", ".safetensors", ".json"}
 
@@ -17,6 +17,12 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def image_cache_key(path: str | Path) -> str:
+    """Feature-cache key of an image file: ``"sha256:" + file_sha256(path)`` (renames and copies still hit;
+    the key ``segment --cache`` and ``visualize-prototypes --cache`` share)."""
+    return "sha256:" + file_sha256(path)
 
 
 def checkpoint_sha256(path: str | Path) -> str:

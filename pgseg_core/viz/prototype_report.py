@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -27,9 +27,10 @@ from ..errors import DataError
 from ..utils.io import atomic_write, atomic_write_json
 from .palette import save_image_atomic
 from .prototype_render import render_matching, render_panel, render_patch_grid
-from .prototypes import ImageState, PatchBank, VizSample, collect_image_state, prepare_image
+from .prototypes import (ImageState, PatchBank, VizSample, collect_image_state, prepare_image,
+                         state_from_trace, trace_image)
 
-__all__ = ["visualize_samples", "samples_from_files"]
+__all__ = ["visualize_samples", "render_states", "states_from_samples", "states_from_files", "samples_from_files"]
 
 logger = logging.getLogger("pgseg.viz")
 
@@ -55,23 +56,83 @@ def _unique(stem: str, used: set[str]) -> str:
     return name
 
 
+def states_from_files(model: Any, paths: Iterable[Path], short_side: int, max_long: int,
+                      device: torch.device | str, failed: list[dict[str, str]], cache: Any | None = None,
+                      counts: dict[str, int] | None = None) -> Iterator[ImageState]:
+    """Image files -> :class:`ImageState` s, through an optional feature cache (``viz`` section).
+
+    With ``cache`` (a writable :class:`pgseg_core.cache.features.FeatureCache`), an image whose trace at this
+    resize is cached is rendered from the file without running the encoder; otherwise the trace is computed
+    and stored. ``counts`` receives ``images_encoded`` and ``images_from_cache``. A file that cannot be
+    read or encoded is logged, added to ``failed`` and skipped.
+    """
+    from ..utils.hashing import image_cache_key
+    from .prototype_cache import get_trace, has_trace, put_trace
+
+    counts = counts if counts is not None else {}
+    counts.setdefault("images_encoded", 0)
+    counts.setdefault("images_from_cache", 0)
+    for path in paths:
+        path = Path(path)
+        try:
+            key = image_cache_key(path) if cache is not None else None
+            if key is not None and has_trace(cache, key, short_side, max_long):
+                _, image, trace = get_trace(cache, key)
+                counts["images_from_cache"] += 1
+            else:
+                sample = prepare_image(np.asarray(load_image_rgb(path)), short_side, max_long, name=path.stem)
+                trace = trace_image(model, sample, device)
+                image = sample.image
+                if key is not None:
+                    put_trace(cache, key, path.stem, image, trace, short_side, max_long)
+                counts["images_encoded"] += 1
+        except (DataError, OSError) as e:
+            msg = str(e) if isinstance(e, DataError) else f"cannot read {path}: {e.strerror or e}"
+            logger.warning("skipping %s: %s", path, msg)
+            failed.append({"image": str(path), "error": msg})
+            continue
+        yield state_from_trace(trace, path.stem, image)
+
+
+def states_from_samples(model: Any, samples: Iterable[VizSample], device: torch.device | str,
+                        failed: list[dict[str, str]]) -> Iterator[ImageState]:
+    """Run the encoder on each sample; a sample the encoder refuses is logged, added to ``failed`` and skipped."""
+    for sample in samples:
+        try:
+            yield collect_image_state(model, sample, device)
+        except DataError as e:
+            logger.warning("skipping %s: %s", sample.name, e)
+            failed.append({"image": sample.name, "error": str(e)})
+
+
 def visualize_samples(model: Any, samples: Iterable[VizSample], out_dir: str | Path, *, total: int,
-                      device: torch.device | str = "cpu", patches_per_prototype: int = 8, tile: int = 48,
-                      failed: list[dict[str, str]] | None = None, title: str = "",
-                      progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    """Collect and render every sample, then the nearest-patch grids and ``index.html``.
+                      device: torch.device | str = "cpu", failed: list[dict[str, str]] | None = None,
+                      **kwargs: Any) -> dict[str, Any]:
+    """:func:`render_states` of the samples run through ``model`` (see :func:`states_from_samples`)."""
+    failed = failed if failed is not None else []
+    return render_states(states_from_samples(model, samples, device, failed), out_dir, total=total,
+                         npr=bool(model.cfg.npr.enabled), released_code=bool(model.cfg.npr.released_code),
+                         failed=failed, **kwargs)
+
+
+def render_states(states: Iterable[ImageState], out_dir: str | Path, *, total: int, npr: bool,
+                  released_code: bool, patches_per_prototype: int = 8, tile: int = 48,
+                  failed: list[dict[str, str]] | None = None, title: str = "",
+                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+    """Render every image state, then the nearest-patch grids and ``index.html``.
 
     Args:
-        model: a PGSeg model in eval mode on ``device``.
-        samples: :class:`VizSample` s (from files with :func:`samples_from_files`, or from a feature cache).
+        states: :class:`ImageState` s, from the encoder (:func:`states_from_samples`) or from the ``viz``
+            section of a feature cache (:mod:`pgseg_core.viz.prototype_cache`); produced lazily, so the
+            producer may append to ``failed`` while it runs.
         out_dir: output folder (created).
-        total: number of samples expected (for progress).
+        total: number of inputs expected (for progress).
+        npr, released_code: what the model is (shown on the page and in the summary).
         patches_per_prototype: patches shown per prototype in the grids.
         tile: grid thumbnail side, pixels.
-        failed: list that already holds (and receives) ``{"image", "error"}`` of skipped inputs; reading
-            errors are appended by :func:`samples_from_files`, encoder errors on bad samples here.
+        failed: list that already holds (and receives) ``{"image", "error"}`` of skipped inputs.
         title: page heading (e.g. the checkpoint path).
-        progress: ``callback(done, total)`` after each sample.
+        progress: ``callback(done, total)`` after each input (rendered or failed).
 
     Returns:
         ``{"out_dir", "index", "processed", "outputs": [{"image", "panel", "matching", "json", "stages"}],
@@ -83,35 +144,23 @@ def visualize_samples(model: Any, samples: Iterable[VizSample], out_dir: str | P
     bank = PatchBank(patches_per_prototype, tile)
     outputs: list[dict[str, Any]] = []
     used: set[str] = set()
-    npr = bool(model.cfg.npr.enabled)
     failed_before = len(failed)
-    seen = encode_failures = 0
-    for sample in samples:
-        seen += 1
-        try:
-            state = collect_image_state(model, sample, device)
-        except DataError as e:
-            logger.warning("skipping %s: %s", sample.name, e)
-            failed.append({"image": sample.name, "error": str(e)})
-            encode_failures += 1
-        else:
-            stem = _unique(sample.name, used)
-            outputs.append(_write_image(state, out_dir, stem))
-            bank.add(state)
-            logger.info("rendered %s", sample.name)
+    for state in states:
+        stem = _unique(state.name, used)
+        outputs.append(_write_image(state, out_dir, stem))
+        bank.add(state)
+        logger.info("rendered %s", state.name)
         if progress is not None:
-            # inputs handled so far: samples seen plus inputs the reader skipped before they became samples
-            read_failures = len(failed) - failed_before - encode_failures
-            progress(min(seen + read_failures, total), total)
+            progress(min(len(outputs) + len(failed) - failed_before, total), total)
     if progress is not None:
-        progress(total, total)  # inputs the reader skipped after the last sample
+        progress(total, total)  # inputs skipped after the last rendered one
     grids = []
     for stage in bank.stages():
         rel = f"patches_stage{stage + 1}.png"
         save_image_atomic(render_patch_grid(bank.hits(stage), stage, bank.tile_for(stage)), out_dir / rel)
         grids.append({"stage": stage + 1, "png": rel})
     summary = {"out_dir": str(out_dir), "index": "index.html", "processed": len(outputs), "outputs": outputs,
-               "patch_grids": grids, "npr": npr, "released_code": bool(model.cfg.npr.released_code),
+               "patch_grids": grids, "npr": bool(npr), "released_code": bool(released_code),
                "failed": failed, "num_failed": len(failed)}
     atomic_write(out_dir / "index.html",
                  lambda tmp: Path(tmp).write_text(_page(summary, title), encoding="utf-8"))

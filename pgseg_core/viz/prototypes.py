@@ -36,8 +36,8 @@ from ..errors import DataError
 from ..losses.prototype import hrs_mask, hungarian_match
 from ..segment.inference import TOKEN_STRIDE, group_probabilities, resize_short_side
 
-__all__ = ["VizSample", "StageState", "ImageState", "prepare_image", "collect_image_state", "PatchBank",
-           "PatchHit"]
+__all__ = ["VizSample", "StageState", "ImageState", "StageTrace", "EncoderTrace", "prepare_image", "trace_image",
+           "state_from_trace", "collect_image_state", "PatchBank", "PatchHit"]
 
 
 @dataclass
@@ -198,23 +198,65 @@ def prepare_image(image: np.ndarray, short_side: int, max_long: int, name: str =
     return VizSample(name=name, image=np.ascontiguousarray(resized[:h, :w]))
 
 
-def _one_hot_argmax(a: torch.Tensor) -> torch.Tensor:
-    """[B, S, N] -> one-hot over dim 1 of its argmax (a straight-through output is only ~0/1 numerically)."""
-    return torch.zeros_like(a).scatter_(1, a.argmax(dim=1, keepdim=True), 1.0)
+@dataclass
+class StageTrace:
+    """What the image encoder computed at one grouping stage of one image (numpy, float32 unless stated).
+
+    Everything :func:`state_from_trace` needs, and what the feature cache stores (``viz`` section,
+    :mod:`pgseg_core.viz.prototype_cache`).
+
+    Attributes:
+        soft: [S_i, N_i] softmax-over-groups assignment.
+        hard_index: int64 [N_i] the group each input token was assigned to (argmax of the hard assignment
+            the model used; one-hot at eval).
+        centres: [S_i, C] group centres.
+        inputs: [N_i, C] the stage's input tokens (what NPR's EM ran over).
+        prototypes: [K_i, C] EM prototypes as the encoder returned them (not normalised), or None.
+        proto_assign: [N_i, K_i] last-E-step responsibilities, or None.
+    """
+
+    soft: np.ndarray
+    hard_index: np.ndarray
+    centres: np.ndarray
+    inputs: np.ndarray
+    prototypes: np.ndarray | None = None
+    proto_assign: np.ndarray | None = None
+
+
+@dataclass
+class EncoderTrace:
+    """One image encoder pass of one image, reduced to what the visualisation needs.
+
+    Attributes:
+        grid: stage-0 token grid (h, w).
+        stages: one :class:`StageTrace` per grouping stage.
+        npr: whether the model has NPR.
+        released_code: ``model.npr.released_code``.
+        hrs_threshold: phi (``model.npr.hrs_threshold``).
+    """
+
+    grid: tuple[int, int]
+    stages: list[StageTrace]
+    npr: bool = False
+    released_code: bool = False
+    hrs_threshold: float = 0.1
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to("cpu", torch.float32).contiguous().numpy()
 
 
 @torch.no_grad()
-def collect_image_state(model: Any, sample: VizSample, device: torch.device | str = "cpu") -> ImageState:
-    """Run the image encoder once and collect every stage's groups, prototypes and matching.
+def trace_image(model: Any, sample: VizSample, device: torch.device | str = "cpu") -> EncoderTrace:
+    """Run the image encoder once on one image and keep what :func:`state_from_trace` needs.
 
     Args:
-        model: a PGSeg model in eval mode on ``device`` (``pgseg_core.models.factory.load_checkpoint``).
+        model: a GroupViT / PGSeg model in eval mode on ``device``.
         sample: the image (and optionally its pixels or stem features).
         device: the model's device.
 
     Returns:
-        :class:`ImageState`; each stage as documented on :class:`StageState`. Without NPR only the group
-        fields are filled.
+        :class:`EncoderTrace` (numpy arrays on the CPU).
 
     Raises:
         DataError: an image whose sides are not multiples of 16, or stem features for a model without the
@@ -232,35 +274,66 @@ def collect_image_state(model: Any, sample: VizSample, device: torch.device | st
         pixels = sample.pixels if sample.pixels is not None else to_tensor_normalized(sample.image)
         out = model.encode_image(pixels[None].to(device).float(), stage_inputs=True)
     vis = out.vision
-    h, w = out.grid
     npr_cfg = model.cfg.npr
-    has_npr = bool(vis.nprs)
-    state = ImageState(name=sample.name, image=sample.image, grid=(int(h), int(w)), npr=has_npr,
-                       released_code=bool(npr_cfg.released_code), hrs_threshold=float(npr_cfg.hrs_threshold))
-
-    soft = [g.soft.float() for g in vis.groupings]  # [1, S_i, N_i]
-    hard = [_one_hot_argmax(g.hard.float()) for g in vis.groupings]
+    stages = []
     for i, grouping in enumerate(vis.groupings):
+        st = StageTrace(soft=_np(grouping.soft[0]), hard_index=grouping.hard[0].argmax(dim=0).cpu().numpy(),
+                        centres=_np(grouping.centres[0]), inputs=_np(vis.stage_inputs[i][0]))
+        if vis.nprs:
+            st.prototypes = _np(vis.nprs[i].prototypes[0])
+            st.proto_assign = _np(vis.nprs[i].assign[0])
+        stages.append(st)
+    h, w = out.grid
+    return EncoderTrace(grid=(int(h), int(w)), stages=stages, npr=bool(vis.nprs),
+                        released_code=bool(npr_cfg.released_code), hrs_threshold=float(npr_cfg.hrs_threshold))
+
+
+def state_from_trace(trace: EncoderTrace, name: str, image: np.ndarray) -> ImageState:
+    """Groups, prototype maps, matching and HRS of one image from its :class:`EncoderTrace` (CPU, float32).
+
+    Args:
+        trace: from :func:`trace_image` or a feature cache.
+        name: the sample's name.
+        image: uint8 RGB [H, W, 3] the trace was computed on (H = 16·h, W = 16·w).
+
+    Returns:
+        :class:`ImageState`; each stage as documented on :class:`StageState`. Without NPR only the group
+        fields are filled.
+    """
+    h, w = trace.grid
+    state = ImageState(name=name, image=image, grid=(int(h), int(w)), npr=trace.npr,
+                       released_code=trace.released_code, hrs_threshold=trace.hrs_threshold)
+    soft = [torch.from_numpy(st.soft)[None] for st in trace.stages]  # [1, S_i, N_i]
+    hard = [F.one_hot(torch.from_numpy(st.hard_index).long(), st.soft.shape[0]).T[None].float()
+            for st in trace.stages]  # [1, S_i, N_i] one-hot
+    for i, tr in enumerate(trace.stages):
         group_probs = group_probabilities(soft[: i + 1], (h, w))[0]  # [S_i, h, w]
         group_onehot = group_probabilities(hard[: i + 1], (h, w))[0]  # chained one-hots stay one-hot
-        tokens = vis.stage_inputs[i][0].float()  # [N_i, C]
         if i == 0:
-            cell_masks = torch.eye(h * w, dtype=torch.bool, device=tokens.device).reshape(h * w, h, w)
+            cell_masks = torch.eye(h * w, dtype=torch.bool).reshape(h * w, h, w)
         else:
             # [S_{i-1}, h, w]: the cells of each incoming segment
-            chained = group_probabilities(hard[:i], (h, w))[0]
-            cell_masks = chained > 0.5
-        st = StageState(index=i, assign_hard=hard[i][0].cpu().numpy(), assign_soft=soft[i][0].cpu().numpy(),
-                        group_map=group_onehot.argmax(dim=0).cpu().numpy().astype(np.int64),
-                        group_probs=group_probs.cpu().numpy(),
-                        centres=grouping.centres[0].float().cpu().numpy(),
-                        input_tokens=tokens.cpu().numpy(), cell_masks=cell_masks.cpu().numpy())
-        if has_npr:
-            proto = vis.nprs[i]
-            _fill_npr(st, grouping.centres.float(), proto.prototypes.float(), proto.assign.float(), soft[:i],
-                      (h, w), npr_cfg.released_code, float(npr_cfg.hrs_threshold))
+            cell_masks = group_probabilities(hard[:i], (h, w))[0] > 0.5
+        st = StageState(index=i, assign_hard=hard[i][0].numpy(), assign_soft=tr.soft,
+                        group_map=group_onehot.argmax(dim=0).numpy().astype(np.int64),
+                        group_probs=group_probs.numpy(), centres=tr.centres, input_tokens=tr.inputs,
+                        cell_masks=cell_masks.numpy())
+        if trace.npr:
+            _fill_npr(st, torch.from_numpy(tr.centres)[None], torch.from_numpy(tr.prototypes)[None],
+                      torch.from_numpy(tr.proto_assign)[None], soft[:i], (h, w), trace.released_code,
+                      trace.hrs_threshold)
         state.stages.append(st)
     return state
+
+
+def collect_image_state(model: Any, sample: VizSample, device: torch.device | str = "cpu") -> ImageState:
+    """Run the image encoder once and collect every stage's groups, prototypes and matching:
+    :func:`state_from_trace` of :func:`trace_image`.
+
+    Raises:
+        DataError: as :func:`trace_image`.
+    """
+    return state_from_trace(trace_image(model, sample, device), sample.name, sample.image)
 
 
 def _fill_npr(st: StageState, centres: torch.Tensor, prototypes: torch.Tensor, z: torch.Tensor,
