@@ -229,3 +229,75 @@ def test_multi_label_checkpoint_round_trip(tmp_path):
     assert info.config.model.multi_label == 3
     assert float(loaded.multi_label_logit_scale) == pytest.approx(1.25)
     json.dumps(info.config.to_dict())
+
+
+# ---------------------------------------------------------------------------------------------------------
+# unmatched-group flatness (demo variant)
+
+
+def _flatness_numpy(g, p, t, scale):
+    """Independent re-computation: picked groups by loops, KL to uniform with explicit sums."""
+    g = g / np.linalg.norm(g, axis=-1, keepdims=True)
+    p = p / np.linalg.norm(p, axis=-1, keepdims=True)
+    B, S, _ = g.shape
+    P = p.shape[0]
+    terms = []
+    for b in range(B):
+        sims = g[b] @ p.T  # [S, P]
+        picked = {int(np.argmax(sims[:, j])) for j in range(P) if t[b, j]}
+        for s in range(S):
+            if s in picked:
+                continue
+            z = scale * sims[s]
+            q = np.exp(z - z.max())
+            q /= q.sum()
+            terms.append(sum(qi * math.log(qi * P) for qi in q))
+    return float(np.mean(terms)) if terms else 0.0
+
+
+def test_unmatched_flatness_equals_numpy():
+    from pgseg_core.losses.multi_label import unmatched_group_flatness
+
+    rng = np.random.default_rng(3)
+    g, p = rng.normal(size=(3, 4, 8)), rng.normal(size=(5, 8))
+    t = np.array([[1, 0, 1, 0, 0], [0, 1, 0, 0, 0], [0, 0, 0, 1, 1]], dtype=bool)
+    ls = torch.tensor(math.log(14.0))
+    got = unmatched_group_flatness(torch.tensor(g), torch.tensor(p), torch.tensor(t), ls)
+    assert float(got) == pytest.approx(_flatness_numpy(g, p, t, 14.0), rel=1e-5)
+    # zero when the unpicked groups are equidistant from every prompt
+    p_orth = np.eye(8)[:5]
+    g_flat = np.zeros((1, 2, 8))
+    g_flat[0, 0, 0] = 1.0  # picked by prompt 0
+    g_flat[0, 1, 7] = 1.0  # orthogonal to every prompt: flat
+    flat = unmatched_group_flatness(torch.tensor(g_flat), torch.tensor(p_orth),
+                                    torch.tensor([[True, False, False, False, False]]), ls)
+    assert float(flat) == pytest.approx(0.0, abs=1e-6)
+    # every group picked: no term
+    none = unmatched_group_flatness(torch.tensor(p[None, :2]), torch.tensor(p[:2]),
+                                    torch.ones(1, 2, dtype=torch.bool), ls)  # prompt j picks group j
+    assert float(none) == 0.0
+
+
+def test_unmatched_flatness_detaches_the_scale_and_is_off_by_default():
+    from pgseg_core.losses.multi_label import unmatched_group_flatness
+
+    ls = torch.tensor(2.0, requires_grad=True)
+    g = torch.randn(2, 3, 6, requires_grad=True)
+    loss = unmatched_group_flatness(g, torch.randn(4, 6), torch.tensor([[1, 0, 0, 0], [0, 1, 1, 0]]), ls)
+    loss.backward()
+    assert ls.grad is None and g.grad.abs().sum() > 0
+    model, _ = _model(**{"model.multi_label": 3, "model.multi_label_pool": "groups"})
+    out = model.forward_train(CAPTIONS, torch.randn(4, 3, 64, 64))
+    assert "loss_unmatched" not in out
+    with pytest.raises(ValueError):
+        unmatched_group_flatness(torch.randn(2, 6), torch.randn(4, 6), torch.ones(2, 4, dtype=torch.bool), ls)
+
+
+def test_forward_train_adds_the_unmatched_term():
+    model, _ = _model(**{"model.multi_label": 3, "model.multi_label_pool": "groups",
+                         "model.multi_label_unmatched_weight": 0.25})
+    torch.manual_seed(1)
+    out = model.forward_train(CAPTIONS, torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(5)))
+    rest = out["loss_itc"] + out["loss_pg"] + out["loss_multi_label"]
+    assert float(out["loss"]) == pytest.approx(float(rest + 0.25 * out["loss_unmatched"]), rel=1e-5)
+    assert float(out["loss_unmatched"]) >= 0.0
