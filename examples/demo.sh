@@ -15,20 +15,31 @@ bash scripts/setup_env.sh demo --with-demo-data
 . .venv/bin/activate
 export PGSEG_DEMO_OUT="$OUT"
 
-echo "[demo] 1/5 building the demo shards"
+echo "[demo] 1/6 building the demo shards (and a calibration split from another seed)"
 pgseg prep-shards --source demo --out "$OUT/shards" --photos "$OUT/photos" --n-train 8000 --n-val 200 --img-size 224
+pgseg -q prep-shards --source demo --out "$OUT/calib" --n-train 0 --n-val 200 --img-size 224 --seed 1
 
-echo "[demo] 2/5 training pgseg-demo (captions only; masks are never used)"
+echo "[demo] 2/6 training pgseg-demo (captions only; masks are never used)"
 pgseg train --model pgseg-demo --data "$OUT/shards" --out "$OUT/run" --device "$DEVICE"
 pgseg -q train --model pgseg-demo --data "$OUT/shards" --out "$OUT/untrained" --device "$DEVICE" --train.steps 0
 
-echo "[demo] 3/5 evaluating the trained model"
-pgseg eval --checkpoint "$OUT/run" --data "$OUT/shards" --device "$DEVICE" --no-per-class
-echo "[demo] 4/5 evaluating the same model untrained"
-pgseg -q eval --checkpoint "$OUT/untrained" --data "$OUT/shards" --device "$DEVICE" --no-per-class > /dev/null
+echo "[demo] 3/6 choosing bg_thresh on the calibration split (seed 1), for each model"
+for m in run untrained; do
+  pgseg -q eval --checkpoint "$OUT/$m" --data "$OUT/calib" --split val-caption --device "$DEVICE" \
+    --sweep bg_thresh=0.1:0.9:0.1 --output "$OUT/calib/metrics_$m.json" --no-per-class > /dev/null
+done
+THR_RUN=$(python examples/demo_calibrate.py "$OUT/calib/metrics_run.json")
+THR_UNTRAINED=$(python examples/demo_calibrate.py "$OUT/calib/metrics_untrained.json")
+echo "[demo] bg_thresh: trained $THR_RUN, untrained $THR_UNTRAINED"
 
-echo "[demo] 5/5 segmenting the bundled real photos"
+echo "[demo] 4/6 evaluating the trained model"
+pgseg eval --checkpoint "$OUT/run" --data "$OUT/shards" --device "$DEVICE" --no-per-class --bg-thresh "$THR_RUN"
+echo "[demo] 5/6 evaluating the same model untrained"
+pgseg -q eval --checkpoint "$OUT/untrained" --data "$OUT/shards" --device "$DEVICE" --no-per-class \
+  --bg-thresh "$THR_UNTRAINED" > /dev/null
+
+echo "[demo] 6/6 segmenting the bundled real photos"
 pgseg segment "$OUT/photos" --checkpoint "$OUT/run" --out "$OUT/segment" --device "$DEVICE" \
-  --classes-file examples/demo_photo_classes.txt --short-side 320
+  --classes-file examples/demo_photo_classes.txt --short-side 320 --bg-thresh "$THR_RUN"
 
 python examples/demo_summary.py "$OUT" "$(( $(date +%s) - start ))"
