@@ -90,7 +90,6 @@ class ModelConfig:
     # or mean of the projected tokens (the per-group embeddings used at inference)
     multi_label: int = 0  # GroupViT multi-label loss: prompts per caption (0 = off, released GCC+YFCC: 3)
     multi_label_weight: float = 1.0  # L += weight * L_ml
-    multi_label_unmatched_weight: float = 0.0  # demo variant: flat class distribution for unpicked groups
     multi_label_pool: Literal["image", "groups"] = "image"  # prompt vs image embedding (GroupViT), or vs the
     # best final group (max over groups; the demo variant's multiple-instance term)
     multi_label_template: str = "a photo of a {}."  # prompt built from each caption noun

@@ -18,12 +18,10 @@ GroupViT's loss.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
-__all__ = ["multi_label_contrastive", "unmatched_group_flatness"]
+__all__ = ["multi_label_contrastive"]
 
 
 def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -69,51 +67,3 @@ def multi_label_contrastive(image_emb: torch.Tensor, prompt_emb: torch.Tensor, t
     tt = t.t()
     t2i = _soft_ce(logits.t(), tt / tt.sum(1, keepdim=True))
     return 0.5 * (i2t + t2i)
-
-
-def unmatched_group_flatness(group_emb: torch.Tensor, prompt_emb: torch.Tensor, targets: torch.Tensor,
-                             logit_scale: torch.Tensor, max_scale: float = 100.0) -> torch.Tensor:
-    """Push the final groups that no caption noun picked towards a flat class distribution (demo variant).
-
-    For image b, every prompt p its caption names picks its best group ``argmax_s cos(g_bs, p)`` (the group
-    :func:`multi_label_contrastive` scores with ``[B, S, D]`` input). A group picked by none of the image's
-    prompts (U: usually the background photo) gets the loss
-
-        KL(softmax_p(s · cos(g_bs, P)) || uniform) = log P - H(softmax_p(s · cos(g_bs, P)))
-
-    over the batch's P distinct prompts, averaged over U; s = min(exp(logit_scale), 100) is *detached*
-    (this term must not change the image-text temperature). It is zero when every unpicked group is
-    equally similar to every prompt, which is what the GroupViT inference rule turns into background
-    (a flat group row has a small affinity, below bg_thresh; pgseg_method.md §4.3). Not in the papers:
-    ``model.multi_label_unmatched_weight``, docs/DEMO_RECIPE.md.
-
-    Args:
-        group_emb: [B, S, D] projected final group embeddings (any norm).
-        prompt_emb: [P, D] the batch's distinct prompts (any norm).
-        targets: [B, P] bool / {0, 1}; True where caption b names prompt p.
-        logit_scale: scalar parameter (log inverse temperature), used detached.
-
-    Returns:
-        scalar loss >= 0 (float32); 0 when no group is unpicked.
-
-    Raises:
-        ValueError: shapes that do not match.
-    """
-    if group_emb.dim() != 3 or targets.shape != (group_emb.shape[0], prompt_emb.shape[0]):
-        raise ValueError(f"unmatched-group loss: need group_emb [B, S, D] and targets [B, P], got "
-                         f"{tuple(group_emb.shape)} and {tuple(targets.shape)}")
-    g = F.normalize(group_emb.float(), dim=-1)
-    prm = F.normalize(prompt_emb.float(), dim=-1)
-    s = logit_scale.detach().float().exp().clamp(max=max_scale)
-    sim = torch.einsum("bsd,pd->bsp", g, prm)  # [B, S, P]
-    best = sim.detach().argmax(dim=1)  # [B, P] group picked by each prompt
-    picked = torch.zeros(sim.shape[:2], dtype=torch.bool, device=sim.device)  # [B, S]
-    t = targets.bool().to(sim.device)
-    rows, cols = torch.nonzero(t, as_tuple=True)
-    picked[rows, best[rows, cols]] = True
-    unpicked = ~picked
-    if not bool(unpicked.any()):
-        return sim.sum() * 0.0
-    logq = F.log_softmax(s * sim, dim=-1)  # [B, S, P]
-    kl = math.log(sim.shape[-1]) + (logq.exp() * logq).sum(dim=-1)  # [B, S]
-    return kl[unpicked].mean()

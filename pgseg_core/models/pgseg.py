@@ -19,7 +19,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..data.caption_nouns import caption_nouns
 from ..losses.contrastive import image_text_contrastive
-from ..losses.multi_label import multi_label_contrastive, unmatched_group_flatness
+from ..losses.multi_label import multi_label_contrastive
 from ..losses.prototype import hungarian_match, prototype_group_loss
 from .layers import ProjectMLP
 from .npr import TextNPR
@@ -186,10 +186,6 @@ class PGSeg(nn.Module):
                                          self.multi_label_logit_scale)
             losses["loss_multi_label"] = ml
             total = total + self.cfg.multi_label_weight * ml
-            if self.cfg.multi_label_unmatched_weight > 0 and side.dim() == 3:
-                flat = unmatched_group_flatness(side, prompt_emb, targets.to(side.device), self.logit_scale)
-                losses["loss_unmatched"] = flat
-                total = total + self.cfg.multi_label_unmatched_weight * flat
         if self.text_npr is not None:
             pg = self._prototype_losses(img.vision, text_feats)
             losses.update(pg)
