@@ -325,3 +325,17 @@ def test_groupvit_s_image_flops(paper_param_counts):
 
 def test_pgseg_s_image_flops(paper_param_counts):
     assert paper_param_counts["pgseg-s flops"] == pytest.approx(9.84e9, rel=0.02)
+
+
+def test_text_prototypes_must_match_the_final_groups():
+    """The text term matches text prototypes to final groups one to one: a mismatch is a config error up front
+    (it used to surface as an IndexError inside the first training step)."""
+    from pgseg_core.errors import ConfigError
+
+    cfg = load_config("pgseg-tiny")
+    final = cfg.model.vision.num_output_groups[-1]
+    bad = load_config("pgseg-tiny", {"model.npr.text_prototypes": final + 1})
+    with pytest.raises(ConfigError, match=f"text_prototypes \\({final + 1}\\).*num_output_groups \\({final}\\)"):
+        create_model(bad.model)
+    plain = load_config("pgseg-tiny", {"model.npr.text_prototypes": final + 1, "model.npr.enabled": False})
+    assert create_model(plain.model).text_npr is None  # no NPR, nothing to match

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import ConfigError
 from ..data.caption_nouns import caption_nouns
 from ..losses.contrastive import image_text_contrastive
 from ..losses.multi_label import multi_label_contrastive
@@ -61,6 +62,12 @@ class PGSeg(nn.Module):
             init = math.log(1.0 / cfg.contrast_temperature)
             self.multi_label_logit_scale = nn.Parameter(torch.tensor(init))
         if npr.enabled:
+            final_groups = int(cfg.vision.num_output_groups[-1])
+            if npr.text_prototypes != final_groups:
+                # the text term Hungarian-matches text prototypes to the final groups one to one (PGSeg §3.4)
+                raise ConfigError(f"model.npr.text_prototypes ({npr.text_prototypes}) must equal the last stage's "
+                                  f"model.vision.num_output_groups ({final_groups}): set "
+                                  f"--model.npr.text_prototypes {final_groups}")
             # the L_PG temperature lives in the image encoder, as in the released checkpoints
             self.img_encoder.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / npr.pg_temperature)))
             self.text_npr = TextNPR(npr.text_prototypes, 1 if npr.released_code else cfg.embed_dim,
