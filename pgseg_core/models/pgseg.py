@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..errors import ConfigError
 from ..data.caption_nouns import caption_nouns
+from ..errors import ConfigError
 from ..losses.contrastive import image_text_contrastive
 from ..losses.multi_label import multi_label_contrastive
 from ..losses.prototype import hungarian_match, prototype_group_loss

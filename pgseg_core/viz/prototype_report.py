@@ -27,24 +27,11 @@ from ..errors import DataError
 from ..utils.io import atomic_write, atomic_write_json
 from .palette import save_image_atomic
 from .prototype_render import render_matching, render_panel, render_patch_grid
-from .prototypes import (ImageState, PatchBank, VizSample, collect_image_state, prepare_image,
-                         state_from_trace, trace_image)
+from .prototypes import ImageState, PatchBank, prepare_image, state_from_trace, trace_image
 
-__all__ = ["visualize_samples", "render_states", "states_from_samples", "states_from_files", "samples_from_files"]
+__all__ = ["render_states", "states_from_files"]
 
 logger = logging.getLogger("pgseg.viz")
-
-
-def samples_from_files(paths: Iterable[Path], short_side: int, max_long: int,
-                       failed: list[dict[str, str]]) -> Iterable[VizSample]:
-    """Read and resize image files lazily; an unreadable file is logged, added to ``failed`` and skipped."""
-    for path in paths:
-        try:
-            image = np.asarray(load_image_rgb(path))
-            yield prepare_image(image, short_side, max_long, name=Path(path).stem)
-        except DataError as e:
-            logger.warning("skipping %s: %s", path, e)
-            failed.append({"image": str(path), "error": str(e)})
 
 
 def _unique(stem: str, used: set[str]) -> str:
@@ -94,27 +81,6 @@ def states_from_files(model: Any, paths: Iterable[Path], short_side: int, max_lo
         yield state_from_trace(trace, path.stem, image)
 
 
-def states_from_samples(model: Any, samples: Iterable[VizSample], device: torch.device | str,
-                        failed: list[dict[str, str]]) -> Iterator[ImageState]:
-    """Run the encoder on each sample; a sample the encoder refuses is logged, added to ``failed`` and skipped."""
-    for sample in samples:
-        try:
-            yield collect_image_state(model, sample, device)
-        except DataError as e:
-            logger.warning("skipping %s: %s", sample.name, e)
-            failed.append({"image": sample.name, "error": str(e)})
-
-
-def visualize_samples(model: Any, samples: Iterable[VizSample], out_dir: str | Path, *, total: int,
-                      device: torch.device | str = "cpu", failed: list[dict[str, str]] | None = None,
-                      **kwargs: Any) -> dict[str, Any]:
-    """:func:`render_states` of the samples run through ``model`` (see :func:`states_from_samples`)."""
-    failed = failed if failed is not None else []
-    return render_states(states_from_samples(model, samples, device, failed), out_dir, total=total,
-                         npr=bool(model.cfg.npr.enabled), released_code=bool(model.cfg.npr.released_code),
-                         failed=failed, **kwargs)
-
-
 def render_states(states: Iterable[ImageState], out_dir: str | Path, *, total: int, npr: bool,
                   released_code: bool, patches_per_prototype: int = 8, tile: int = 48,
                   failed: list[dict[str, str]] | None = None, title: str = "",
@@ -122,7 +88,7 @@ def render_states(states: Iterable[ImageState], out_dir: str | Path, *, total: i
     """Render every image state, then the nearest-patch grids and ``index.html``.
 
     Args:
-        states: :class:`ImageState` s, from the encoder (:func:`states_from_samples`) or from the ``viz``
+        states: :class:`ImageState` s, from image files (:func:`states_from_files`) or from the ``viz``
             section of a feature cache (:mod:`pgseg_core.viz.prototype_cache`); produced lazily, so the
             producer may append to ``failed`` while it runs.
         out_dir: output folder (created).

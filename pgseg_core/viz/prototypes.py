@@ -16,8 +16,10 @@ One forward pass of the image encoder (``encode_image(..., stage_inputs=True)``)
   with the loss's own functions (:func:`pgseg_core.losses.prototype.hungarian_match`, ``hrs_mask``) and
   the same arguments as ``PGSeg._prototype_losses``, honouring ``model.npr.released_code``.
 
-:class:`VizSample` is the per-image input: an RGB image plus either its normalised pixels or
-precomputed frozen-stem features, so a feature-cache reader can feed :func:`collect_image_state`.
+:class:`VizSample` is the per-image input: an RGB image plus optionally its normalised pixels or
+precomputed frozen-stem features. :func:`trace_image` runs the encoder and keeps an :class:`EncoderTrace`
+(what the feature cache's ``viz`` section stores, :mod:`pgseg_core.viz.prototype_cache`);
+:func:`state_from_trace` computes everything drawn from it.
 """
 
 from __future__ import annotations
@@ -49,8 +51,8 @@ class VizSample:
         image: uint8 RGB [H, W, 3] as the encoder sees it (H, W multiples of 16: one token cell is 16×16 px).
         pixels: optional ImageNet-normalised [3, H, W]; computed from ``image`` when neither it nor
             ``stem_feats`` is given.
-        stem_feats: optional precomputed frozen-stem features [112, h, w] (demo variant; e.g. from a
-            feature cache), used instead of ``pixels``.
+        stem_feats: optional precomputed frozen-stem features [112, h, w] (demo variant; e.g. from the
+            training stem cache), used instead of ``pixels``.
     """
 
     name: str
