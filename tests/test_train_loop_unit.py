@@ -236,3 +236,58 @@ def test_scheduler_warmup_then_cosine(warmup, total):
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-6)
     sched.step_update(total + 10)
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-5)
+
+
+def test_hard_assignment_starts_at_hard_assign_start(shard_dir, tmp_path, monkeypatch):
+    """Steps before train.hard_assign_start use the soft assignment, the rest Gumbel hard (pgseg-demo: 300)."""
+    from pgseg_core.models.grouping import AssignAttention
+
+    seen: list[bool] = []
+    original = AssignAttention.forward
+
+    def spy(self, *args, **kwargs):
+        if self.training:
+            seen.append(self.hard)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(AssignAttention, "forward", spy)
+    fit(_cfg(shard_dir, **{"train.steps": 4, "train.hard_assign_start": 2}), tmp_path)
+    per_step = len(seen) // 4
+    assert per_step >= 1 and len(seen) == 4 * per_step
+    assert seen == [False] * (2 * per_step) + [True] * (2 * per_step)
+
+
+def test_demo_preset_switches_to_hard_assignment_at_the_same_fraction_on_cuda():
+    cfg = load_config("pgseg-demo")
+    cuda = load_config("pgseg-demo", cfg.cuda_overrides)
+    assert 0 < cfg.train.hard_assign_start < cfg.train.steps
+    assert cuda.train.hard_assign_start / cuda.train.steps == pytest.approx(
+        cfg.train.hard_assign_start / cfg.train.steps)
+
+
+class _FakeStemModel(torch.nn.Module):
+    """Stands in for a hybrid PGSeg: ``stem_features`` maps [B, 3, H, W] to [B, 112, H/16, W/16]."""
+
+    def __init__(self):
+        super().__init__()
+        self.modes: list[bool] = []
+
+    def stem_features(self, x):
+        self.modes.append(self.training)
+        b, _, h, w = x.shape
+        return torch.ones(b, 112, h // 16, w // 16)
+
+
+def test_stem_cache_build_hands_the_model_back_in_train_mode(shard_dir, tmp_path):
+    """Regression: fit builds the cache lazily with the model already in train mode; the build switched it to
+    eval and left it there, so a first run trained without Gumbel noise and with BatchNorm running stats."""
+    from pgseg_core.cache.stem import build_stem_cache
+
+    model = _FakeStemModel().train()
+    cache = build_stem_cache(model, str(shard_dir), tmp_path / "stem.h5", 32, torch.device("cpu"), batch_size=2)
+    assert len(cache) == len(CAPTIONS) and tuple(cache.feats.shape[1:]) == (112, 2, 2)
+    assert model.modes and not any(model.modes)  # encoded in eval mode
+    assert model.training
+    model.eval()
+    build_stem_cache(model, str(shard_dir), tmp_path / "stem2.h5", 32, torch.device("cpu"), batch_size=2)
+    assert not model.training  # the caller's mode is restored, whichever it was

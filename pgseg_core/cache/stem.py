@@ -114,6 +114,7 @@ def build_stem_cache(model, shards_spec: str, path: str | Path, img_size: int, d
         if total is None or done < total:
             if done:
                 _log.info("resuming stem cache %s at %d images", path, done)
+            was_training = model.training  # the training loop calls this with the model in train mode
             model.eval()
             buf_x, buf_cap, buf_key = [], [], []
 
@@ -135,16 +136,19 @@ def build_stem_cache(model, shards_spec: str, path: str | Path, img_size: int, d
                 if progress:
                     progress(done, total)
 
-            for i, (key, img, caption) in enumerate(iter_images_for_cache(shards_spec, "train", img_size)):
-                if i < done:
-                    continue
-                buf_x.append(img)
-                buf_cap.append(caption)
-                buf_key.append(key)
-                if len(buf_x) == batch_size:
+            try:
+                for i, (key, img, caption) in enumerate(iter_images_for_cache(shards_spec, "train", img_size)):
+                    if i < done:
+                        continue
+                    buf_x.append(img)
+                    buf_cap.append(caption)
+                    buf_key.append(key)
+                    if len(buf_x) == batch_size:
+                        flush()
+                if buf_x:
                     flush()
-            if buf_x:
-                flush()
+            finally:
+                model.train(was_training)
             if total is None:
                 total = done
         n = int(f.attrs["complete"])
