@@ -339,3 +339,11 @@ def test_text_prototypes_must_match_the_final_groups():
         create_model(bad.model)
     plain = load_config("pgseg-tiny", {"model.npr.text_prototypes": final + 1, "model.npr.enabled": False})
     assert create_model(plain.model).text_npr is None  # no NPR, nothing to match
+
+
+def test_stage_lists_of_different_lengths_are_a_config_error():
+    from pgseg_core.errors import ConfigError
+
+    bad = load_config("pgseg-tiny", {"model.vision.depths": [1, 1]})
+    with pytest.raises(ConfigError, match=r"depths \(2\).*one entry per stage"):
+        create_model(bad.model)

@@ -18,7 +18,7 @@ from timm.layers import PatchEmbed, trunc_normal_
 from torch import nn
 
 from ..config import NPRConfig, VisionConfig
-from ..errors import DependencyError
+from ..errors import ConfigError, DependencyError
 from .grouping import GroupingBlock
 from .layers import Block, MixerMlp
 from .npr import NPR
@@ -190,8 +190,10 @@ class GroupViTEncoder(nn.Module):
         super().__init__()
         n_stages = len(cfg.depths)
         if not (len(cfg.num_heads) == len(cfg.num_group_tokens) == n_stages == len(cfg.num_output_groups) + 1):
-            raise ValueError("vision config: depths, num_heads and num_group_tokens need one entry per stage "
-                             "and num_output_groups one fewer")
+            raise ConfigError(
+                f"model.vision: depths ({len(cfg.depths)}), num_heads ({len(cfg.num_heads)}) and num_group_tokens "
+                f"({len(cfg.num_group_tokens)}) need one entry per stage and num_output_groups "
+                f"({len(cfg.num_output_groups)}) one fewer")
         self.cfg = cfg
         C = cfg.embed_dim
         self.grid = (cfg.img_size // cfg.patch_size, cfg.img_size // cfg.patch_size)
