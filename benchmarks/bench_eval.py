@@ -39,8 +39,28 @@ from pgseg_core.segment.classes import ClassSpec  # noqa: E402
 from pgseg_core.utils.device import resolve_device  # noqa: E402
 
 # twenty everyday object words (the size of a VOC vocabulary; any words work for a speed test)
-WORDS = ["plane", "bike", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "table", "dog",
-         "horse", "motorbike", "person", "plant", "sheep", "sofa", "train", "monitor"]
+WORDS = [
+    "plane",
+    "bike",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "table",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "plant",
+    "sheep",
+    "sofa",
+    "train",
+    "monitor",
+]
 
 
 class SyntheticDataset:
@@ -54,8 +74,11 @@ class SyntheticDataset:
             coarse = rng.integers(0, 256, (h // 25 + 1, w // 25 + 1, 3), dtype=np.uint8)
             img = np.kron(coarse, np.ones((25, 25, 1), dtype=np.uint8))[:h, :w]
             label = np.kron(rng.integers(0, 21, (h // 50 + 1, w // 50 + 1)), np.ones((50, 50)))[:h, :w]
-            self.samples.append(SimpleNamespace(key=f"synthetic_{i:04d}", image=np.ascontiguousarray(img),
-                                                label=label.astype(np.uint8)))
+            self.samples.append(
+                SimpleNamespace(
+                    key=f"synthetic_{i:04d}", image=np.ascontiguousarray(img), label=label.astype(np.uint8)
+                )
+            )
         self.info = SimpleNamespace(name="synthetic-voc", has_background=True, num_classes=20)
 
     def class_spec(self, protocol: str) -> ClassSpec:
@@ -94,8 +117,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--size", default="375x500", help="image HxW (VOC-like by default)")
     ap.add_argument("--sweep", default="bg_thresh=0.3:1.0:0.05", help="sweep spec (15 points by default)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
-    ap.add_argument("--repeat", type=int, default=2, help="time the full evaluation and the sweeps this many "
-                    "times and keep the fastest (shared machines are noisy)")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=2,
+        help="time the full evaluation and the sweeps this many "
+        "times and keep the fastest (shared machines are noisy)",
+    )
     ap.add_argument("--out", default="", help="write the results as JSON here")
     args = ap.parse_args(argv)
     if args.threads > 0:
@@ -112,8 +140,9 @@ def main(argv: list[str] | None = None) -> dict:
     def run(**kw):
         return evaluate_dataset(model, ds, class_names="groupvit", eval_cfg=eval_cfg, device=dev, **kw)
 
-    evaluate_dataset(model, SyntheticDataset(1, (h, w), seed=1), class_names="groupvit", eval_cfg=eval_cfg,
-                     device=dev)  # warm-up
+    evaluate_dataset(
+        model, SyntheticDataset(1, (h, w), seed=1), class_names="groupvit", eval_cfg=eval_cfg, device=dev
+    )  # warm-up
     repeat = max(int(args.repeat), 1)
     t_full = min(_timed(run)[1] for _ in range(repeat))
     t_one_pass = min(_timed(lambda: run(sweep=sweep))[1] for _ in range(repeat))
@@ -130,7 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
     t_recompute = 0.0
     for value in sweep.values:  # what a sweep costs without features: one full evaluation per value
         point_cfg = dataclasses.replace(eval_cfg, **{sweep.key: value})
-        _, t = _timed(lambda: evaluate_dataset(model, ds, class_names="groupvit", eval_cfg=point_cfg, device=dev))
+        _, t = _timed(
+            lambda: evaluate_dataset(model, ds, class_names="groupvit", eval_cfg=point_cfg, device=dev)
+        )
         t_recompute += t
     n = len(ds)
     result = {
@@ -148,9 +179,13 @@ def main(argv: list[str] | None = None) -> dict:
         "repeat": repeat,
         "image_size": [h, w],
         "sweep": {"key": sweep.key, "points": len(sweep.values)},
-        "seconds": {"full_eval": round(t_full, 3), "one_pass_sweep_no_cache": round(t_one_pass, 3),
-                    "cache_write_pass": round(t_write, 3), "cached_sweep": round(t_cached, 3),
-                    "recompute_sweep": round(t_recompute, 3)},
+        "seconds": {
+            "full_eval": round(t_full, 3),
+            "one_pass_sweep_no_cache": round(t_one_pass, 3),
+            "cache_write_pass": round(t_write, 3),
+            "cached_sweep": round(t_cached, 3),
+            "recompute_sweep": round(t_recompute, 3),
+        },
         "images_per_s": round(n / t_full, 4),
         "ratios": {
             "cached_sweep_over_full_eval": round(t_cached / t_full, 4),

@@ -117,8 +117,13 @@ def main() -> None:
         t = median_seconds(lambda: extract_features(model, crop), args.warmup, args.repeats)
         results["crop_448_ms"]["pgseg_torch"] = t * 1e3
         torch_enc = TorchEncoder(model, cpu)
-        t = median_seconds(lambda: predict_batch(torch_enc, [prepare_image(image, eval_cfg)], class_emb, scale,
-                                                 eval_cfg, cpu), args.warmup, args.repeats)
+        t = median_seconds(
+            lambda: predict_batch(
+                torch_enc, [prepare_image(image, eval_cfg)], class_emb, scale, eval_cfg, cpu
+            ),
+            args.warmup,
+            args.repeats,
+        )
         results["image_448x672_ms"]["pgseg_torch"] = t * 1e3
 
         if not args.skip_onnx:
@@ -132,12 +137,21 @@ def main() -> None:
                 onnx_enc = OnnxEncoder(path, threads=args.threads)
                 t = median_seconds(lambda: onnx_enc(crop), args.warmup, args.repeats)
                 results["crop_448_ms"]["pgseg_onnxruntime"] = t * 1e3
-                t = median_seconds(lambda: predict_batch(onnx_enc, [prepare_image(image, eval_cfg)], class_emb,
-                                                         scale, eval_cfg, cpu), args.warmup, args.repeats)
+                t = median_seconds(
+                    lambda: predict_batch(
+                        onnx_enc, [prepare_image(image, eval_cfg)], class_emb, scale, eval_cfg, cpu
+                    ),
+                    args.warmup,
+                    args.repeats,
+                )
                 results["image_448x672_ms"]["pgseg_onnxruntime"] = t * 1e3
                 # same masks as torch on this image?
-                (lt, _), = predict_batch(torch_enc, [prepare_image(image, eval_cfg)], class_emb, scale, eval_cfg, cpu)
-                (lo, _), = predict_batch(onnx_enc, [prepare_image(image, eval_cfg)], class_emb, scale, eval_cfg, cpu)
+                ((lt, _),) = predict_batch(
+                    torch_enc, [prepare_image(image, eval_cfg)], class_emb, scale, eval_cfg, cpu
+                )
+                ((lo, _),) = predict_batch(
+                    onnx_enc, [prepare_image(image, eval_cfg)], class_emb, scale, eval_cfg, cpu
+                )
                 results["onnx_label_agreement"] = float((lt == lo).mean())
 
         if not args.skip_hf:
@@ -145,15 +159,21 @@ def main() -> None:
 
             hf = build_hf(model, cfg)
             vm = hf.vision_model
-            t = median_seconds(lambda: hf.visual_projection(vm(pixel_values=crop).pooler_output), args.warmup,
-                               args.repeats)
+            t = median_seconds(
+                lambda: hf.visual_projection(vm(pixel_values=crop).pooler_output), args.warmup, args.repeats
+            )
             results["crop_448_ms"]["hf_vision"] = t * 1e3
             ours = torch.nn.functional.normalize(model.encode_image(crop).image_emb, dim=-1)
-            theirs = torch.nn.functional.normalize(hf.visual_projection(vm(pixel_values=crop).pooler_output), dim=-1)
+            theirs = torch.nn.functional.normalize(
+                hf.visual_projection(vm(pixel_values=crop).pooler_output), dim=-1
+            )
             results["hf_image_emb_max_abs_diff"] = float((ours - theirs).abs().max())
             ids = tokenize([eval_cfg.templates[0].format(c) for c in CLASSES], cfg.model.text.context_length)
-            t = median_seconds(lambda: hf(input_ids=ids, pixel_values=crop, output_segmentation=True), args.warmup,
-                               args.repeats)
+            t = median_seconds(
+                lambda: hf(input_ids=ids, pixel_values=crop, output_segmentation=True),
+                args.warmup,
+                args.repeats,
+            )
             results["crop_448_ms"]["hf_segmentation"] = t * 1e3
 
     if torch.cuda.is_available():
@@ -187,13 +207,20 @@ def main() -> None:
         except md.PackageNotFoundError:
             return None
 
-    results["env"] = {"device": "cpu" if not torch.cuda.is_available() else "cpu+cuda",
-                      "cpu": platform.processor() or platform.machine(), "threads": args.threads,
-                      "torch": torch.__version__, "onnxruntime": version("onnxruntime"),
-                      "transformers": version("transformers"), "python": platform.python_version(),
-                      "model": "groupvit-s (random weights)", "classes": len(CLASSES),
-                      "warmup": args.warmup, "repeats": args.repeats,
-                      "command": "python " + " ".join(sys.argv)}
+    results["env"] = {
+        "device": "cpu" if not torch.cuda.is_available() else "cpu+cuda",
+        "cpu": platform.processor() or platform.machine(),
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "onnxruntime": version("onnxruntime"),
+        "transformers": version("transformers"),
+        "python": platform.python_version(),
+        "model": "groupvit-s (random weights)",
+        "classes": len(CLASSES),
+        "warmup": args.warmup,
+        "repeats": args.repeats,
+        "command": "python " + " ".join(sys.argv),
+    }
     for section in ("crop_448_ms", "image_448x672_ms"):
         ref = results[section]["pgseg_torch"]
         print(f"{section}:")

@@ -16,10 +16,14 @@ def main() -> None:
         u = untrained["splits"][split]["mIoU"]
         print(f"{split:<14}{m['mIoU']:>14.1f}{u:>16.1f}{m['mIoU'] - u:>+8.1f}")
     if trained.get("hIoU") is not None:
-        print(f"seen/unseen (no background): {trained['seen_mIoU']:.1f} / {trained['unseen_mIoU']:.1f}, "
-              f"hIoU {trained['hIoU']:.1f}")
-    print(f"bg_thresh (chosen on the seed-1 calibration split): trained {trained['eval_config']['bg_thresh']:g}, "
-          f"untrained {untrained['eval_config']['bg_thresh']:g}")
+        print(
+            f"seen/unseen (no background): {trained['seen_mIoU']:.1f} / {trained['unseen_mIoU']:.1f}, "
+            f"hIoU {trained['hIoU']:.1f}"
+        )
+    print(
+        f"bg_thresh (chosen on the seed-1 calibration split): trained {trained['eval_config']['bg_thresh']:g}, "
+        f"untrained {untrained['eval_config']['bg_thresh']:g}"
+    )
     seg = out / "segment"
     print(f"overlays of the real photos: {seg}/*_overlay.png (label maps *_label.png, JSON *.json)")
     print(f"checkpoint: {out / 'run' / 'last.pt'}")

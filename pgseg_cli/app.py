@@ -13,7 +13,7 @@ from ._console import out, setup_logging
 app = typer.Typer(
     name="pgseg",
     help="Weakly open-vocabulary semantic segmentation from image-caption pairs (GroupViT + PGSeg).\n\n"
-         "Pipeline: prep-shards -> train -> eval -> segment.",
+    "Pipeline: prep-shards -> train -> eval -> segment.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -29,10 +29,15 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and full tracebacks.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and results; no progress bars.")] = False,
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
-                                          help="Print the version and exit.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Debug logging and full tracebacks.")
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Only warnings and results; no progress bars.")
+    ] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
 ) -> None:
     setup_logging(verbose, quiet)
 

@@ -23,6 +23,18 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'pgseg_core' has no attribute {name!r}")
 
 
-__all__ = ["RunConfig", "list_presets", "load_config", "create_model", "load_checkpoint", "Segmenter",
-           "PgsegError", "ConfigError", "DataError", "CheckpointError", "DeviceError", "DependencyError",
-           "__version__"]
+__all__ = [
+    "RunConfig",
+    "list_presets",
+    "load_config",
+    "create_model",
+    "load_checkpoint",
+    "Segmenter",
+    "PgsegError",
+    "ConfigError",
+    "DataError",
+    "CheckpointError",
+    "DeviceError",
+    "DependencyError",
+    "__version__",
+]

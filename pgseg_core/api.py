@@ -17,8 +17,15 @@ from .config import RunConfig, apply_overrides, load_config
 from .errors import ConfigError, DataError, DependencyError
 from .utils.io import atomic_write_json
 
-__all__ = ["prep_shards", "train", "evaluate_checkpoint", "segment_files", "resolve_inputs", "export_onnx",
-           "visualize_prototypes"]
+__all__ = [
+    "prep_shards",
+    "train",
+    "evaluate_checkpoint",
+    "segment_files",
+    "resolve_inputs",
+    "export_onnx",
+    "visualize_prototypes",
+]
 
 _log = logging.getLogger("pgseg.api")
 
@@ -31,11 +38,23 @@ def _phase_cb(progress: Progress | None, phase: str) -> Callable[[int, int | Non
     return lambda done, total=None: progress(phase, done, total or 0, {})
 
 
-def prep_shards(source: str, out_dir: str | Path | None, *, images: str | Path | None = None,
-                captions: str | Path | None = None, seed: int = 0, n_train: int = 8000, n_val: int = 200,
-                img_size: int = 224, shard_size: int = 1000, photos_dir: str | Path | None = None,
-                coco_root: str | Path | None = None, coco_splits: list[str] | None = None, workers: int = 0,
-                progress: Progress | None = None) -> dict[str, Any]:
+def prep_shards(
+    source: str,
+    out_dir: str | Path | None,
+    *,
+    images: str | Path | None = None,
+    captions: str | Path | None = None,
+    seed: int = 0,
+    n_train: int = 8000,
+    n_val: int = 200,
+    img_size: int = 224,
+    shard_size: int = 1000,
+    photos_dir: str | Path | None = None,
+    coco_root: str | Path | None = None,
+    coco_splits: list[str] | None = None,
+    workers: int = 0,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Build training/validation shards, or convert evaluation labels in place.
 
     Args:
@@ -56,19 +75,29 @@ def prep_shards(source: str, out_dir: str | Path | None, *, images: str | Path |
     """
     if source == "coco-object":
         if coco_root is None:
-            raise ConfigError("--source coco-object needs --coco-root DIR (the coco_stuff164k folder with "
-                              "annotations/val2017/*.png)")
+            raise ConfigError(
+                "--source coco-object needs --coco-root DIR (the coco_stuff164k folder with "
+                "annotations/val2017/*.png)"
+            )
         from .data.coco_object import convert_coco_object
 
-        return convert_coco_object(coco_root, coco_splits or None, workers=workers,
-                                   progress=_phase_cb(progress, "label maps"))
+        return convert_coco_object(
+            coco_root, coco_splits or None, workers=workers, progress=_phase_cb(progress, "label maps")
+        )
     if out_dir is None:
         raise ConfigError(f"--source {source} needs --out DIR (the shard directory to write)")
     if source == "demo":
         from .data.demo import build_demo_shards
 
-        summary = build_demo_shards(out_dir, seed=seed, n_train=n_train, n_val=n_val, img_size=img_size,
-                                    shard_size=shard_size, progress=_phase_cb(progress, "composites"))
+        summary = build_demo_shards(
+            out_dir,
+            seed=seed,
+            n_train=n_train,
+            n_val=n_val,
+            img_size=img_size,
+            shard_size=shard_size,
+            progress=_phase_cb(progress, "composites"),
+        )
         if photos_dir is not None:
             from .data.demo import export_demo_photos
 
@@ -79,14 +108,23 @@ def prep_shards(source: str, out_dir: str | Path | None, *, images: str | Path |
             raise ConfigError("--source folder needs --images DIR (a folder of images with captions)")
         from .data.shards import write_folder_shards
 
-        return write_folder_shards(images, out_dir, captions=captions, shard_size=shard_size,
-                                   progress=_phase_cb(progress, "images"))
+        return write_folder_shards(
+            images, out_dir, captions=captions, shard_size=shard_size, progress=_phase_cb(progress, "images")
+        )
     raise ConfigError(f"unknown source '{source}': use 'demo', 'folder' or 'coco-object'")
 
 
-def train(model: str, data: str, out_dir: str | Path, *, overrides: dict[str, Any] | None = None,
-          resume: bool = False, init_checkpoint: str | None = None, device: str | None = None,
-          progress: Progress | None = None) -> dict[str, Any]:
+def train(
+    model: str,
+    data: str,
+    out_dir: str | Path,
+    *,
+    overrides: dict[str, Any] | None = None,
+    resume: bool = False,
+    init_checkpoint: str | None = None,
+    device: str | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Train ``model`` (a preset name or config JSON) on the shards ``data`` into ``out_dir``.
 
     Raises:
@@ -100,9 +138,15 @@ def train(model: str, data: str, out_dir: str | Path, *, overrides: dict[str, An
         changes["train.device"] = device
     cfg = apply_overrides(cfg, changes)
     result = fit(cfg, out_dir, resume=resume, init_checkpoint=init_checkpoint, progress=progress)
-    return {"out_dir": result.out_dir, "checkpoint": result.checkpoint, "steps": result.steps,
-            "device": result.device, "seconds": round(result.seconds, 1), "final": result.final,
-            "stopped_early": result.stopped_early}
+    return {
+        "out_dir": result.out_dir,
+        "checkpoint": result.checkpoint,
+        "steps": result.steps,
+        "device": result.device,
+        "seconds": round(result.seconds, 1),
+        "final": result.final,
+        "stopped_early": result.stopped_early,
+    }
 
 
 def _eval_config(cfg: RunConfig, overrides: dict[str, Any] | None):
@@ -117,8 +161,10 @@ def _open_dataset(name: str, root: str | Path, split: str) -> Any:
     try:
         from .data.benchmarks import open_dataset
     except ImportError as e:
-        raise DependencyError(f"benchmark dataset readers are missing from this build ({e}): reinstall pgseg "
-                              "or evaluate demo shards with --data") from e
+        raise DependencyError(
+            f"benchmark dataset readers are missing from this build ({e}): reinstall pgseg "
+            "or evaluate demo shards with --data"
+        ) from e
     return open_dataset(name, root, split=split)
 
 
@@ -132,13 +178,22 @@ def _checkpoint_hash(path: str | Path) -> str:
         return ""
 
 
-def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, *,
-                        dataset: str | None = None, data_root: str | Path | None = None,
-                        protocol: str | None = None, cache: str | Path | None = None,
-                        sweep: str | None = None, splits: list[str] | None = None,
-                        eval_overrides: dict[str, Any] | None = None, device: str = "auto",
-                        max_images: int | None = None, out: str | Path | None = None,
-                        progress: Progress | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path | None = None,
+    *,
+    dataset: str | None = None,
+    data_root: str | Path | None = None,
+    protocol: str | None = None,
+    cache: str | Path | None = None,
+    sweep: str | None = None,
+    splits: list[str] | None = None,
+    eval_overrides: dict[str, Any] | None = None,
+    device: str = "auto",
+    max_images: int | None = None,
+    out: str | Path | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Evaluate a checkpoint on validation shards or on a benchmark dataset (mIoU, mAcc, aAcc, per class).
 
     Args:
@@ -204,13 +259,30 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
         fc = FeatureCache.open(cache, CacheMeta(ck_hash, feat_hash, protocol_name, cache_ds))
     try:
         if ds_obj is not None:
-            result = evaluate_dataset(model, ds_obj, class_names=resolved.class_names, eval_cfg=eval_cfg,
-                                      device=dev, split_name=split, max_images=max_images,
-                                      progress=_phase_cb(progress, "eval"), cache=fc, sweep=sweep_spec)
+            result = evaluate_dataset(
+                model,
+                ds_obj,
+                class_names=resolved.class_names,
+                eval_cfg=eval_cfg,
+                device=dev,
+                split_name=split,
+                max_images=max_images,
+                progress=_phase_cb(progress, "eval"),
+                cache=fc,
+                sweep=sweep_spec,
+            )
         else:
-            result = evaluate(model, str(data), splits=splits, eval_cfg=eval_cfg, device=dev,
-                              max_images=max_images, progress=_phase_cb(progress, "eval"), cache=fc,
-                              sweep=sweep_spec)
+            result = evaluate(
+                model,
+                str(data),
+                splits=splits,
+                eval_cfg=eval_cfg,
+                device=dev,
+                max_images=max_images,
+                progress=_phase_cb(progress, "eval"),
+                cache=fc,
+                sweep=sweep_spec,
+            )
         cache_info = None
         if fc is not None:
             cache_info = {"path": str(cache), "images": len(fc), "dropped_incomplete": fc.dropped}
@@ -218,21 +290,37 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
         if fc is not None:
             fc.close()
     metrics = json.loads(result.to_json())
-    metrics["protocol"] = (resolved.to_dict() if resolved is not None
-                           else {"name": "checkpoint", "family": family, "notes": ["the checkpoint's eval settings"]})
-    metrics["checkpoint"] = {"path": info.path, "step": info.step, "model": info.config.name,
-                             "source_format": info.source_format, "family": family, "sha256": ck_hash,
-                             "sha256_16": ck_hash[:16]}
+    metrics["protocol"] = (
+        resolved.to_dict()
+        if resolved is not None
+        else {"name": "checkpoint", "family": family, "notes": ["the checkpoint's eval settings"]}
+    )
+    metrics["checkpoint"] = {
+        "path": info.path,
+        "step": info.step,
+        "model": info.config.name,
+        "source_format": info.source_format,
+        "family": family,
+        "sha256": ck_hash,
+        "sha256_16": ck_hash[:16],
+    }
     metrics["config_hash"] = config_hash(info.config)
     metrics["feature_config_hash"] = feat_hash
     metrics["device"] = str(dev)
     if dataset is None:
         metrics["data"] = str(data)
-        metrics["dataset"] = {"name": "shards", "path": str(data),
-                              "splits": {k: v["num_images"] for k, v in metrics["splits"].items()}}
+        metrics["dataset"] = {
+            "name": "shards",
+            "path": str(data),
+            "splits": {k: v["num_images"] for k, v in metrics["splits"].items()},
+        }
     if cache_info is not None:
-        cache_info["images_encoded"] = sum(int(m.get("images_encoded", 0)) for m in metrics["splits"].values())
-        cache_info["images_from_cache"] = sum(int(m.get("images_from_cache", 0)) for m in metrics["splits"].values())
+        cache_info["images_encoded"] = sum(
+            int(m.get("images_encoded", 0)) for m in metrics["splits"].values()
+        )
+        cache_info["images_from_cache"] = sum(
+            int(m.get("images_from_cache", 0)) for m in metrics["splits"].values()
+        )
         metrics["cache"] = cache_info
     if out is None:
         ck = Path(info.path)
@@ -267,24 +355,42 @@ def _read_templates(templates: list[str] | None, templates_file: str | Path | No
             raise DataError(f"cannot read templates file {path}: {e}") from e
         found += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
         if not found:
-            raise ConfigError(f"templates file {path} holds no template: one per line, e.g. 'a photo of a {{}}.'")
+            raise ConfigError(
+                f"templates file {path} holds no template: one per line, e.g. 'a photo of a {{}}.'"
+            )
     for tpl in found:
         if tpl.count("{}") != 1:
             raise ConfigError(f"template {tpl!r} must contain exactly one '{{}}' where the class name goes")
     return found or None
 
 
-def segment_files(inputs: list[str], checkpoint: str | Path, out_dir: str | Path, *,
-                  classes: str | None = None, classes_file: str | Path | None = None,
-                  bg_words: str | None = None, templates: list[str] | None = None,
-                  templates_file: str | Path | None = None, eval_overrides: dict[str, Any] | None = None,
-                  device: str = "auto", formats: str | list[str] | None = None, recursive: bool = False,
-                  stdin: Iterable[str] | None = None, skip_existing: bool = False, batch_size: int = 1,
-                  num_workers: int = 0, backend: str = "torch", onnx_path: str | Path | None = None,
-                  text_cache: str | Path | bool | None = True, bf16: bool = True,
-                  export_onnx_to: str | Path | None = None, feature_cache: str | Path | None = None,
-                  on_record: Callable[[dict[str, Any]], None] | None = None,
-                  progress: Progress | None = None) -> dict[str, Any]:
+def segment_files(
+    inputs: list[str],
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    classes: str | None = None,
+    classes_file: str | Path | None = None,
+    bg_words: str | None = None,
+    templates: list[str] | None = None,
+    templates_file: str | Path | None = None,
+    eval_overrides: dict[str, Any] | None = None,
+    device: str = "auto",
+    formats: str | list[str] | None = None,
+    recursive: bool = False,
+    stdin: Iterable[str] | None = None,
+    skip_existing: bool = False,
+    batch_size: int = 1,
+    num_workers: int = 0,
+    backend: str = "torch",
+    onnx_path: str | Path | None = None,
+    text_cache: str | Path | bool | None = True,
+    bf16: bool = True,
+    export_onnx_to: str | Path | None = None,
+    feature_cache: str | Path | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Segment image files into the named classes and write label PNGs, overlays, JSON and/or COCO RLE.
 
     Args:
@@ -345,7 +451,9 @@ def segment_files(inputs: list[str], checkpoint: str | Path, out_dir: str | Path
         raise ConfigError(f"--bg-thresh must lie in [0, 1], got {overrides['bg_thresh']}")
     if backend == "onnx":
         if device not in ("auto", "cpu"):
-            raise ConfigError(f"--backend onnx runs on the CPU; drop --device {device} (or use --backend torch)")
+            raise ConfigError(
+                f"--backend onnx runs on the CPU; drop --device {device} (or use --backend torch)"
+            )
         device = "cpu"
     dev = resolve_device(device)
     if export_onnx_to is not None:
@@ -376,8 +484,9 @@ def segment_files(inputs: list[str], checkpoint: str | Path, out_dir: str | Path
         cache_dir = None
         if text_cache:
             cache_dir = out_dir / ".pgseg_cache" if text_cache is True else Path(text_cache)
-        class_emb, hit = cached_class_embeddings(model, spec, list(eval_cfg.templates), dev, digest=digest,
-                                                 cache_dir=cache_dir)
+        class_emb, hit = cached_class_embeddings(
+            model, spec, list(eval_cfg.templates), dev, digest=digest, cache_dir=cache_dir
+        )
         cache_state = "off" if cache_dir is None else ("hit" if hit else "miss")
         logit_scale = float(model.logit_scale_value())
         if backend == "onnx":
@@ -396,21 +505,41 @@ def segment_files(inputs: list[str], checkpoint: str | Path, out_dir: str | Path
     if feature_cache is not None and any(pending):
         from .cache.features import CacheMeta, FeatureCache, feature_config_hash
 
-        fc = FeatureCache.open(feature_cache, CacheMeta(_checkpoint_hash(info.path),
-                                                        feature_config_hash(info.config.model, eval_cfg),
-                                                        "checkpoint", "segment"))
+        fc = FeatureCache.open(
+            feature_cache,
+            CacheMeta(
+                _checkpoint_hash(info.path),
+                feature_config_hash(info.config.model, eval_cfg),
+                "checkpoint",
+                "segment",
+            ),
+        )
     try:
-        summary = segment_images(encoder, resolved.images, class_emb, spec.names, logit_scale, out_dir, eval_cfg,
-                                 dev, formats=fmts, skip_existing=skip_existing, batch_size=batch_size,
-                                 num_workers=num_workers, missing=resolved.missing, on_record=on_record,
-                                 feature_cache=fc, model=model if fc is not None else None,
-                                 progress=(lambda d, t, info: progress("segment", d, t, info)) if progress
-                                 else None)
+        summary = segment_images(
+            encoder,
+            resolved.images,
+            class_emb,
+            spec.names,
+            logit_scale,
+            out_dir,
+            eval_cfg,
+            dev,
+            formats=fmts,
+            skip_existing=skip_existing,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            missing=resolved.missing,
+            on_record=on_record,
+            feature_cache=fc,
+            model=model if fc is not None else None,
+            progress=(lambda d, t, info: progress("segment", d, t, info)) if progress else None,
+        )
     finally:
         if fc is not None:
             fc.close()
-    summary.update({"backend": backend, "device": str(dev), "text_cache": cache_state,
-                    "class_spec": spec.to_dict()})
+    summary.update(
+        {"backend": backend, "device": str(dev), "text_cache": cache_state, "class_spec": spec.to_dict()}
+    )
     return summary
 
 
@@ -438,15 +567,29 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, size: int = 448) -> 
     if out.suffix.lower() != ".onnx":
         raise ConfigError(f"--out must name a .onnx file, got {out}")
     model, info = load_checkpoint(checkpoint, "cpu")
-    meta = _export(model, out, size=size, config=info.config.to_dict(), checkpoint=str(info.path),
-                   checkpoint_digest=checkpoint_digest(info.path))
+    meta = _export(
+        model,
+        out,
+        size=size,
+        config=info.config.to_dict(),
+        checkpoint=str(info.path),
+        checkpoint_digest=checkpoint_digest(info.path),
+    )
     return {**meta, "path": str(out), "sidecar": str(onnx_sidecar_path(out))}
 
 
-def visualize_prototypes(inputs: list[str], checkpoint: str | Path | None, out_dir: str | Path, *,
-                         cache: str | Path | None = None, max_images: int | None = None,
-                         short_side: int | None = None, patches_per_prototype: int = 8, device: str = "auto",
-                         progress: Progress | None = None) -> dict[str, Any]:
+def visualize_prototypes(
+    inputs: list[str],
+    checkpoint: str | Path | None,
+    out_dir: str | Path,
+    *,
+    cache: str | Path | None = None,
+    max_images: int | None = None,
+    short_side: int | None = None,
+    patches_per_prototype: int = 8,
+    device: str = "auto",
+    progress: Progress | None = None,
+) -> dict[str, Any]:
     """Render what the image encoder does with each image: group maps per grouping stage, NPR prototype maps,
     the Hungarian group <-> prototype matching with its HRS-kept pairs (PGSeg §3.2-3.4), and across the
     images the patches nearest to every prototype; writes PNGs, JSON and a static ``index.html``.
@@ -487,18 +630,25 @@ def visualize_prototypes(inputs: list[str], checkpoint: str | Path | None, out_d
     from .utils.device import resolve_device
     from .viz.prototype_report import render_states, states_from_files
 
-    for name, value in (("--max-images", max_images), ("--short-side", short_side),
-                        ("--patches", patches_per_prototype)):
+    for name, value in (
+        ("--max-images", max_images),
+        ("--short-side", short_side),
+        ("--patches", patches_per_prototype),
+    ):
         if value is not None and int(value) < 1:
             raise ConfigError(f"{name} must be a positive number, got {value}")
     if not inputs:
         if cache is None:
-            raise ConfigError("nothing to visualize: give image files or folders, or --cache FILE to render the "
-                              "images a feature cache holds")
+            raise ConfigError(
+                "nothing to visualize: give image files or folders, or --cache FILE to render the "
+                "images a feature cache holds"
+            )
         return _visualize_from_cache(cache, checkpoint, out_dir, max_images, patches_per_prototype, progress)
     if checkpoint is None:
-        raise ConfigError("--checkpoint is required to encode images (or give only --cache FILE to render "
-                          "from a feature cache)")
+        raise ConfigError(
+            "--checkpoint is required to encode images (or give only --cache FILE to render "
+            "from a feature cache)"
+        )
     resolved = resolve_inputs(inputs)
     if not resolved.images:
         reasons = "; ".join(f"{item}: {why}" for item, why in resolved.missing)
@@ -518,16 +668,27 @@ def visualize_prototypes(inputs: list[str], checkpoint: str | Path | None, out_d
         # the meta segment --cache would write for this short side, so one file serves both; an existing file
         # only has to come from the same checkpoint (the viz section records its own resize)
         eval_cfg = dataclasses.replace(info.config.eval, short_side=short)
-        meta = CacheMeta(_checkpoint_hash(info.path), feature_config_hash(info.config.model, eval_cfg),
-                         "checkpoint", "segment")
+        meta = CacheMeta(
+            _checkpoint_hash(info.path),
+            feature_config_hash(info.config.model, eval_cfg),
+            "checkpoint",
+            "segment",
+        )
         fc = FeatureCache.open(cache, meta, check=("checkpoint_sha256",))
     counts: dict[str, int] = {}
     try:
         states = states_from_files(model, paths, short, max_long, dev, failed, cache=fc, counts=counts)
-        summary = render_states(states, out_dir, total=len(paths), npr=bool(model.cfg.npr.enabled),
-                                released_code=bool(model.cfg.npr.released_code),
-                                patches_per_prototype=int(patches_per_prototype), failed=failed, title=title,
-                                progress=_phase_cb(progress, "visualize"))
+        summary = render_states(
+            states,
+            out_dir,
+            total=len(paths),
+            npr=bool(model.cfg.npr.enabled),
+            released_code=bool(model.cfg.npr.released_code),
+            patches_per_prototype=int(patches_per_prototype),
+            failed=failed,
+            title=title,
+            progress=_phase_cb(progress, "visualize"),
+        )
     finally:
         if fc is not None:
             fc.close()
@@ -536,9 +697,14 @@ def visualize_prototypes(inputs: list[str], checkpoint: str | Path | None, out_d
     return summary
 
 
-def _visualize_from_cache(cache: str | Path, checkpoint: str | Path | None, out_dir: str | Path,
-                          max_images: int | None, patches_per_prototype: int, progress: Progress | None
-                          ) -> dict[str, Any]:
+def _visualize_from_cache(
+    cache: str | Path,
+    checkpoint: str | Path | None,
+    out_dir: str | Path,
+    max_images: int | None,
+    patches_per_prototype: int,
+    progress: Progress | None,
+) -> dict[str, Any]:
     """``visualize-prototypes --cache FILE`` without images: render every cached trace, no model."""
     from .cache.features import FeatureCache
     from .viz.prototype_cache import VIZ_SECTION as section
@@ -550,21 +716,34 @@ def _visualize_from_cache(cache: str | Path, checkpoint: str | Path | None, out_
         if checkpoint is not None:
             want = _checkpoint_hash(checkpoint)
             if want and have and want != have:
-                raise DataError(f"feature cache {cache} was written with another checkpoint (sha256 {have[:12]}…, "
-                                f"{checkpoint} is {want[:12]}…): pass that checkpoint or another --cache")
+                raise DataError(
+                    f"feature cache {cache} was written with another checkpoint (sha256 {have[:12]}…, "
+                    f"{checkpoint} is {want[:12]}…): pass that checkpoint or another --cache"
+                )
         keys = fc.section_keys(section)
         if not keys:
-            raise DataError(f"feature cache {cache} holds no visualize-prototypes data (segment/eval write only "
-                            f"inference features): run pgseg visualize-prototypes IMAGES --checkpoint CKPT "
-                            f"--cache {cache} first")
+            raise DataError(
+                f"feature cache {cache} holds no visualize-prototypes data (segment/eval write only "
+                f"inference features): run pgseg visualize-prototypes IMAGES --checkpoint CKPT "
+                f"--cache {cache} first"
+            )
         if max_images is not None:
             keys = keys[: int(max_images)]
         first = fc.section_attrs(section, keys[0])
-        title = (f"feature cache {cache} (checkpoint sha256 {have[:12]}); {len(keys)} cached image(s) at short "
-                 f"side {int(first['short_side'])} px")
-        summary = render_states(states_from_cache(fc, keys), out_dir, total=len(keys),
-                                npr=bool(int(first["npr"])), released_code=bool(int(first["released_code"])),
-                                patches_per_prototype=int(patches_per_prototype), failed=[], title=title,
-                                progress=_phase_cb(progress, "visualize"))
+        title = (
+            f"feature cache {cache} (checkpoint sha256 {have[:12]}); {len(keys)} cached image(s) at short "
+            f"side {int(first['short_side'])} px"
+        )
+        summary = render_states(
+            states_from_cache(fc, keys),
+            out_dir,
+            total=len(keys),
+            npr=bool(int(first["npr"])),
+            released_code=bool(int(first["released_code"])),
+            patches_per_prototype=int(patches_per_prototype),
+            failed=[],
+            title=title,
+            progress=_phase_cb(progress, "visualize"),
+        )
     summary["feature_cache"] = {"path": str(cache), "images_encoded": 0, "images_from_cache": len(keys)}
     return summary

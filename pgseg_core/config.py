@@ -25,16 +25,24 @@ PRESET_DIR = Path(__file__).parent / "presets"
 class VisionConfig:
     """GroupViT image encoder (pgseg_method.md §1.1-1.3)."""
 
-    stem: Literal["patch", "efficientnet_lite0"] = "patch"  # patch = Conv2d(16, 16) + LN; efficientnet_lite0 = demo hybrid
+    stem: Literal["patch", "efficientnet_lite0"] = (
+        "patch"  # patch = Conv2d(16, 16) + LN; efficientnet_lite0 = demo hybrid
+    )
     stem_frozen: bool = True  # hybrid stem only: keep the package-shipped ImageNet weights fixed
-    img_size: int = 224  # training resolution, pixels; sets the learned pos-embed grid (img_size / patch_size)
+    img_size: int = (
+        224  # training resolution, pixels; sets the learned pos-embed grid (img_size / patch_size)
+    )
     patch_size: int = 16  # pixels per token side (the hybrid stem is fixed at stride 16)
     in_chans: int = 3
     embed_dim: int = 384  # token width C
     depths: list[int] = field(default_factory=lambda: [6, 3, 3])  # transformer blocks per stage
     num_heads: list[int] = field(default_factory=lambda: [6, 6, 6])
-    num_group_tokens: list[int] = field(default_factory=lambda: [64, 8, 0])  # group tokens entering each stage
-    num_output_groups: list[int] = field(default_factory=lambda: [64, 8])  # segments out of each grouping block
+    num_group_tokens: list[int] = field(
+        default_factory=lambda: [64, 8, 0]
+    )  # group tokens entering each stage
+    num_output_groups: list[int] = field(
+        default_factory=lambda: [64, 8]
+    )  # segments out of each grouping block
     mlp_ratio: float = 4.0
     qkv_bias: bool = True
     drop_rate: float = 0.0
@@ -72,7 +80,9 @@ class NPRConfig:
     weight: float = 0.1  # L = L_itc + weight * (L_I1 + L_I2 + text_weight * L_T)
     text_weight: float = 0.1
     mapping_hidden: int = 4096  # reconstruction MLP hidden width (C -> hidden -> C)
-    zero_init_mapping: bool = False  # start the reconstruction MLP's output layer at zero (recon path off at init)
+    zero_init_mapping: bool = (
+        False  # start the reconstruction MLP's output layer at zero (recon path off at init)
+    )
     released_code: bool = False  # True: reproduce the four quirks of the released code (README "Method")
     with_mapping_text: bool = False  # build the released, unused mapping_text head (checkpoint compat only)
 
@@ -136,7 +146,9 @@ class EvalConfig:
     bg_thresh: float = 0.95
     top_k: int = 5  # keep the top-k classes of the image embedding; 0 = all
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
-    rule: Literal["groupvit", "prob"] = "groupvit"  # groupvit: affinity + bg_thresh; prob: softmax + prob_thresh
+    rule: Literal["groupvit", "prob"] = (
+        "groupvit"  # groupvit: affinity + bg_thresh; prob: softmax + prob_thresh
+    )
     logit_scale: float = 0.0  # prob rule: softmax temperature s; 0 = the model's (min(exp(logit_scale), 100))
     prob_thresh: float = 0.1  # prob rule: background where the max class probability is below (bg datasets)
 
@@ -248,7 +260,9 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
         for i, part in enumerate(parts[:-1]):
             if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
                 opts = [k for k, v in node.items() if isinstance(v, dict)] if isinstance(node, dict) else []
-                raise ConfigError(f"unknown config section '{'.'.join(parts[: i + 1])}'{_suggest(part, opts)}")
+                raise ConfigError(
+                    f"unknown config section '{'.'.join(parts[: i + 1])}'{_suggest(part, opts)}"
+                )
             node = node[part]
         leaf = parts[-1]
         if leaf not in node:

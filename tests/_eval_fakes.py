@@ -68,8 +68,14 @@ def colour_image(rng: np.random.Generator, h: int, w: int) -> tuple[np.ndarray, 
 class FakeDataset:
     """In-memory benchmark dataset: ``n`` colour-band images of varying size."""
 
-    def __init__(self, n: int = 4, has_background: bool = True, seed: int = 0, bad_keys: tuple[str, ...] = (),
-                 bg_words: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        n: int = 4,
+        has_background: bool = True,
+        seed: int = 0,
+        bad_keys: tuple[str, ...] = (),
+        bg_words: tuple[str, ...] = (),
+    ) -> None:
         rng = np.random.default_rng(seed)
         self.samples = []
         for i in range(n):
@@ -85,8 +91,11 @@ class FakeDataset:
         names = ["red", "green"] if has_background else ["red", "green", "blue"]
         self.names = names
         self.bg_words = bg_words
-        self.info = SimpleNamespace(name="fake" + ("21" if has_background else "20"), has_background=has_background,
-                                    num_classes=len(names))
+        self.info = SimpleNamespace(
+            name="fake" + ("21" if has_background else "20"),
+            has_background=has_background,
+            num_classes=len(names),
+        )
         self.spec_calls: list[str] = []
 
     def class_spec(self, protocol: str) -> ClassSpec:

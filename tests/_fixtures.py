@@ -46,8 +46,15 @@ def make_fake_roots(root: Path) -> DemoRoots:
     Image.fromarray(rng.integers(0, 256, (120, 150, 3), dtype=np.uint8)).save(bgs / "noise.jpg")
     grad = np.tile(np.linspace(0, 255, 160, dtype=np.uint8)[None, :, None], (100, 1, 3))
     Image.fromarray(grad).save(bgs / "gradient.png")
-    return DemoRoots(tuxpaint=tux, openclipart=oca, emoji_font=None, package_photos=False,
-                     opencv_doc=None, wallpapers=None, backgrounds=[bgs])
+    return DemoRoots(
+        tuxpaint=tux,
+        openclipart=oca,
+        emoji_font=None,
+        package_photos=False,
+        opencv_doc=None,
+        wallpapers=None,
+        backgrounds=[bgs],
+    )
 
 
 def read_tar_samples(tar_path: Path) -> dict[str, dict[str, bytes]]:

@@ -67,8 +67,15 @@ def _raw_labels(max_raw: int, extra: tuple[int, ...] = (255,)) -> list[np.ndarra
     return out
 
 
-def make_voc(data: Path, year: str = "VOC2012", ann: str = "SegmentationClass", sets: str = "Segmentation",
-             max_raw: int = 20, order=("b", "a", "c"), palette: bool = True) -> list[np.ndarray]:
+def make_voc(
+    data: Path,
+    year: str = "VOC2012",
+    ann: str = "SegmentationClass",
+    sets: str = "Segmentation",
+    max_raw: int = 20,
+    order=("b", "a", "c"),
+    palette: bool = True,
+) -> list[np.ndarray]:
     """VOCdevkit/<year> tree; split file in a non-sorted order. Returns raw labels in split order."""
     base = data / "VOCdevkit" / year
     raws = _raw_labels(max_raw)
@@ -80,8 +87,15 @@ def make_voc(data: Path, year: str = "VOC2012", ann: str = "SegmentationClass", 
     return raws
 
 
-def make_folder(base: Path, img_dir: str, ann_dir: str, img_suffix: str, seg_suffix: str, max_raw: int,
-                keys=("x2", "x0", "x1")) -> list[np.ndarray]:
+def make_folder(
+    base: Path,
+    img_dir: str,
+    ann_dir: str,
+    img_suffix: str,
+    seg_suffix: str,
+    max_raw: int,
+    keys=("x2", "x0", "x1"),
+) -> list[np.ndarray]:
     """Folder-split tree; returns raw labels in sorted key order."""
     raws = _raw_labels(max_raw)
     for i, (key, raw) in enumerate(zip(keys, raws)):
@@ -117,8 +131,15 @@ def build(name: str, data: Path) -> tuple[Path, list[np.ndarray], list[str]]:
     if name == "cityscapes":
         base = data / "cityscapes"
         keys = ("zurich/z_000001", "aachen/a_000002", "aachen/a_000001")
-        raws = make_folder(base, "leftImg8bit/val", "gtFine/val", "_leftImg8bit.png",
-                           "_gtFine_labelTrainIds.png", 18, keys=keys)
+        raws = make_folder(
+            base,
+            "leftImg8bit/val",
+            "gtFine/val",
+            "_leftImg8bit.png",
+            "_gtFine_labelTrainIds.png",
+            18,
+            keys=keys,
+        )
         return data, raws, sorted(keys)
     raise AssertionError(name)
 
@@ -146,11 +167,19 @@ def test_every_layout_yields_canonical_labels_in_order(name, tmp_path):
     assert ((allv < ds.info.num_labels) | (allv == 255)).all()
 
 
-@pytest.mark.parametrize("name,bg,c,reduce", [
-    ("voc21", True, 20, False), ("voc20", False, 20, True), ("pc60", True, 59, False),
-    ("pc59", False, 59, True),
-    ("coco-object", True, 80, False), ("coco-stuff-171", False, 171, False), ("ade20k-150", False, 150, True),
-    ("cityscapes", False, 19, False)])
+@pytest.mark.parametrize(
+    "name,bg,c,reduce",
+    [
+        ("voc21", True, 20, False),
+        ("voc20", False, 20, True),
+        ("pc60", True, 59, False),
+        ("pc59", False, 59, True),
+        ("coco-object", True, 80, False),
+        ("coco-stuff-171", False, 171, False),
+        ("ade20k-150", False, 150, True),
+        ("cityscapes", False, 19, False),
+    ],
+)
 def test_dataset_info(name, bg, c, reduce, tmp_path):
     root, _, _ = build(name, tmp_path / "data")
     info = open_dataset(name, root).info
@@ -226,8 +255,11 @@ def test_missing_split_file_and_folder(tmp_path):
 def test_image_without_label_is_named(tmp_path):
     make_voc(tmp_path)
     (tmp_path / "VOCdevkit/VOC2012/SegmentationClass/a.png").unlink()
-    with pytest.raises(DataError, match=r"1 image\(s\) without a label file, e.g. .*JPEGImages/a\.jpg "
-                                        r"\(expected .*SegmentationClass/a\.png\)"):
+    with pytest.raises(
+        DataError,
+        match=r"1 image\(s\) without a label file, e.g. .*JPEGImages/a\.jpg "
+        r"\(expected .*SegmentationClass/a\.png\)",
+    ):
         open_dataset("voc21", tmp_path)
     (tmp_path / "VOCdevkit/VOC2012/JPEGImages/c.jpg").unlink()
     with pytest.raises(DataError, match=r"image\(s\) of the val split not found, e.g. .*c\.jpg"):
@@ -242,8 +274,15 @@ def test_label_size_mismatch_is_named(tmp_path):
         list(ds)
 
 
-@pytest.mark.parametrize("name,bad,expect", [("voc21", 21, "0..20"), ("voc20", 21, "0..20"),
-                                             ("ade20k-150", 151, "0..150"), ("cityscapes", 19, "0..18")])
+@pytest.mark.parametrize(
+    "name,bad,expect",
+    [
+        ("voc21", 21, "0..20"),
+        ("voc20", 21, "0..20"),
+        ("ade20k-150", 151, "0..150"),
+        ("cityscapes", 19, "0..18"),
+    ],
+)
 def test_label_values_out_of_range_are_named(name, bad, expect, tmp_path):
     root, _, keys = build(name, tmp_path)
     ds = open_dataset(name, root)
@@ -251,8 +290,11 @@ def test_label_values_out_of_range_are_named(name, bad, expect, tmp_path):
     raw = np.asarray(Image.open(path)).copy()
     raw[0, 0] = bad
     _label(path, raw)
-    with pytest.raises(DataError, match=rf"label values {bad} out of range in .*{re.escape(path.name)}: "
-                                        rf"expected {re.escape(expect)} and 255"):
+    with pytest.raises(
+        DataError,
+        match=rf"label values {bad} out of range in .*{re.escape(path.name)}: "
+        rf"expected {re.escape(expect)} and 255",
+    ):
         list(ds)
 
 
@@ -264,7 +306,9 @@ def test_16_bit_label_png(tmp_path):
     Image.fromarray(np.array([[0, 18, 255], [1, 2, 3]], dtype=np.uint16)).save(path)
     with Image.open(path) as im:
         assert im.mode.startswith("I")
-    np.testing.assert_array_equal(next(iter(open_dataset("cityscapes", base))).label, [[0, 18, 255], [1, 2, 3]])
+    np.testing.assert_array_equal(
+        next(iter(open_dataset("cityscapes", base))).label, [[0, 18, 255], [1, 2, 3]]
+    )
     Image.fromarray(np.array([[0, 300, 255], [1, 2, 3]], dtype=np.uint16)).save(path)
     with pytest.raises(DataError, match=r"label values 300 out of range in .*a_gtFine_labelTrainIds\.png"):
         list(open_dataset("cityscapes", base))
@@ -293,8 +337,16 @@ def test_dataset_names():
 
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_class_files_parse_with_right_count(name, tmp_path):
-    counts = {"voc21": 20, "voc20": 20, "pc60": 59, "pc59": 59, "coco-object": 80, "coco-stuff-171": 171,
-              "ade20k-150": 150, "cityscapes": 19}
+    counts = {
+        "voc21": 20,
+        "voc20": 20,
+        "pc60": 59,
+        "pc59": 59,
+        "coco-object": 80,
+        "coco-stuff-171": 171,
+        "ade20k-150": 150,
+        "cityscapes": 19,
+    }
     specs = {p: load_class_spec(name, p) for p in PROTOCOLS}
     for proto, spec in specs.items():
         assert class_file(name, proto).is_file()
@@ -389,14 +441,21 @@ def test_convert_coco_object_writes_resumes_and_counts_bad(tmp_path):
     root, raw = _stuff_tree(tmp_path)
     val = root / "annotations" / "val2017"
     s = convert_coco_object(tmp_path, splits=["val"])  # a data/ folder above coco_stuff164k works
-    assert s["splits"]["val2017"] == {"converted": 2, "existing": 0, "bad": 1, "bad_files": [
-        f"{val / '000000000003.png'}: values [11] are not COCO-Stuff ids (things 0..89, stuff 91..181, 255)"]}
+    assert s["splits"]["val2017"] == {
+        "converted": 2,
+        "existing": 0,
+        "bad": 1,
+        "bad_files": [
+            f"{val / '000000000003.png'}: values [11] are not COCO-Stuff ids (things 0..89, stuff 91..181, 255)"
+        ],
+    }
     assert "train2017" not in s["splits"]
     out = np.asarray(Image.open(val / "000000000001_instanceTrainIds.png"))
     expected = np.vectorize(_expected_coco_object)(raw)
     np.testing.assert_array_equal(out, expected)
-    np.testing.assert_array_equal(np.asarray(Image.open(val / "000000000002_instanceTrainIds.png")),
-                                  expected[::-1])
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(val / "000000000002_instanceTrainIds.png")), expected[::-1]
+    )
     assert not (val / "000000000003_instanceTrainIds.png").exists()
     assert not (val / "000000000001_labelTrainIds_instanceTrainIds.png").exists()
     assert not [p for p in val.iterdir() if p.name.startswith(".")]  # no temporary files left
@@ -464,7 +523,7 @@ def _coco_scene(root: Path, categories: list[dict] | None = None) -> dict[str, n
         bed = np.zeros((h, w), bool)
         bed[2:10, 1:8] = True
         dog = np.zeros((h, w), bool)
-        dog[4:6, 3:5 + img_id % 2] = True
+        dog[4:6, 3 : 5 + img_id % 2] = True
         crowd = np.zeros((h, w), bool)
         crowd[0:2, 0:4] = True
         # raw map drawn like the instances: larger first, smaller on top
@@ -472,14 +531,24 @@ def _coco_scene(root: Path, categories: list[dict] | None = None) -> dict[str, n
             raw[mask] = cid - 1
         _label(base / "annotations/val2017" / f"{stem}.png", raw)
         for mask, cid, is_crowd in ((dog, 18, 0), (crowd, 1, 1), (bed, 65, 0)):  # json order: smallest first
-            anns.append({"id": ann_id, "image_id": img_id, "category_id": cid, "iscrowd": is_crowd,
-                         "area": float(mask.sum()), "bbox": [0, 0, 1, 1], "segmentation": _rle(mask)})
+            anns.append(
+                {
+                    "id": ann_id,
+                    "image_id": img_id,
+                    "category_id": cid,
+                    "iscrowd": is_crowd,
+                    "area": float(mask.sum()),
+                    "bbox": [0, 0, 1, 1],
+                    "segmentation": _rle(mask),
+                }
+            )
             ann_id += 1
         crowd_masks[stem] = crowd
     cats = categories or [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 65, "name": "bed"}]
     (base / "annotations").mkdir(parents=True, exist_ok=True)
     (base / "annotations/instances_val2017.json").write_text(
-        json.dumps({"images": images, "annotations": anns, "categories": cats}))
+        json.dumps({"images": images, "annotations": anns, "categories": cats})
+    )
     return crowd_masks
 
 
@@ -499,20 +568,30 @@ def test_pycocotools_path_matches_the_raw_png_converter(tmp_path, capsys):
     assert label[3, 2] == COCO_THING_IDS.index(65) + 1 and label[0, 0] == 1 and label[11, 9] == 0
     ignore = list(open_dataset("coco-object-instances", root, crowd="ignore"))
     np.testing.assert_array_equal(ignore[1].label[crowd_masks["000000000007"]], 255)
-    np.testing.assert_array_equal(ignore[1].label[~crowd_masks["000000000007"]],
-                                  label[~crowd_masks["000000000007"]])
+    np.testing.assert_array_equal(
+        ignore[1].label[~crowd_masks["000000000007"]], label[~crowd_masks["000000000007"]]
+    )
     assert open_dataset("coco-object-instances", root).class_spec().names == list(COCO_THING_NAMES)
 
 
 def test_pycocotools_path_errors(tmp_path):
     with pytest.raises(DataError, match="annotation file not found"):
         open_dataset("coco-object-instances", tmp_path)
-    _coco_scene(tmp_path, categories=[{"id": 1, "name": "person"}, {"id": 12, "name": "street sign"},
-                                      {"id": 18, "name": "dog"}, {"id": 65, "name": "bed"}])
+    _coco_scene(
+        tmp_path,
+        categories=[
+            {"id": 1, "name": "person"},
+            {"id": 12, "name": "street sign"},
+            {"id": 18, "name": "dog"},
+            {"id": 65, "name": "bed"},
+        ],
+    )
     with pytest.raises(DataError, match=r"unknown category id 12 \('street sign'\)"):
         open_dataset("coco-object-instances", tmp_path)
-    _coco_scene(tmp_path, categories=[{"id": 1, "name": "human"}, {"id": 18, "name": "dog"},
-                                      {"id": 65, "name": "bed"}])
+    _coco_scene(
+        tmp_path,
+        categories=[{"id": 1, "name": "human"}, {"id": 18, "name": "dog"}, {"id": 65, "name": "bed"}],
+    )
     with pytest.raises(DataError, match="category id 1 is 'human' .* but 'person' in COCO"):
         open_dataset("coco-object-instances", tmp_path)
     _coco_scene(tmp_path)
@@ -529,8 +608,9 @@ def test_demo_shards_adapter(tmp_path):
     from pgseg_core.data.demo import build_demo_shards
     from pgseg_core.data.loader import iter_val_samples
 
-    build_demo_shards(tmp_path / "shards", seed=0, n_train=2, n_val=3, img_size=32,
-                      roots=make_fake_roots(tmp_path / "src"))
+    build_demo_shards(
+        tmp_path / "shards", seed=0, n_train=2, n_val=3, img_size=32, roots=make_fake_roots(tmp_path / "src")
+    )
     ds = open_dataset("demo", tmp_path / "shards", split="val-caption")
     index = json.loads((tmp_path / "shards/index.json").read_text())
     classes = index["splits"]["val-caption"]["classes"]
@@ -556,8 +636,9 @@ def test_cli_prep_shards_coco_object(tmp_path):
 
     runner = CliRunner()
     root, raw = _stuff_tree(tmp_path)
-    result = runner.invoke(app, ["-q", "prep-shards", "--source", "coco-object", "--coco-root", str(root),
-                                 "--coco-split", "val"])
+    result = runner.invoke(
+        app, ["-q", "prep-shards", "--source", "coco-object", "--coco-root", str(root), "--coco-split", "val"]
+    )
     assert result.exit_code == 0, result.output
     assert "val2017: 2 converted, 0 already there, 1 bad" in result.stdout
     assert "skipped 1 bad label map(s)" in result.stderr
@@ -566,9 +647,11 @@ def test_cli_prep_shards_coco_object(tmp_path):
     again = runner.invoke(app, ["-q", "prep-shards", "--source", "coco-object", "--coco-root", str(root)])
     assert again.exit_code == 0 and "val2017: 0 converted, 2 already there, 1 bad" in again.stdout
     assert "train2017: 1 converted" in again.stdout
-    for args, needle in ((["--source", "coco-object"], "needs --coco-root"),
-                         (["--source", "coco-object", "--coco-root", str(tmp_path / "no")], "root not found"),
-                         (["--source", "demo"], "needs --out")):
+    for args, needle in (
+        (["--source", "coco-object"], "needs --coco-root"),
+        (["--source", "coco-object", "--coco-root", str(tmp_path / "no")], "root not found"),
+        (["--source", "demo"], "needs --out"),
+    ):
         bad = runner.invoke(app, ["prep-shards", *args])
         assert bad.exit_code == 1 and "Traceback" not in bad.output
         assert needle in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr

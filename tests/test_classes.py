@@ -6,13 +6,27 @@ import pytest
 import torch
 
 from pgseg_core.errors import ConfigError, DataError
-from pgseg_core.segment.classes import ClassEmbeddings, ClassSpec, parse_class_lines, parse_class_spec, read_class_file
+from pgseg_core.segment.classes import (
+    ClassEmbeddings,
+    ClassSpec,
+    parse_class_lines,
+    parse_class_spec,
+    read_class_file,
+)
 from pgseg_core.segment.inference import CropFeatures, crop_scores
 
 
 def test_parse_lines_synonyms_background_and_comments():
-    spec = parse_class_lines(["# VOC-like", "", "background: sky, wall", "aeroplane, airplane", "person  # people",
-                              "tv, television monitor"])
+    spec = parse_class_lines(
+        [
+            "# VOC-like",
+            "",
+            "background: sky, wall",
+            "aeroplane, airplane",
+            "person  # people",
+            "tv, television monitor",
+        ]
+    )
     assert spec.names == ["aeroplane", "person", "tv"]
     assert spec.prompts[0] == ("aeroplane", "airplane")
     assert spec.prompts[2] == ("tv", "television monitor")
@@ -25,12 +39,15 @@ def test_bare_background_line_means_no_words():
     assert spec.names == ["cat"] and spec.background_words == ()
 
 
-@pytest.mark.parametrize("lines, msg", [
-    ([], "no classes"),
-    (["cat", "cat"], "duplicate"),
-    (["cat, ", "dog"], "empty"),
-    (["background: sky", "background: wall", "cat"], "two background"),
-])
+@pytest.mark.parametrize(
+    "lines, msg",
+    [
+        ([], "no classes"),
+        (["cat", "cat"], "duplicate"),
+        (["cat, ", "dog"], "empty"),
+        (["background: sky", "background: wall", "cat"], "two background"),
+    ],
+)
 def test_parse_lines_errors(lines, msg):
     with pytest.raises(ConfigError, match=msg):
         parse_class_lines(lines)

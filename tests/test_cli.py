@@ -46,8 +46,21 @@ def tiny_run(tmp_path_factory, single_thread):
     root = tmp_path_factory.mktemp("cli")
     roots = make_fake_roots(root / "src")
     build_demo_shards(root / "shards", seed=1, n_train=16, n_val=4, img_size=64, roots=roots, shard_size=8)
-    result = run("train", "--model", "pgseg-tiny", "--data", root / "shards", "--out", root / "run",
-                 "--train.steps", "3", "--train.batch_size", "4", "--device", "cpu")
+    result = run(
+        "train",
+        "--model",
+        "pgseg-tiny",
+        "--data",
+        root / "shards",
+        "--out",
+        root / "run",
+        "--train.steps",
+        "3",
+        "--train.batch_size",
+        "4",
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     photos = root / "photos"
     photos.mkdir()
@@ -92,8 +105,19 @@ def test_train_writes_checkpoint_and_metrics(tiny_run):
 
 def test_eval_reports_both_splits_and_writes_metrics(tiny_run, tmp_path):
     out = tmp_path / "metrics.json"
-    result = run("eval", "--checkpoint", tiny_run / "run", "--data", tiny_run / "shards", "--output", out,
-                 "--device", "cpu", "--bg-thresh", "0.3")
+    result = run(
+        "eval",
+        "--checkpoint",
+        tiny_run / "run",
+        "--data",
+        tiny_run / "shards",
+        "--output",
+        out,
+        "--device",
+        "cpu",
+        "--bg-thresh",
+        "0.3",
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads(out.read_text())
     assert set(metrics["splits"]) == {"val-caption", "val-heldout"}
@@ -105,8 +129,18 @@ def test_eval_reports_both_splits_and_writes_metrics(tiny_run, tmp_path):
 
 def test_segment_writes_label_overlay_json(tiny_run, tmp_path):
     out = tmp_path / "seg"
-    result = run("segment", tiny_run / "photos", "--checkpoint", tiny_run / "run" / "last.pt", "--out", out,
-                 "--classes", "dog,apple,banana", "--device", "cpu")
+    result = run(
+        "segment",
+        tiny_run / "photos",
+        "--checkpoint",
+        tiny_run / "run" / "last.pt",
+        "--out",
+        out,
+        "--classes",
+        "dog,apple,banana",
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 0, result.output
     for stem, size in (("a", (90, 70)), ("grey", (64, 64))):
         label = Image.open(out / f"{stem}_label.png")
@@ -124,8 +158,19 @@ def test_segment_skips_a_corrupt_image_and_exits_nonzero(tiny_run, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"\xff\xd8\xff garbage")
     out = tmp_path / "seg"
-    result = run("segment", tiny_run / "photos" / "a.jpg", bad, "--checkpoint", tiny_run / "run", "--out", out,
-                 "--classes", "dog,apple", "--device", "cpu")
+    result = run(
+        "segment",
+        tiny_run / "photos" / "a.jpg",
+        bad,
+        "--checkpoint",
+        tiny_run / "run",
+        "--out",
+        out,
+        "--classes",
+        "dog,apple",
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 1
     assert (out / "a_label.png").exists()
     assert "bad.jpg" in result.output and "Traceback" not in result.output
@@ -133,24 +178,43 @@ def test_segment_skips_a_corrupt_image_and_exits_nonzero(tiny_run, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ bad inputs
 
+
 def test_missing_image_file(tiny_run, tmp_path):
-    result = run("segment", tmp_path / "nope.jpg", "--checkpoint", tiny_run / "run", "--out", tmp_path / "o",
-                 "--classes", "dog")
+    result = run(
+        "segment",
+        tmp_path / "nope.jpg",
+        "--checkpoint",
+        tiny_run / "run",
+        "--out",
+        tmp_path / "o",
+        "--classes",
+        "dog",
+    )
     assert_one_line_error(result, "not found", "nope.jpg")
 
 
 def test_unknown_class_file_format(tiny_run, tmp_path):
     classes = tmp_path / "classes.xlsx"
     classes.write_text("dog\n")
-    result = run("segment", tiny_run / "photos", "--checkpoint", tiny_run / "run", "--out", tmp_path / "o",
-                 "--classes-file", classes)
+    result = run(
+        "segment",
+        tiny_run / "photos",
+        "--checkpoint",
+        tiny_run / "run",
+        "--out",
+        tmp_path / "o",
+        "--classes-file",
+        classes,
+    )
     assert_one_line_error(result, "class-file format", ".xlsx")
 
 
 def test_checkpoint_of_another_model(tiny_run, tmp_path):
     other = tmp_path / "resnet.pt"
     torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}}, other)
-    result = run("segment", tiny_run / "photos", "--checkpoint", other, "--out", tmp_path / "o", "--classes", "dog")
+    result = run(
+        "segment", tiny_run / "photos", "--checkpoint", other, "--out", tmp_path / "o", "--classes", "dog"
+    )
     assert_one_line_error(result, "not a pgseg checkpoint")
 
 
@@ -169,16 +233,35 @@ def test_missing_checkpoint(tiny_run, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_device_that_is_not_there(tiny_run, tmp_path):
-    result = run("segment", tiny_run / "photos", "--checkpoint", tiny_run / "run", "--out", tmp_path / "o",
-                 "--classes", "dog", "--device", "cuda")
+    result = run(
+        "segment",
+        tiny_run / "photos",
+        "--checkpoint",
+        tiny_run / "run",
+        "--out",
+        tmp_path / "o",
+        "--classes",
+        "dog",
+        "--device",
+        "cuda",
+    )
     assert_one_line_error(result, "cuda", "not available")
 
 
 def test_unknown_preset_and_override(tiny_run, tmp_path):
     result = run("train", "--model", "pgseg-tny", "--data", tiny_run / "shards", "--out", tmp_path / "r")
     assert_one_line_error(result, "pgseg-tiny")
-    result = run("train", "--model", "pgseg-tiny", "--data", tiny_run / "shards", "--out", tmp_path / "r",
-                 "--train.lrr", "1e-3")
+    result = run(
+        "train",
+        "--model",
+        "pgseg-tiny",
+        "--data",
+        tiny_run / "shards",
+        "--out",
+        tmp_path / "r",
+        "--train.lrr",
+        "1e-3",
+    )
     assert_one_line_error(result, "train.lrr", "did you mean 'lr'")
 
 
@@ -188,13 +271,16 @@ def test_missing_training_data(tmp_path):
 
 
 def test_eval_on_shards_without_val_split(tiny_run, tmp_path):
-    result = run("eval", "--checkpoint", tiny_run / "run", "--data", tiny_run / "shards", "--split", "val-nope")
+    result = run(
+        "eval", "--checkpoint", tiny_run / "run", "--data", tiny_run / "shards", "--split", "val-nope"
+    )
     assert_one_line_error(result, "val-nope")
 
 
 def test_verbose_shows_the_traceback(tiny_run, tmp_path):
-    result = runner.invoke(app, ["-v", "eval", "--checkpoint", str(tmp_path / "missing.pt"), "--data",
-                                 str(tiny_run / "shards")])
+    result = runner.invoke(
+        app, ["-v", "eval", "--checkpoint", str(tmp_path / "missing.pt"), "--data", str(tiny_run / "shards")]
+    )
     assert result.exit_code == 1
     assert "Traceback" in result.output or "CheckpointError" in result.output
 
@@ -202,8 +288,21 @@ def test_verbose_shows_the_traceback(tiny_run, tmp_path):
 @pytest.mark.demo_data
 @pytest.mark.skipif(not Path("/usr/share/tuxpaint/stamps").is_dir(), reason="demo sources not installed")
 def test_prep_shards_demo_source_with_real_sources(tmp_path):
-    result = run("prep-shards", "--source", "demo", "--out", tmp_path / "shards", "--n-train", "10", "--n-val", "4",
-                 "--img-size", "96", "--photos", tmp_path / "photos")
+    result = run(
+        "prep-shards",
+        "--source",
+        "demo",
+        "--out",
+        tmp_path / "shards",
+        "--n-train",
+        "10",
+        "--n-val",
+        "4",
+        "--img-size",
+        "96",
+        "--photos",
+        tmp_path / "photos",
+    )
     assert result.exit_code == 0, result.output
     index = json.loads((tmp_path / "shards" / "index.json").read_text())
     assert index["splits"]["train"]["count"] == 10 and len(index["vocabulary"]["caption"]) >= 20

@@ -77,14 +77,17 @@ def test_config_file_loads_and_is_named_after_the_file(tmp_path):
 
 
 def test_dotted_overrides_coerce_types():
-    cfg = load_config("pgseg-tiny", {
-        "train.lr": "3e-4",
-        "model.npr.released_code": "true",
-        "model.vision.depths": "[1,2]",
-        "train.steps": "7",
-        "data.hflip": "false",
-        "eval.templates": '["a {}.", "the {}."]',
-    })
+    cfg = load_config(
+        "pgseg-tiny",
+        {
+            "train.lr": "3e-4",
+            "model.npr.released_code": "true",
+            "model.vision.depths": "[1,2]",
+            "train.steps": "7",
+            "data.hflip": "false",
+            "eval.templates": '["a {}.", "the {}."]',
+        },
+    )
     assert isinstance(cfg.train.lr, float) and cfg.train.lr == pytest.approx(3e-4)
     assert cfg.model.npr.released_code is True
     assert cfg.model.vision.depths == [1, 2] and all(type(d) is int for d in cfg.model.vision.depths)
@@ -103,12 +106,15 @@ def test_list_override_from_comma_string():
     assert cfg.data.crop_scale == [0.3, 1.0]
 
 
-@pytest.mark.parametrize("key,value", [
-    ("train.steps", "2.5"),  # non-integral float into int
-    ("train.lr", "fast"),  # not a number
-    ("data.hflip", "maybe"),  # not a boolean
-    ("model.vision.depths", "5"),  # not a list
-])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("train.steps", "2.5"),  # non-integral float into int
+        ("train.lr", "fast"),  # not a number
+        ("data.hflip", "maybe"),  # not a boolean
+        ("model.vision.depths", "5"),  # not a list
+    ],
+)
 def test_badly_typed_override_raises(key, value):
     with pytest.raises(ConfigError) as e:
         load_config("pgseg-tiny", {key: value})
@@ -122,14 +128,17 @@ def test_overrides_do_not_mutate_the_input_config():
     assert cfg.train.lr == 1e-3
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["--train.lr", "1e-3"], {"train.lr": "1e-3"}),
-    (["--train.lr=1e-3"], {"train.lr": "1e-3"}),
-    (["--train.lr=1e-3", "--eval.top_k", "3"], {"train.lr": "1e-3", "eval.top_k": "3"}),
-    (["--train.warmup-steps", "5"], {"train.warmup_steps": "5"}),
-    (["--eval.templates=a=b"], {"eval.templates": "a=b"}),
-    ([], {}),
-])
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["--train.lr", "1e-3"], {"train.lr": "1e-3"}),
+        (["--train.lr=1e-3"], {"train.lr": "1e-3"}),
+        (["--train.lr=1e-3", "--eval.top_k", "3"], {"train.lr": "1e-3", "eval.top_k": "3"}),
+        (["--train.warmup-steps", "5"], {"train.warmup_steps": "5"}),
+        (["--eval.templates=a=b"], {"eval.templates": "a=b"}),
+        ([], {}),
+    ],
+)
 def test_parse_cli_overrides_forms(args, expected):
     assert parse_cli_overrides(args) == expected
 

@@ -9,15 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from pgseg_core.data.demo import DemoRoots, build_demo_shards, export_demo_photos, load_vocab, make_caption
 from pgseg_core.data.shards import read_index
 from pgseg_core.errors import DataError
 
 from _fixtures import make_fake_roots, read_tar_samples
-
-
 
 
 def _splitread_tar_samples(out: Path, split: str) -> dict[str, dict[str, bytes]]:
@@ -44,8 +42,10 @@ def test_index_schema_and_vocabulary(fake_build):
     assert summary["splits"] == {"train": 12, "val-caption": 6, "val-heldout": 6}
     assert index["schema"] == 1 and index["kind"] == "pgseg-shards" and index["seed"] == 3
     assert index["splits"]["train"]["shards"] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
-    assert index["vocabulary"] == {"caption": ["cat", "dog", "apple", "banana", "lemon"],
-                                   "heldout": ["elephant", "penguin", "butterfly"]}
+    assert index["vocabulary"] == {
+        "caption": ["cat", "dog", "apple", "banana", "lemon"],
+        "heldout": ["elephant", "penguin", "butterfly"],
+    }
     assert index["splits"]["val-caption"]["classes"] == index["vocabulary"]["caption"]
     assert index["splits"]["val-heldout"]["classes"] == index["vocabulary"]["heldout"]
     assert "orange" in index["dropped_classes"] and "pear" in index["dropped_classes"]
@@ -132,8 +132,9 @@ def test_export_demo_photos(tmp_path):
     listing = json.loads((tmp_path / "photos" / "photos.json").read_text())["photos"]
     assert listing[0]["licence"] == "Apache-2.0 / BSD-3-Clause"
     with pytest.raises(DataError, match="pgseg\\[demo\\]"):
-        export_demo_photos(tmp_path / "none", DemoRoots(package_photos=False, opencv_doc=None,
-                                                        wallpapers=None))
+        export_demo_photos(
+            tmp_path / "none", DemoRoots(package_photos=False, opencv_doc=None, wallpapers=None)
+        )
 
 
 def test_packaged_vocabulary_is_consistent():

@@ -35,8 +35,14 @@ def shard_dir(tmp_path_factory):
     with SplitWriter(d, "train", shard_size=4) as tw:
         for i in range(10):
             h, w = (40, 56) if i % 2 else (48, 48)
-            tw.write({"__key__": f"t{i:03d}", "jpg": _jpg(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)),
-                      "txt": f"caption {i}", "json": {"classes": ["cat"]}})
+            tw.write(
+                {
+                    "__key__": f"t{i:03d}",
+                    "jpg": _jpg(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)),
+                    "txt": f"caption {i}",
+                    "json": {"classes": ["cat"]},
+                }
+            )
         tw.write({"__key__": "t999", "jpg": b"not a jpeg at all", "txt": "broken"})  # skipped, not fatal
     classes = ["cat", "dog"]
     with SplitWriter(d, "val-caption", shard_size=2) as vw:
@@ -44,13 +50,24 @@ def shard_dir(tmp_path_factory):
             label = np.zeros((32, 32), np.uint8)
             label[4:12, 4:12] = 1
             label[20:30, 18:28] = 2
-            vw.write({"__key__": f"v{i}", "jpg": _jpg(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)),
-                      "png": _png(label), "txt": "a cat and a dog.",
-                      "json": {"classes": classes, "split": "val-caption", "present": classes}})
-    write_index(d, new_index({
-        "train": {"shards": tw.shards, "count": 11},
-        "val-caption": {"shards": vw.shards, "count": 3, "classes": classes},
-    }))
+            vw.write(
+                {
+                    "__key__": f"v{i}",
+                    "jpg": _jpg(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)),
+                    "png": _png(label),
+                    "txt": "a cat and a dog.",
+                    "json": {"classes": classes, "split": "val-caption", "present": classes},
+                }
+            )
+    write_index(
+        d,
+        new_index(
+            {
+                "train": {"shards": tw.shards, "count": 11},
+                "val-caption": {"shards": vw.shards, "count": 3, "classes": classes},
+            }
+        ),
+    )
     return d
 
 

@@ -22,8 +22,6 @@ from pgseg_core.errors import DataError
 from _fixtures import read_tar_samples
 
 
-
-
 def _image(path, size=(20, 16), seed=0):
     arr = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
     Image.fromarray(arr).save(path)
@@ -86,9 +84,17 @@ def test_caption_files(folder, tmp_path, fmt):
     elif fmt == "csv":
         text = 'file,text\na.jpg,"first, with comma"\n./sub/c.jpg,third\nmissing.jpg,nope\n'
     else:
-        text = "\n".join(json.dumps(r) for r in [
-            {"image": "a.jpg", "caption": "first"}, {"file": "c.jpg", "text": "third"},
-            {"path": "missing.jpg", "caption": "nope"}]) + "\n"
+        text = (
+            "\n".join(
+                json.dumps(r)
+                for r in [
+                    {"image": "a.jpg", "caption": "first"},
+                    {"file": "c.jpg", "text": "third"},
+                    {"path": "missing.jpg", "caption": "nope"},
+                ]
+            )
+            + "\n"
+        )
     cap = tmp_path / f"captions.{fmt}"
     cap.write_text(text)
     out = tmp_path / "out"
@@ -141,7 +147,10 @@ def test_read_index_validation(tmp_path):
 
 def test_expand_braces():
     assert expand_braces("d/train-{000000..000002}.tar") == [
-        "d/train-000000.tar", "d/train-000001.tar", "d/train-000002.tar"]
+        "d/train-000000.tar",
+        "d/train-000001.tar",
+        "d/train-000002.tar",
+    ]
     assert expand_braces("{a,b}-{1..2}") == ["a-1", "a-2", "b-1", "b-2"]
     assert expand_braces("plain.tar") == ["plain.tar"]
     with pytest.raises(DataError):
@@ -158,8 +167,15 @@ def test_resolve_shards_forms(tmp_path):
     expect = [str(d / f"train-00000{i}.tar") for i in range(3)]
     # a directory without index.json falls back to <split>-*.tar
     assert resolve_shards(d) == expect
-    write_index(d, new_index({"train": {"shards": w.shards, "count": 3},
-                              "val-caption": {"shards": v.shards, "count": 1, "classes": ["a"]}}))
+    write_index(
+        d,
+        new_index(
+            {
+                "train": {"shards": w.shards, "count": 3},
+                "val-caption": {"shards": v.shards, "count": 1, "classes": ["a"]},
+            }
+        ),
+    )
     assert resolve_shards(d) == expect
     assert resolve_shards(str(d / "index.json")) == expect
     assert resolve_shards(d, "val-caption") == [str(d / "val-caption-000000.tar")]

@@ -11,8 +11,14 @@ SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "demo_calibrate.py"
 
 
 def _metrics(points, split="val-caption"):
-    return {"splits": {split: {"mIoU": 0.0, "sweep": {"key": "bg_thresh", "points": [
-        {"value": v, "mIoU": m} for v, m in points]}}}}
+    return {
+        "splits": {
+            split: {
+                "mIoU": 0.0,
+                "sweep": {"key": "bg_thresh", "points": [{"value": v, "mIoU": m} for v, m in points]},
+            }
+        }
+    }
 
 
 def _run(tmp_path, data, *args):

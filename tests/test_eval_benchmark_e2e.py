@@ -11,8 +11,16 @@ from typer.testing import CliRunner
 from pgseg_cli.app import app
 from test_benchmarks import build
 
-NUM_CLASSES = {"voc21": 20, "voc20": 20, "pc60": 59, "pc59": 59, "coco-object": 80, "coco-stuff-171": 171,
-               "ade20k-150": 150, "cityscapes": 19}
+NUM_CLASSES = {
+    "voc21": 20,
+    "voc20": 20,
+    "pc60": 59,
+    "pc59": 59,
+    "coco-object": 80,
+    "coco-stuff-171": 171,
+    "ade20k-150": 150,
+    "cityscapes": 19,
+}
 WITH_BACKGROUND = {"voc21", "pc60", "coco-object"}
 
 
@@ -21,10 +29,31 @@ WITH_BACKGROUND = {"voc21", "pc60", "coco-object"}
 def test_eval_cli_reads_each_layout(name, protocol, tiny_checkpoint, tmp_path):
     root, labels, _ = build(name, tmp_path / "data")
     out = tmp_path / "m.json"
-    res = CliRunner().invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "--dataset", name, "--data-root",
-                                   str(root), "--protocol", protocol, "--output", str(out), "--device", "cpu",
-                                   "--eval.short_side", "32", "--eval.crop", "32", "--eval.stride", "16",
-                                   "--no-per-class"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--dataset",
+            name,
+            "--data-root",
+            str(root),
+            "--protocol",
+            protocol,
+            "--output",
+            str(out),
+            "--device",
+            "cpu",
+            "--eval.short_side",
+            "32",
+            "--eval.crop",
+            "32",
+            "--eval.stride",
+            "16",
+            "--no-per-class",
+        ],
+    )
     assert res.exit_code == 0, res.output
     m = json.loads(out.read_text())
     split = m["splits"]["val"]
@@ -42,7 +71,19 @@ def test_missing_split_file_is_one_line(tiny_checkpoint, tmp_path):
     root, _, _ = build("voc21", tmp_path / "data")
     for f in root.rglob("val.txt"):
         f.unlink()
-    res = CliRunner().invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "--dataset", "voc21", "--data-root",
-                                   str(root), "--device", "cpu"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--dataset",
+            "voc21",
+            "--data-root",
+            str(root),
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert len([ln for ln in res.output.splitlines() if ln.startswith("error:")]) == 1

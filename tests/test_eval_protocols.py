@@ -89,13 +89,15 @@ def test_confusion_accumulates_on_cuda() -> None:
 # slide inference geometry
 
 
-@pytest.mark.parametrize("hw,crop,stride", [((50, 90), 48, 32), ((64, 64), 48, 16), ((30, 200), 64, 40),
-                                            ((70, 71), 32, 32)])
+@pytest.mark.parametrize(
+    "hw,crop,stride", [((50, 90), 48, 32), ((64, 64), 48, 16), ((30, 200), 64, 40), ((70, 71), 32, 32)]
+)
 def test_slide_windows_cover_every_pixel_as_the_stride_rule_says(hw, crop, stride) -> None:
     img = np.random.default_rng(0).integers(0, 256, (*hw, 3), dtype=np.uint8)
     cfg = _cfg(crop=crop, stride=stride)
     feats = extract_image_features(CountingColourModel(), img, cfg, "cpu")
     h, w = feats.resized_size
+
     # mmseg slide_inference, written out per axis: start i·stride, end min(start + crop, size), start pulled
     # back to max(end - crop, 0); grids = max(size - crop + stride - 1, 0) // stride + 1
     def starts(size):
@@ -179,18 +181,33 @@ def test_protocol_presets_load_and_overrides_apply() -> None:
     assert resolve_protocol("groupvit", "coco-object", "groupvit").eval_cfg.bg_thresh == 0.95
     e = gv.eval_cfg
     assert (e.rule, e.short_side, e.crop, e.stride, e.top_k, e.templates) == (
-        "groupvit", 448, 448, 224, 5, ["a photo of a {}."])
+        "groupvit",
+        448,
+        448,
+        224,
+        5,
+        ["a photo of a {}."],
+    )
     assert any("NPR" in n for n in pg.notes) and gv.class_names == "groupvit"
     sc = resolve_protocol("sclip", "voc21", "pgseg")
-    assert (sc.eval_cfg.rule, sc.eval_cfg.short_side, sc.eval_cfg.crop, sc.eval_cfg.stride) == ("prob", 336, 224, 112)
+    assert (sc.eval_cfg.rule, sc.eval_cfg.short_side, sc.eval_cfg.crop, sc.eval_cfg.stride) == (
+        "prob",
+        336,
+        224,
+        112,
+    )
     assert sc.eval_cfg.logit_scale == 65.0 and sc.eval_cfg.prob_thresh == 0.1 and sc.class_names == "sclip"
     assert resolve_protocol("sclip", "pc60").eval_cfg.logit_scale == 50.0
     assert resolve_protocol("sclip", "ade20k-150").eval_cfg.logit_scale == 40.0
     assert resolve_protocol("sclip", "cityscapes").eval_cfg.short_side == 560
     assert resolve_protocol("sclip", "coco-stuff-171").eval_cfg.short_side == 448
     # user overrides come last, CLI strings are parsed
-    ov = resolve_protocol("groupvit", "voc21", "pgseg", {"eval.bg_thresh": "0.4", "top_k": 3,
-                                                          "eval.templates": "a {}.,itap of a {}."})
+    ov = resolve_protocol(
+        "groupvit",
+        "voc21",
+        "pgseg",
+        {"eval.bg_thresh": "0.4", "top_k": 3, "eval.templates": "a {}.,itap of a {}."},
+    )
     assert ov.eval_cfg.bg_thresh == 0.4 and ov.eval_cfg.top_k == 3
     assert ov.eval_cfg.templates == ["a {}.", "itap of a {}."]
     with pytest.raises(ConfigError, match="did you mean 'bg_thresh'"):
@@ -215,9 +232,14 @@ def test_parse_sweep() -> None:
     assert parse_sweep("top_k=1:5:2").values == (1, 3, 5)
     assert parse_sweep("eval.prob_thresh=0.1,0.2").values == (0.1, 0.2)
     assert parse_sweep("bg_thresh=0.5").values == (0.5,)
-    for bad, msg in [("crop=1:2:1", "cannot sweep"), ("bg_thresh=a:b:c", "must look like"), ("bg_thresh=", "has no"),
-                     ("bg_thresh=0.9:0.1:0.1", "STOP >= START"), ("top_k=1:2:0.5", "whole numbers"),
-                     ("bg_thresh", "must look like")]:
+    for bad, msg in [
+        ("crop=1:2:1", "cannot sweep"),
+        ("bg_thresh=a:b:c", "must look like"),
+        ("bg_thresh=", "has no"),
+        ("bg_thresh=0.9:0.1:0.1", "STOP >= START"),
+        ("top_k=1:2:0.5", "whole numbers"),
+        ("bg_thresh", "must look like"),
+    ]:
         with pytest.raises(ConfigError, match=msg):
             parse_sweep(bad)
 
@@ -261,15 +283,27 @@ def test_sweep_values_equal_separate_runs() -> None:
     points = res.splits["val"]["sweep"]["points"]
     assert [p["value"] for p in points] == [0.2, 0.5, 0.8]
     for p in points:
-        alone = evaluate_dataset(model, ds, class_names="groupvit", eval_cfg=_cfg(bg_thresh=p["value"]),
-                                 device="cpu")
+        alone = evaluate_dataset(
+            model, ds, class_names="groupvit", eval_cfg=_cfg(bg_thresh=p["value"]), device="cpu"
+        )
         assert alone.splits["val"]["mIoU"] == p["mIoU"] and alone.splits["val"]["aAcc"] == p["aAcc"]
     assert len({p["mIoU"] for p in points}) > 1  # the threshold matters on this data
-    prob = evaluate_dataset(model, ds, class_names="groupvit", eval_cfg=_cfg(rule="prob", logit_scale=20.0),
-                            device="cpu", sweep=parse_sweep("prob_thresh=0.3,0.9"))
+    prob = evaluate_dataset(
+        model,
+        ds,
+        class_names="groupvit",
+        eval_cfg=_cfg(rule="prob", logit_scale=20.0),
+        device="cpu",
+        sweep=parse_sweep("prob_thresh=0.3,0.9"),
+    )
     for p in prob.splits["val"]["sweep"]["points"]:
-        alone = evaluate_dataset(model, ds, class_names="groupvit",
-                                 eval_cfg=_cfg(rule="prob", logit_scale=20.0, prob_thresh=p["value"]), device="cpu")
+        alone = evaluate_dataset(
+            model,
+            ds,
+            class_names="groupvit",
+            eval_cfg=_cfg(rule="prob", logit_scale=20.0, prob_thresh=p["value"]),
+            device="cpu",
+        )
         assert alone.splits["val"]["mIoU"] == p["mIoU"]
 
 
@@ -279,14 +313,19 @@ def test_sweep_encodes_each_image_once() -> None:
     evaluate_dataset(model, ds, class_names="groupvit", eval_cfg=_cfg(), device="cpu")
     one_pass = model.encode_calls
     model.encode_calls = 0
-    evaluate_dataset(model, ds, class_names="groupvit", eval_cfg=_cfg(), device="cpu",
-                     sweep=parse_sweep("bg_thresh=0.3:1.0:0.05"))
+    evaluate_dataset(
+        model,
+        ds,
+        class_names="groupvit",
+        eval_cfg=_cfg(),
+        device="cpu",
+        sweep=parse_sweep("bg_thresh=0.3:1.0:0.05"),
+    )
     assert model.encode_calls == one_pass
 
 
 # ------------------------------------------------------------------------------------------------------
 # CLI: pgseg eval --dataset on a pgseg-tiny checkpoint
-
 
 
 def test_cli_eval_dataset_protocol_cache_sweep(tiny_checkpoint, tmp_path, monkeypatch) -> None:
@@ -302,10 +341,31 @@ def test_cli_eval_dataset_protocol_cache_sweep(tiny_checkpoint, tmp_path, monkey
     monkeypatch.setattr(api, "_open_dataset", fake_open)
     runner = CliRunner()
     out = tmp_path / "m.json"
-    args = ["eval", "--checkpoint", str(tiny_checkpoint), "--dataset", "pc60", "--data-root", str(tmp_path),
-            "--protocol", "groupvit", "--cache", str(tmp_path / "f.h5"), "--sweep", "bg_thresh=0.3:0.9:0.3",
-            "--output", str(out), "--device", "cpu", "--eval.short_side", "64", "--eval.crop", "64",
-            "--eval.stride", "32"]
+    args = [
+        "eval",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--dataset",
+        "pc60",
+        "--data-root",
+        str(tmp_path),
+        "--protocol",
+        "groupvit",
+        "--cache",
+        str(tmp_path / "f.h5"),
+        "--sweep",
+        "bg_thresh=0.3:0.9:0.3",
+        "--output",
+        str(out),
+        "--device",
+        "cpu",
+        "--eval.short_side",
+        "64",
+        "--eval.crop",
+        "64",
+        "--eval.stride",
+        "32",
+    ]
     result = runner.invoke(app, args, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert opened == [("pc60", str(tmp_path), "val")]
@@ -330,8 +390,22 @@ def test_cli_eval_dataset_protocol_cache_sweep(tiny_checkpoint, tmp_path, monkey
     err = [ln for ln in result3.output.splitlines() if ln.startswith("error:")]
     assert len(err) == 1 and "config_hash" in result3.output and "Traceback" not in result3.output
     # bad inputs: unknown protocol, missing --data-root, both --data and --dataset
-    bad = runner.invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "--dataset", "pc60", "--data-root",
-                              str(tmp_path), "--protocol", "sclp", "--device", "cpu"])
+    bad = runner.invoke(
+        app,
+        [
+            "eval",
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--dataset",
+            "pc60",
+            "--data-root",
+            str(tmp_path),
+            "--protocol",
+            "sclp",
+            "--device",
+            "cpu",
+        ],
+    )
     assert bad.exit_code == 1 and "did you mean 'sclip'" in bad.output
     bad = runner.invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "--dataset", "pc60"])
     assert bad.exit_code == 1 and "--data-root" in bad.output

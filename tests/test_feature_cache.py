@@ -34,8 +34,12 @@ def _cfg(**kw) -> EvalConfig:
 
 
 def _meta(**kw) -> CacheMeta:
-    base = dict(checkpoint_sha256="ab" * 32, config_hash=feature_config_hash(ModelConfig(), _cfg()),
-                protocol="groupvit", dataset="fake21/val")
+    base = dict(
+        checkpoint_sha256="ab" * 32,
+        config_hash=feature_config_hash(ModelConfig(), _cfg()),
+        protocol="groupvit",
+        dataset="fake21/val",
+    )
     base.update(kw)
     return CacheMeta(**base)
 
@@ -52,11 +56,16 @@ def test_round_trip_is_exact_and_file_is_documented(tmp_path) -> None:
         got = cache.get("a/b")
         assert cache.keys() == ["a/b"]
     assert got.windows == feats.windows and got.grid == feats.grid
-    assert (got.orig_size, got.resized_size, got.padded_size) == (feats.orig_size, feats.resized_size,
-                                                                  feats.padded_size)
+    assert (got.orig_size, got.resized_size, got.padded_size) == (
+        feats.orig_size,
+        feats.resized_size,
+        feats.padded_size,
+    )
     assert got.logit_scale == feats.logit_scale
     assert torch.equal(got.group_emb, feats.group_emb) and torch.equal(got.image_emb, feats.image_emb)
-    assert len(got.assign_soft) == 2 and all(torch.equal(a, b) for a, b in zip(got.assign_soft, feats.assign_soft))
+    assert len(got.assign_soft) == 2 and all(
+        torch.equal(a, b) for a, b in zip(got.assign_soft, feats.assign_soft)
+    )
     with h5py.File(path, "r") as f:
         assert f.attrs["schema"] == FEATURE_CACHE_SCHEMA and f.attrs["kind"] == "pgseg-feature-cache"
         assert f.attrs["checkpoint_sha256"] == "ab" * 32 and f.attrs["protocol"] == "groupvit"
@@ -75,15 +84,20 @@ def test_cached_equals_uncached_and_encoder_not_called(tmp_path) -> None:
     model = CountingColourModel()
     plain = evaluate_dataset(model, ds, class_names="groupvit", eval_cfg=_cfg(), device="cpu")
     with FeatureCache.open(tmp_path / "f.h5", _meta()) as cache:
-        first = evaluate_dataset(model, ds, class_names="groupvit", eval_cfg=_cfg(), device="cpu", cache=cache)
+        first = evaluate_dataset(
+            model, ds, class_names="groupvit", eval_cfg=_cfg(), device="cpu", cache=cache
+        )
     assert first.splits["val"]["images_encoded"] == 4
     model.encode_calls = 0
     with FeatureCache.open(tmp_path / "f.h5", _meta()) as cache:
-        again = evaluate_dataset(model, ds, class_names="groupvit", eval_cfg=_cfg(), device="cpu", cache=cache)
+        again = evaluate_dataset(
+            model, ds, class_names="groupvit", eval_cfg=_cfg(), device="cpu", cache=cache
+        )
         # other bg_thresh, class list, templates, top-k and rule: still only the cache
         other = [
-            evaluate_dataset(model, ds, class_names="groupvit", eval_cfg=cfg, device="cpu", cache=cache,
-                             class_spec=spec)
+            evaluate_dataset(
+                model, ds, class_names="groupvit", eval_cfg=cfg, device="cpu", cache=cache, class_spec=spec
+            )
             for cfg, spec in [
                 (_cfg(bg_thresh=0.8), None),
                 (_cfg(top_k=1), None),
@@ -92,8 +106,15 @@ def test_cached_equals_uncached_and_encoder_not_called(tmp_path) -> None:
                 (_cfg(), ClassSpec.from_names(["green", "red"], ["sky"])),
             ]
         ]
-        swept = evaluate_dataset(model, ds, class_names="groupvit", eval_cfg=_cfg(), device="cpu", cache=cache,
-                                 sweep=parse_sweep("bg_thresh=0.3:1.0:0.05"))
+        swept = evaluate_dataset(
+            model,
+            ds,
+            class_names="groupvit",
+            eval_cfg=_cfg(),
+            device="cpu",
+            cache=cache,
+            sweep=parse_sweep("bg_thresh=0.3:1.0:0.05"),
+        )
     assert model.encode_calls == 0
     assert again.splits["val"]["images_from_cache"] == 4 and again.splits["val"]["images_encoded"] == 0
     for key in ("mIoU", "mAcc", "aAcc", "per_class"):
@@ -102,8 +123,13 @@ def test_cached_equals_uncached_and_encoder_not_called(tmp_path) -> None:
     assert len(swept.splits["val"]["sweep"]["points"]) == 15
     # cached sweep point == uncached single run at that value
     point = swept.splits["val"]["sweep"]["points"][4]
-    single = evaluate_dataset(CountingColourModel(), ds, class_names="groupvit",
-                              eval_cfg=_cfg(bg_thresh=point["value"]), device="cpu")
+    single = evaluate_dataset(
+        CountingColourModel(),
+        ds,
+        class_names="groupvit",
+        eval_cfg=_cfg(bg_thresh=point["value"]),
+        device="cpu",
+    )
     assert single.splits["val"]["mIoU"] == point["mIoU"]
 
 
@@ -111,17 +137,23 @@ def test_foreign_cache_is_refused_with_the_attribute_named(tmp_path) -> None:
     path = tmp_path / "f.h5"
     with FeatureCache.open(path, _meta()):
         pass
-    for change, attr in [({"checkpoint_sha256": "cd" * 32}, "checkpoint_sha256"),
-                         ({"config_hash": feature_config_hash(ModelConfig(), _cfg(short_side=96))}, "config_hash"),
-                         ({"protocol": "sclip"}, "protocol"), ({"dataset": "voc21/val"}, "dataset")]:
+    for change, attr in [
+        ({"checkpoint_sha256": "cd" * 32}, "checkpoint_sha256"),
+        ({"config_hash": feature_config_hash(ModelConfig(), _cfg(short_side=96))}, "config_hash"),
+        ({"protocol": "sclip"}, "protocol"),
+        ({"dataset": "voc21/val"}, "dataset"),
+    ]:
         with pytest.raises(DataError) as info:
             FeatureCache.open(path, _meta(**change))
         msg = str(info.value)
         assert attr in msg and "new --cache path or delete" in msg and "\n" not in msg
     # only class-independent settings enter the config hash
     assert feature_config_hash(ModelConfig(), _cfg()) == feature_config_hash(
-        ModelConfig(), _cfg(bg_thresh=0.1, top_k=3, templates=["{}"], rule="prob", prob_thresh=0.3))
-    assert feature_config_hash(ModelConfig(), _cfg()) != feature_config_hash(ModelConfig(), _cfg(mode="whole"))
+        ModelConfig(), _cfg(bg_thresh=0.1, top_k=3, templates=["{}"], rule="prob", prob_thresh=0.3)
+    )
+    assert feature_config_hash(ModelConfig(), _cfg()) != feature_config_hash(
+        ModelConfig(), _cfg(mode="whole")
+    )
     # a file that is not a cache, and an HDF5 file of another kind
     junk = tmp_path / "junk.h5"
     junk.write_bytes(b"not hdf5 at all" * 10)
@@ -166,10 +198,22 @@ _WRITER = textwrap.dedent(
 def test_killed_write_resumes_from_last_complete_image(tmp_path) -> None:
     path = tmp_path / "f.h5"
     meta = _meta()
-    script = _WRITER.format(root=str(ROOT), tests=str(ROOT / "tests"), ck=meta.checkpoint_sha256,
-                            ch=meta.config_hash, path=str(path), n_total=5, kill_at=3)
-    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"})
+    script = _WRITER.format(
+        root=str(ROOT),
+        tests=str(ROOT / "tests"),
+        ck=meta.checkpoint_sha256,
+        ch=meta.config_hash,
+        path=str(path),
+        n_total=5,
+        kill_at=3,
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"},
+    )
     assert proc.returncode == 9, proc.stderr
     with FeatureCache.open(path) as ro:  # readable after the kill, up to the last complete image
         assert ro.keys() == ["img_000", "img_001", "img_002"] and ro.dropped == 1
@@ -193,8 +237,15 @@ def test_sigkill_during_writes_leaves_a_readable_cache(tmp_path) -> None:
 
     path = tmp_path / "f.h5"
     meta = _meta()
-    script = _WRITER.format(root=str(ROOT), tests=str(ROOT / "tests"), ck=meta.checkpoint_sha256,
-                            ch=meta.config_hash, path=str(path), n_total=400, kill_at=-1)
+    script = _WRITER.format(
+        root=str(ROOT),
+        tests=str(ROOT / "tests"),
+        ck=meta.checkpoint_sha256,
+        ch=meta.config_hash,
+        path=str(path),
+        n_total=400,
+        kill_at=-1,
+    )
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 60
@@ -237,5 +288,6 @@ def test_real_model_scores_from_cache_are_bit_identical_to_predict(tmp_path) -> 
     np.testing.assert_array_equal(label_c, label)
     np.testing.assert_array_equal(scores_c, scores)
     for rule_cfg in (replace(ec, rule="prob", logit_scale=30.0), replace(ec, top_k=1, bg_thresh=0.9)):
-        np.testing.assert_array_equal(scores_from_features(feats, emb, rule_cfg)[1],
-                                      predict(model, img, emb, rule_cfg, "cpu")[1])
+        np.testing.assert_array_equal(
+            scores_from_features(feats, emb, rule_cfg)[1], predict(model, img, emb, rule_cfg, "cpu")[1]
+        )

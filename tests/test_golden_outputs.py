@@ -88,34 +88,119 @@ def _make_inputs(root: Path) -> dict[str, Path]:
     save_checkpoint(root / "tiny.pt", _varied_model(cfg), cfg, 0)
     prob_cfg = apply_overrides(cfg, {"eval.rule": "prob"})
     save_checkpoint(root / "tiny_prob.pt", _varied_model(prob_cfg), prob_cfg, 0)
-    build_demo_shards(root / "shards", seed=1, n_train=2, n_val=4, img_size=64,
-                      roots=make_fake_roots(root / "src"), shard_size=8)
-    return {"photos": photos, "ck": root / "tiny.pt", "ck_prob": root / "tiny_prob.pt", "shards": root / "shards"}
+    build_demo_shards(
+        root / "shards",
+        seed=1,
+        n_train=2,
+        n_val=4,
+        img_size=64,
+        roots=make_fake_roots(root / "src"),
+        shard_size=8,
+    )
+    return {
+        "photos": photos,
+        "ck": root / "tiny.pt",
+        "ck_prob": root / "tiny_prob.pt",
+        "shards": root / "shards",
+    }
 
 
 def _produce(root: Path) -> dict[str, str]:
     """Run every command; return {relative output path: digest}."""
     x = _make_inputs(root)
-    seg = ("segment", x["photos"], "--classes", "cat,dog,tree,car,sky,person", "--device", "cpu",
-           "--workers", "0", "--top-k", "3", "--format", "png,overlay,json,coco-rle", "--no-text-cache")
+    seg = (
+        "segment",
+        x["photos"],
+        "--classes",
+        "cat,dog,tree,car,sky,person",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--top-k",
+        "3",
+        "--format",
+        "png,overlay,json,coco-rle",
+        "--no-text-cache",
+    )
     _run(*seg, "-c", x["ck"], "-o", root / "out/seg", "--batch-size", "2")
     _run(*seg, "-c", x["ck"], "-o", root / "out/seg_bs1", "--batch-size", "1", "--bg-thresh", "0.6")
     _run(*seg, "-c", x["ck"], "-o", root / "out/seg_cache", "--cache", root / "feat.h5")
-    _run(*seg, "-c", x["ck"], "-o", root / "out/seg_cache2", "--cache", root / "feat.h5")  # read from the cache
+    _run(
+        *seg, "-c", x["ck"], "-o", root / "out/seg_cache2", "--cache", root / "feat.h5"
+    )  # read from the cache
     _run(*seg, "-c", x["ck_prob"], "-o", root / "out/seg_prob_cache", "--cache", root / "feat_prob.h5")
     _run("export-onnx", "-c", x["ck"], "-o", root / "enc.onnx", "--size", "64")
-    _run(*seg, "-c", x["ck"], "-o", root / "out/seg_onnx", "--backend", "onnx", "--onnx", root / "enc.onnx",
-         "--format", "png,json")
-    _run("eval", "-c", x["ck"], "--data", x["shards"], "--device", "cpu", "--output", root / "out/eval/metrics.json")
-    _run("eval", "-c", x["ck"], "--data", x["shards"], "--device", "cpu", "--sweep", "bg_thresh=0.1:0.9:0.2",
-         "--cache", root / "eval.h5", "--output", root / "out/eval/metrics_sweep.json")
-    _run("eval", "-c", x["ck_prob"], "--data", x["shards"], "--device", "cpu",
-         "--output", root / "out/eval/metrics_prob.json")
-    _run("visualize-prototypes", x["photos"], "-c", x["ck"], "--out", root / "out/viz", "--patches", "2",
-         "--device", "cpu", "--short-side", "48")
+    _run(
+        *seg,
+        "-c",
+        x["ck"],
+        "-o",
+        root / "out/seg_onnx",
+        "--backend",
+        "onnx",
+        "--onnx",
+        root / "enc.onnx",
+        "--format",
+        "png,json",
+    )
+    _run(
+        "eval",
+        "-c",
+        x["ck"],
+        "--data",
+        x["shards"],
+        "--device",
+        "cpu",
+        "--output",
+        root / "out/eval/metrics.json",
+    )
+    _run(
+        "eval",
+        "-c",
+        x["ck"],
+        "--data",
+        x["shards"],
+        "--device",
+        "cpu",
+        "--sweep",
+        "bg_thresh=0.1:0.9:0.2",
+        "--cache",
+        root / "eval.h5",
+        "--output",
+        root / "out/eval/metrics_sweep.json",
+    )
+    _run(
+        "eval",
+        "-c",
+        x["ck_prob"],
+        "--data",
+        x["shards"],
+        "--device",
+        "cpu",
+        "--output",
+        root / "out/eval/metrics_prob.json",
+    )
+    _run(
+        "visualize-prototypes",
+        x["photos"],
+        "-c",
+        x["ck"],
+        "--out",
+        root / "out/viz",
+        "--patches",
+        "2",
+        "--device",
+        "cpu",
+        "--short-side",
+        "48",
+    )
     out = root / "out"
-    return {p.relative_to(out).as_posix(): _digest(p, str(root)) for p in sorted(out.rglob("*"))
-            if p.is_file() and ".pgseg_cache" not in p.parts}
+    return {
+        p.relative_to(out).as_posix(): _digest(p, str(root))
+        for p in sorted(out.rglob("*"))
+        if p.is_file() and ".pgseg_cache" not in p.parts
+    }
 
 
 def test_outputs_match_the_recorded_goldens(tmp_path, single_thread):

@@ -107,8 +107,10 @@ B, S, N, C = 2, 4, 9, 12
 @pytest.fixture
 def qk():
     gen = torch.Generator().manual_seed(0)
-    return (torch.randn(B, S, C, generator=gen, dtype=torch.float64),
-            torch.randn(B, N, C, generator=gen, dtype=torch.float64))
+    return (
+        torch.randn(B, S, C, generator=gen, dtype=torch.float64),
+        torch.randn(B, N, C, generator=gen, dtype=torch.float64),
+    )
 
 
 def _assign(**kw) -> AssignAttention:
@@ -122,7 +124,7 @@ def _assign(**kw) -> AssignAttention:
 
 def _np_logits(att: AssignAttention, q, k):
     ql, kl = np_linear(_np(q), att.q_proj), np_linear(_np(k), att.k_proj)
-    return ql @ kl.transpose(0, 2, 1) * C ** -0.5  # [B, S, N]
+    return ql @ kl.transpose(0, 2, 1) * C**-0.5  # [B, S, N]
 
 
 def _loop_output(att: AssignAttention, A: np.ndarray, k) -> np.ndarray:

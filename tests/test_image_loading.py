@@ -17,13 +17,26 @@ def write_tiff(path: Path, h: int, w: int, samples: int, bits: int, sample_forma
     """Minimal uncompressed little-endian TIFF (one strip) with any sample layout."""
     dtype = {(32, 3): np.float32, (8, 1): np.uint8, (16, 1): np.uint16}[(bits, sample_format)]
     data = np.zeros((h, w, samples), dtype=dtype).tobytes()
-    entries = [(256, 3, w), (257, 3, h), (258, 3, bits), (262, 3, 2), (273, 4, 0), (277, 3, samples),
-               (278, 3, h), (279, 4, len(data)), (339, 3, sample_format)]
+    entries = [
+        (256, 3, w),
+        (257, 3, h),
+        (258, 3, bits),
+        (262, 3, 2),
+        (273, 4, 0),
+        (277, 3, samples),
+        (278, 3, h),
+        (279, 4, len(data)),
+        (339, 3, sample_format),
+    ]
     offset = 8 + 2 + 12 * len(entries) + 4
     ifd = struct.pack("<H", len(entries))
     for tag, typ, value in entries:
         value = offset if tag == 273 else value
-        ifd += struct.pack("<HHIHH", tag, typ, 1, value, 0) if typ == 3 else struct.pack("<HHII", tag, typ, 1, value)
+        ifd += (
+            struct.pack("<HHIHH", tag, typ, 1, value, 0)
+            if typ == 3
+            else struct.pack("<HHII", tag, typ, 1, value)
+        )
     path.write_bytes(b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + data)
     return path
 

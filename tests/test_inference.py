@@ -216,6 +216,7 @@ def test_slide_windows_cover_with_stride_counts(h: int, w: int) -> None:
         assert (y2 - y1, x2 - x1) == (min(crop, h), min(crop, w))
         count[y1:y2, x1:x2] += 1
     assert count.min() >= 1
+
     # the count is separable: rows-covered × columns-covered, each from the per-axis starts
     def axis_counts(size: int, grids: int) -> np.ndarray:
         c = np.zeros(size, dtype=np.int64)

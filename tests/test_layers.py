@@ -60,8 +60,8 @@ def np_attention(x, attn: Attention):
     C = x.shape[-1]
     W, b = _np(attn.qkv.weight), _np(attn.qkv.bias)
     q = x @ W[:C].T + b[:C]
-    k = x @ W[C:2 * C].T + b[C:2 * C]
-    v = x @ W[2 * C:].T + b[2 * C:]
+    k = x @ W[C : 2 * C].T + b[C : 2 * C]
+    v = x @ W[2 * C :].T + b[2 * C :]
     return np_linear(np_mha(q, k, v, attn.num_heads), attn.proj)
 
 
@@ -138,7 +138,7 @@ def test_attention_without_qkv_bias():
     x = torch.randn(1, 4, C, dtype=torch.float64)
     W = _np(attn.qkv.weight)
     xn = _np(x)
-    ref = np_linear(np_mha(xn @ W[:C].T, xn @ W[C:2 * C].T, xn @ W[2 * C:].T, 2), attn.proj)
+    ref = np_linear(np_mha(xn @ W[:C].T, xn @ W[C : 2 * C].T, xn @ W[2 * C :].T, 2), attn.proj)
     np.testing.assert_allclose(_np(attn(x)), ref, rtol=1e-9, atol=1e-10)
 
 

@@ -163,9 +163,7 @@ def test_hungarian_is_no_grad_and_device_preserving():
 # HRS
 
 
-SIM = torch.tensor([[[0.9, 0.1, 0.5],
-                     [0.2, 0.8, 0.4],
-                     [0.6, 0.3, 0.1]]], dtype=torch.float64)
+SIM = torch.tensor([[[0.9, 0.1, 0.5], [0.2, 0.8, 0.4], [0.6, 0.3, 0.1]]], dtype=torch.float64)
 # min-max over dim 1 (each column):
 #   col 0: min .2 max .9 -> [1, 0, .5714]
 #   col 1: min .1 max .8 -> [0, 1, .2857]
@@ -173,14 +171,17 @@ SIM = torch.tensor([[[0.9, 0.1, 0.5],
 # norm = [[1, 0, 1], [0, 1, .75], [.5714, .2857, 0]]; diagonal = [1, 1, 0]; column 0 = [1, 0, .5714]
 
 
-@pytest.mark.parametrize("threshold,released,expected", [
-    (0.1, False, [True, True, False]),
-    (0.1, True, [True, False, True]),
-    (0.6, False, [True, True, False]),
-    (0.6, True, [True, False, False]),
-    (0.5, True, [True, False, True]),
-    (0.99, False, [True, True, False]),
-])
+@pytest.mark.parametrize(
+    "threshold,released,expected",
+    [
+        (0.1, False, [True, True, False]),
+        (0.1, True, [True, False, True]),
+        (0.6, False, [True, True, False]),
+        (0.6, True, [True, False, False]),
+        (0.5, True, [True, False, True]),
+        (0.99, False, [True, True, False]),
+    ],
+)
 def test_hrs_mask_hand_example(threshold, released, expected):
     got = hrs_mask(SIM, threshold, released_code=released)
     assert got.dtype == torch.bool and got.shape == (1, 3)

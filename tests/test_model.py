@@ -81,17 +81,26 @@ def test_backward_reaches_every_parameter(variant):
     model.train()
     model.forward_train(CAPTIONS, _images())["loss"].backward()
     named = dict(model.named_parameters())
-    must = ["img_encoder.patch_embed.proj.weight", "img_encoder.pos_embed",
-            "img_encoder.layers.0.group_token", "img_encoder.layers.1.group_token",
-            "img_encoder.layers.0.blocks.0.attn.qkv.weight",
-            "img_encoder.layers.0.downsample.assign.q_proj.weight",
-            "img_encoder.layers.0.downsample.assign.k_proj.weight",
-            "text_encoder.token_embedding.weight", "text_encoder.transformer.resblocks.0.attn.in_proj_weight",
-            "img_projector.linear_out.weight", "text_projector.linear_out.weight", "logit_scale"]
+    must = [
+        "img_encoder.patch_embed.proj.weight",
+        "img_encoder.pos_embed",
+        "img_encoder.layers.0.group_token",
+        "img_encoder.layers.1.group_token",
+        "img_encoder.layers.0.blocks.0.attn.qkv.weight",
+        "img_encoder.layers.0.downsample.assign.q_proj.weight",
+        "img_encoder.layers.0.downsample.assign.k_proj.weight",
+        "text_encoder.token_embedding.weight",
+        "text_encoder.transformer.resblocks.0.attn.in_proj_weight",
+        "img_projector.linear_out.weight",
+        "text_projector.linear_out.weight",
+        "logit_scale",
+    ]
     if variant != "groupvit":
-        must += ["img_encoder.logit_scale",
-                 "img_encoder.layers.0.downsample_spatial.mapping_x.linear_out.weight",
-                 "img_encoder.layers.1.downsample_spatial.mapping_x.linear_hidden.0.weight"]
+        must += [
+            "img_encoder.logit_scale",
+            "img_encoder.layers.0.downsample_spatial.mapping_x.linear_out.weight",
+            "img_encoder.layers.1.downsample_spatial.mapping_x.linear_hidden.0.weight",
+        ]
     for name in must:
         assert name in named, name
     for name, p in named.items():
@@ -224,8 +233,11 @@ def test_image_npr_buffers_update_in_default_mode_only():
     for variant, should_change in (("pgseg", True), ("released", False)):
         model, _ = _model(variant)
         model.train()
-        bufs = {i: l.downsample_spatial.mu.clone() for i, l in enumerate(model.img_encoder.layers)
-                if l.downsample_spatial is not None}
+        bufs = {
+            i: l.downsample_spatial.mu.clone()
+            for i, l in enumerate(model.img_encoder.layers)
+            if l.downsample_spatial is not None
+        }
         text_mu = model.text_npr.mu.clone()
         model.forward_train(CAPTIONS, _images())
         for i, mu0 in bufs.items():
@@ -335,7 +347,9 @@ def test_text_prototypes_must_match_the_final_groups():
     cfg = load_config("pgseg-tiny")
     final = cfg.model.vision.num_output_groups[-1]
     bad = load_config("pgseg-tiny", {"model.npr.text_prototypes": final + 1})
-    with pytest.raises(ConfigError, match=f"text_prototypes \\({final + 1}\\).*num_output_groups \\({final}\\)"):
+    with pytest.raises(
+        ConfigError, match=f"text_prototypes \\({final + 1}\\).*num_output_groups \\({final}\\)"
+    ):
         create_model(bad.model)
     plain = load_config("pgseg-tiny", {"model.npr.text_prototypes": final + 1, "model.npr.enabled": False})
     assert create_model(plain.model).text_npr is None  # no NPR, nothing to match

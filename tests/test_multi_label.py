@@ -46,13 +46,16 @@ def test_caption_nouns_recover_every_demo_template():
     assert checked == len(specs) * sum(len(t) for t in _TEMPLATES.values())
 
 
-@pytest.mark.parametrize("caption, expected", [
-    ("A Photo of a  Cat.", ["cat"]),
-    ("two dogs and the snow!", ["dogs", "snow"]),
-    ("a cat, a cat and a dog.", ["cat", "dog"]),  # duplicates kept once
-    ("a photo of.", []),
-    ("", []),
-])
+@pytest.mark.parametrize(
+    "caption, expected",
+    [
+        ("A Photo of a  Cat.", ["cat"]),
+        ("two dogs and the snow!", ["dogs", "snow"]),
+        ("a cat, a cat and a dog.", ["cat", "dog"]),  # duplicates kept once
+        ("a photo of.", []),
+        ("", []),
+    ],
+)
 def test_caption_nouns_other_shapes(caption, expected):
     assert caption_nouns(caption) == expected
 
@@ -76,7 +79,7 @@ def np_groupvit_multi_label(img, prompts, scale):
     b, m, _ = prompts.shape
     i, p = _l2(img), _l2(prompts.reshape(b * m, -1))
     logits = scale * i @ p.T  # [B, B·M]
-    i2t = np.mean([-np.sum(_log_softmax(logits[r])[r * m:(r + 1) * m]) / m for r in range(b)])
+    i2t = np.mean([-np.sum(_log_softmax(logits[r])[r * m : (r + 1) * m]) / m for r in range(b)])
     t2i = np.mean([-_log_softmax(logits[:, c])[c // m] for c in range(b * m)])
     return 0.5 * (i2t + t2i)
 
@@ -88,7 +91,7 @@ def test_loss_equals_groupvit_when_no_prompt_is_shared():
     prompts = torch.randn(b, m, d, generator=g)
     targets = torch.zeros(b, b * m, dtype=torch.bool)
     for r in range(b):
-        targets[r, r * m:(r + 1) * m] = True
+        targets[r, r * m : (r + 1) * m] = True
     scale = torch.tensor(math.log(10.0))
     got = multi_label_contrastive(img, prompts.reshape(b * m, d), targets, scale)
     want = np_groupvit_multi_label(img.double().numpy(), prompts.double().numpy(), 10.0)
@@ -104,10 +107,12 @@ def test_shared_prompts_are_positives_for_every_image_naming_them():
     s = 5.0
     logits = s * _l2(img.double().numpy()) @ _l2(prm.double().numpy()).T
     t = targets.numpy()
-    i2t = np.mean([-sum(_log_softmax(logits[r])[c] for c in range(3) if t[r, c]) / t[r].sum()
-                   for r in range(4)])
-    t2i = np.mean([-sum(_log_softmax(logits[:, c])[r] for r in range(4) if t[r, c]) / t[:, c].sum()
-                   for c in range(3)])
+    i2t = np.mean(
+        [-sum(_log_softmax(logits[r])[c] for c in range(3) if t[r, c]) / t[r].sum() for r in range(4)]
+    )
+    t2i = np.mean(
+        [-sum(_log_softmax(logits[:, c])[r] for r in range(4) if t[r, c]) / t[:, c].sum() for c in range(3)]
+    )
     got = multi_label_contrastive(img, prm, targets, torch.tensor(math.log(s)))
     assert float(got) == pytest.approx(0.5 * (i2t + t2i), rel=1e-5)
 
@@ -117,7 +122,8 @@ def test_scale_is_clamped_at_100():
     img, prm = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
     t = torch.eye(3, dtype=torch.bool)
     assert float(multi_label_contrastive(img, prm, t, torch.tensor(9.0))) == pytest.approx(
-        float(multi_label_contrastive(img, prm, t, torch.tensor(math.log(100.0)))), rel=1e-6)
+        float(multi_label_contrastive(img, prm, t, torch.tensor(math.log(100.0)))), rel=1e-6
+    )
 
 
 def test_group_variant_scores_the_best_group():
@@ -133,10 +139,12 @@ def test_group_variant_scores_the_best_group():
     sim = np.einsum("bsd,pd->bsp", gn, pn).max(axis=1)
     logits = 7.0 * sim
     t = targets.numpy()
-    i2t = np.mean([-sum(_log_softmax(logits[r])[c] for c in range(2) if t[r, c]) / t[r].sum()
-                   for r in range(3)])
-    t2i = np.mean([-sum(_log_softmax(logits[:, c])[r] for r in range(3) if t[r, c]) / t[:, c].sum()
-                   for c in range(2)])
+    i2t = np.mean(
+        [-sum(_log_softmax(logits[r])[c] for c in range(2) if t[r, c]) / t[r].sum() for r in range(3)]
+    )
+    t2i = np.mean(
+        [-sum(_log_softmax(logits[:, c])[r] for r in range(3) if t[r, c]) / t[:, c].sum() for c in range(2)]
+    )
     assert float(loss.detach()) == pytest.approx(0.5 * (i2t + t2i), rel=1e-5)
     loss.backward()
     best_pairs = {(b, s) for b in range(3) for s in np.einsum("bsd,pd->bsp", gn, pn)[b].argmax(axis=0)}
@@ -152,7 +160,8 @@ def test_one_group_equals_image_level():
     t = torch.eye(3, dtype=torch.bool)
     scale = torch.tensor(2.0)
     assert float(multi_label_contrastive(img[:, None], prm, t, scale)) == pytest.approx(
-        float(multi_label_contrastive(img, prm, t, scale)), rel=1e-6)
+        float(multi_label_contrastive(img, prm, t, scale)), rel=1e-6
+    )
 
 
 def test_bad_targets_raise():
@@ -188,8 +197,13 @@ def test_default_and_paper_presets_have_no_multi_label_parameter():
 def test_caption_prompts_targets():
     model, _ = _model(**{"model.multi_label": 2})
     prompts, targets = model.caption_prompts(CAPTIONS)
-    assert prompts == ["a photo of a cat.", "a photo of a dog.", "a photo of a bus.", "a photo of a apple.",
-                       "a photo of a trees."]
+    assert prompts == [
+        "a photo of a cat.",
+        "a photo of a dog.",
+        "a photo of a bus.",
+        "a photo of a apple.",
+        "a photo of a trees.",
+    ]
     assert targets.tolist() == [[1, 1, 0, 0, 0], [1, 0, 0, 0, 0], [0, 0, 1, 1, 0], [0, 0, 0, 0, 1]]
     with pytest.raises(ValueError, match="caption strings"):
         model.caption_prompts(torch.zeros(2, 5, dtype=torch.long))
@@ -203,8 +217,9 @@ def test_caption_prompts_sample_at_most_m_nouns():
 
 @pytest.mark.parametrize("pool", ["image", "groups"])
 def test_forward_train_adds_the_weighted_term_with_gradients(pool):
-    model, _ = _model(**{"model.multi_label": 3, "model.multi_label_pool": pool,
-                         "model.multi_label_weight": 0.5})
+    model, _ = _model(
+        **{"model.multi_label": 3, "model.multi_label_pool": pool, "model.multi_label_weight": 0.5}
+    )
     images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(5))
     torch.manual_seed(1)
     out = model.forward_train(CAPTIONS, images)

@@ -41,9 +41,9 @@ def np_em(x: np.ndarray, mu: np.ndarray, iters: int, mask: np.ndarray | None = N
             z[b] = zb
             m = zb.T @ x[b]  # [K, C]
             if norm_axis == 2:
-                m = m / (1e-6 + np.sqrt((m ** 2).sum(axis=1, keepdims=True)))
+                m = m / (1e-6 + np.sqrt((m**2).sum(axis=1, keepdims=True)))
             else:
-                m = m / (1e-6 + np.sqrt((m ** 2).sum(axis=0, keepdims=True)))
+                m = m / (1e-6 + np.sqrt((m**2).sum(axis=0, keepdims=True)))
             new_mu[b] = m
         mu = new_mu
     return mu, z
@@ -81,8 +81,12 @@ def test_em_prototypes_with_mask_matches_numpy_and_ignores_masked_tokens():
     mask[0, 5:] = False
     mask[2, 2:] = False
     mu0 = np.repeat(_unit((1, 3, 5), 4), 3, axis=0)
-    mu, z = em_prototypes(torch.tensor(x, dtype=torch.float32), torch.tensor(mu0, dtype=torch.float32), 4,
-                          mask=torch.tensor(mask))
+    mu, z = em_prototypes(
+        torch.tensor(x, dtype=torch.float32),
+        torch.tensor(mu0, dtype=torch.float32),
+        4,
+        mask=torch.tensor(mask),
+    )
     ref_mu, ref_z = np_em(x, mu0, 4, mask=mask.astype(np.float64))
     np.testing.assert_allclose(_np(mu), ref_mu, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(_np(z), ref_z, rtol=1e-4, atol=1e-6)
@@ -90,8 +94,12 @@ def test_em_prototypes_with_mask_matches_numpy_and_ignores_masked_tokens():
     # changing masked tokens does not change anything
     x2 = x.copy()
     x2[~mask] = 100.0
-    mu2, z2 = em_prototypes(torch.tensor(x2, dtype=torch.float32), torch.tensor(mu0, dtype=torch.float32), 4,
-                            mask=torch.tensor(mask))
+    mu2, z2 = em_prototypes(
+        torch.tensor(x2, dtype=torch.float32),
+        torch.tensor(mu0, dtype=torch.float32),
+        4,
+        mask=torch.tensor(mask),
+    )
     torch.testing.assert_close(mu2, mu)
     torch.testing.assert_close(z2, z)
 
@@ -182,8 +190,9 @@ def test_npr_momentum_update_in_training():
     out2 = npr(x)
     ref_mu2, _ = np_em(_np(x), np.repeat(expected, B, axis=0), npr.em_iters)
     np.testing.assert_allclose(_np(out2.prototypes), ref_mu2, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(_np(npr.mu), m * expected + (1 - m) * ref_mu2.mean(0, keepdims=True),
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        _np(npr.mu), m * expected + (1 - m) * ref_mu2.mean(0, keepdims=True), rtol=1e-4, atol=1e-4
+    )
 
 
 def test_npr_released_mode_never_updates_buffer():
@@ -231,8 +240,9 @@ def test_text_npr_released_mode_matches_1d_numpy_em_and_updates_every_forward():
         assert r.shape == (3, Kt, 1) and not r.requires_grad
         np.testing.assert_allclose(_np(r), ref, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(np.linalg.norm(_np(r)[:, :, 0], axis=1), 1.0, atol=1e-4)
-        np.testing.assert_allclose(_np(tnpr.mu), m * mu0 + (1 - m) * ref.mean(0, keepdims=True),
-                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            _np(tnpr.mu), m * mu0 + (1 - m) * ref.mean(0, keepdims=True), rtol=1e-4, atol=1e-5
+        )
 
 
 def test_text_npr_released_mode_detaches_input():

@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pgseg_core.config import apply_overrides, load_config
+from pgseg_core.config import load_config
 from pgseg_core.errors import CheckpointError, PgsegError
 from pgseg_core.models.convert import (
     config_from_hf,
@@ -53,11 +53,24 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 TEXTS = ["a photo of a cat", "two dogs playing on the grass", "a red car"]
 
 SMALL = {
-    "vision_config": {"hidden_size": 32, "intermediate_size": 128, "depths": [1, 1, 1], "num_hidden_layers": 3,
-                      "num_attention_heads": 2, "num_group_tokens": [8, 4, 0], "num_output_groups": [8, 4, 4]},
-    "text_config": {"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
-                    "max_position_embeddings": 16},
-    "projection_dim": 32, "projection_intermediate_dim": 64,
+    "vision_config": {
+        "hidden_size": 32,
+        "intermediate_size": 128,
+        "depths": [1, 1, 1],
+        "num_hidden_layers": 3,
+        "num_attention_heads": 2,
+        "num_group_tokens": [8, 4, 0],
+        "num_output_groups": [8, 4, 4],
+    },
+    "text_config": {
+        "hidden_size": 32,
+        "intermediate_size": 128,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 16,
+    },
+    "projection_dim": 32,
+    "projection_intermediate_dim": 64,
 }
 PAPER: dict = {}  # transformers' defaults are the released GroupViT-S (55,726,609 parameters)
 
@@ -224,14 +237,17 @@ def test_hf_directory_load_and_convert(tmp_path):
     legacy = tmp_path / "hf_bin"  # older HF layout: pytorch_model.bin (+ a persisted position_ids)
     legacy.mkdir()
     (legacy / "config.json").write_text((tmp_path / "hf" / "config.json").read_text())
-    torch.save({**hf.state_dict(), "text_model.embeddings.position_ids": torch.arange(16)[None]},
-               legacy / "pytorch_model.bin")
+    torch.save(
+        {**hf.state_dict(), "text_model.embeddings.position_ids": torch.arange(16)[None]},
+        legacy / "pytorch_model.bin",
+    )
     model, info = load_checkpoint(legacy)
     with torch.no_grad():
         _close(F.normalize(model.encode_text(ids), dim=-1), ref.text_embeds, what="pytorch_model.bin")
     summary = convert_checkpoint(tmp_path / "hf", tmp_path / "conv" / "groupvit-small")
     assert summary["source_format"] == "hf-groupvit" and summary["parameters"] == sum(
-        p.numel() for p in hf.parameters())
+        p.numel() for p in hf.parameters()
+    )
     meta = json.loads((tmp_path / "conv" / "groupvit-small.json").read_text())
     assert meta["format"] == "pgseg-checkpoint" and meta["source_format"] == "hf-groupvit"
     for path in ("groupvit-small.safetensors", "groupvit-small.json", "groupvit-small"):
@@ -268,7 +284,10 @@ def _official_reference_state(pgseg: bool, multi_label: bool = False) -> dict[st
         lin(f"{name}.linear_out", out, H, conv=True)
 
     e = "img_encoder"
-    s[f"{e}.patch_embed.proj.weight"], s[f"{e}.patch_embed.proj.bias"] = torch.zeros(C, 3, 16, 16), torch.zeros(C)
+    s[f"{e}.patch_embed.proj.weight"], s[f"{e}.patch_embed.proj.bias"] = (
+        torch.zeros(C, 3, 16, 16),
+        torch.zeros(C),
+    )
     ln(f"{e}.patch_embed.norm")
     s[f"{e}.pos_embed"] = torch.zeros(1, 196, C)
     for st, depth in enumerate((6, 3, 3)):
@@ -279,8 +298,14 @@ def _official_reference_state(pgseg: bool, multi_label: bool = False) -> dict[st
     for st, S in ((0, 64), (1, 8)):
         s[f"{e}.layers.{st}.group_token"] = torch.zeros(1, S, C)
         d = f"{e}.layers.{st}.downsample"
-        for n in ("norm_tokens", "norm_post_tokens", "norm_x", "norm_new_x", "pre_assign_attn.norm_post",
-                  "pre_assign_attn.norm2"):
+        for n in (
+            "norm_tokens",
+            "norm_post_tokens",
+            "norm_x",
+            "norm_new_x",
+            "pre_assign_attn.norm_post",
+            "pre_assign_attn.norm2",
+        ):
             ln(f"{d}.{n}")
         lin(f"{d}.mlp_inter.fc1", C // 2, S), lin(f"{d}.mlp_inter.fc2", S, C // 2)
         lin(f"{d}.mlp_channels.fc1", 4 * C, C), lin(f"{d}.mlp_channels.fc2", C, 4 * C)
@@ -291,7 +316,10 @@ def _official_reference_state(pgseg: bool, multi_label: bool = False) -> dict[st
             s[f"{e}.layers.{st}.downsample_spatial.mu"] = torch.zeros(1, S, C)
             project_mlp(f"{e}.layers.{st}.downsample_spatial.mapping_x", C, C)
     ln(f"{e}.layers.1.group_projector.0")
-    lin(f"{e}.layers.1.group_projector.1.fc1", C // 2, 64), lin(f"{e}.layers.1.group_projector.1.fc2", 8, C // 2)
+    (
+        lin(f"{e}.layers.1.group_projector.1.fc1", C // 2, 64),
+        lin(f"{e}.layers.1.group_projector.1.fc2", 8, C // 2),
+    )
     ln(f"{e}.norm")
     t = "text_encoder"
     s[f"{t}.token_embedding.weight"], s[f"{t}.positional_embedding"] = torch.zeros(V, W), torch.zeros(L, W)
@@ -315,8 +343,10 @@ def _official_reference_state(pgseg: bool, multi_label: bool = False) -> dict[st
 
 @pytest.fixture(scope="module")
 def reference_states():
-    return {"groupvit": _official_reference_state(False, multi_label=True),
-            "pgseg": _official_reference_state(True)}
+    return {
+        "groupvit": _official_reference_state(False, multi_label=True),
+        "pgseg": _official_reference_state(True),
+    }
 
 
 def test_reference_state_matches_documented_entry_counts(reference_states):
@@ -337,7 +367,9 @@ def test_official_reference_state_loads_strictly(reference_states, kind):
         cfg = load_config("groupvit-s").model
         assert any("multi_label_logit_scale" in n for n in notes)
     else:
-        cfg = load_config("pgseg-s", {"model.npr.with_mapping_text": True, "model.npr.released_code": True}).model
+        cfg = load_config(
+            "pgseg-s", {"model.npr.with_mapping_text": True, "model.npr.released_code": True}
+        ).model
         assert "text_npr.mu" in ours and "text_encoder.Atten.mu" not in ours
     model = PGSeg(cfg)
     model.load_state_dict(ours, strict=True)  # no missing, no unexpected keys
@@ -346,14 +378,24 @@ def test_official_reference_state_loads_strictly(reference_states, kind):
     assert inferred.text == cfg.text and inferred.embed_dim == cfg.embed_dim
     assert inferred.npr.enabled == cfg.npr.enabled
     if kind == "pgseg":
-        assert inferred.npr.released_code and inferred.npr.with_mapping_text and inferred.npr.text_prototypes == 8
+        assert (
+            inferred.npr.released_code
+            and inferred.npr.with_mapping_text
+            and inferred.npr.text_prototypes == 8
+        )
         dropped, notes = official_to_pgseg(state)
         assert not any(k.startswith("img_encoder.mapping_text.") for k in dropped)
         assert any("mapping_text" in n for n in notes)
 
 
-@pytest.mark.parametrize("overrides", [{}, {"model.npr.released_code": True, "model.npr.with_mapping_text": True},
-                                       {"model.npr.enabled": False}])
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"model.npr.released_code": True, "model.npr.with_mapping_text": True},
+        {"model.npr.enabled": False},
+    ],
+)
 def test_official_names_round_trip_is_lossless(overrides):
     torch.manual_seed(0)
     model = create_model(load_config("pgseg-tiny", overrides))
@@ -364,8 +406,9 @@ def test_official_names_round_trip_is_lossless(overrides):
     back, _ = official_to_pgseg(official, keep_mapping_text=True)
     assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
     wrapped = {"model": {f"module.{k}": v for k, v in official.items()}}  # DDP prefix is removed too
-    assert detect_format(wrapped) == ("nvlabs-groupvit" if overrides.get("model.npr.enabled") is False
-                                      else "nvlabs-pgseg")
+    assert detect_format(wrapped) == (
+        "nvlabs-groupvit" if overrides.get("model.npr.enabled") is False else "nvlabs-pgseg"
+    )
     inferred = config_from_official(official)
     assert inferred.vision.depths == model.cfg.vision.depths
     assert inferred.npr.enabled == model.cfg.npr.enabled
@@ -409,8 +452,9 @@ def test_init_pgseg_from_groupvit_reports_new_keys(tmp_path):
     for path, fmt in ((ours, "pgseg"), (official, "nvlabs-groupvit")):
         pgseg = create_model(load_config("pgseg-tiny"))
         expected_new = set(pgseg.state_dict()) - set(groupvit.state_dict())
-        assert expected_new and all("downsample_spatial" in k or k in ("img_encoder.logit_scale", "text_npr.mu")
-                                    for k in expected_new)
+        assert expected_new and all(
+            "downsample_spatial" in k or k in ("img_encoder.logit_scale", "text_npr.mu") for k in expected_new
+        )
         report = init_from(pgseg, path)
         assert report["source_format"] == fmt
         assert set(report["new_keys"]) == expected_new and report["ignored_keys"] == []
@@ -420,8 +464,10 @@ def test_init_pgseg_from_groupvit_reports_new_keys(tmp_path):
     big = create_model(load_config("pgseg-tiny", {"model.vision.img_size": 96}))
     report = init_from(big, ours)
     assert any("resized" in n for n in report["notes"])
-    torch.testing.assert_close(big.img_encoder.pos_embed.detach(),
-                               interpolate_pos_embed(groupvit.img_encoder.pos_embed.detach(), (4, 4), (6, 6)))
+    torch.testing.assert_close(
+        big.img_encoder.pos_embed.detach(),
+        interpolate_pos_embed(groupvit.img_encoder.pos_embed.detach(), (4, 4), (6, 6)),
+    )
 
 
 def test_pgseg_checkpoint_converts_to_safetensors_pair(tmp_path):
@@ -511,14 +557,21 @@ def _assert_error(path, *fragments):
 
 
 def test_other_model_kinds_are_refused(tmp_path):
-    resnet = {"conv1.weight": torch.zeros(8, 3, 7, 7), "fc.weight": torch.zeros(10, 8), "fc.bias": torch.zeros(10)}
+    resnet = {
+        "conv1.weight": torch.zeros(8, 3, 7, 7),
+        "fc.weight": torch.zeros(10, 8),
+        "fc.bias": torch.zeros(10),
+    }
     torch.save(resnet, tmp_path / "resnet.pth")
     _assert_error(tmp_path / "resnet.pth", "not a pgseg checkpoint", "conv1.weight")
     torch.save({"model": resnet, "epoch": 1}, tmp_path / "resnet_wrapped.pth")
     _assert_error(tmp_path / "resnet_wrapped.pth", "not a pgseg checkpoint")
     # a CLIP state dict in HF names looks like HF GroupViT at first sight, but has foreign keys
-    clip = {"vision_model.embeddings.class_embedding": torch.zeros(32), "text_model.final_layer_norm.weight":
-            torch.zeros(32), "vision_model.encoder.layers.0.self_attn.q_proj.weight": torch.zeros(32, 32)}
+    clip = {
+        "vision_model.embeddings.class_embedding": torch.zeros(32),
+        "text_model.final_layer_norm.weight": torch.zeros(32),
+        "vision_model.encoder.layers.0.self_attn.q_proj.weight": torch.zeros(32, 32),
+    }
     torch.save(clip, tmp_path / "clip.bin")
     _assert_error(tmp_path / "clip.bin", "without a pgseg counterpart")
     (tmp_path / "cfg.json").write_text(json.dumps({"model_type": "clip"}))
@@ -575,9 +628,16 @@ def test_pickle_module_is_not_used_without_trust(tmp_path, monkeypatch):
 
 def _omegaconf_release(tmp_path, model, extra=None):
     omegaconf = pytest.importorskip("omegaconf")
-    config = omegaconf.OmegaConf.create({"model": {"type": "MultiLabelContrastive", "img_encoder": {
-        "type": "GroupViT", "depths": [6, 3, 3], "num_group_tokens": [64, 8, 0]}}, "train": {"base_lr": 1.6e-3},
-        "data": {"dataset": {"meta": ["gcc3m", "gcc12m"]}, "workers": None}})
+    config = omegaconf.OmegaConf.create(
+        {
+            "model": {
+                "type": "MultiLabelContrastive",
+                "img_encoder": {"type": "GroupViT", "depths": [6, 3, 3], "num_group_tokens": [64, 8, 0]},
+            },
+            "train": {"base_lr": 1.6e-3},
+            "data": {"dataset": {"meta": ["gcc3m", "gcc12m"]}, "workers": None},
+        }
+    )
     return _official_file(tmp_path, model, "group_vit_release.pth", {"config": config, **(extra or {})})
 
 
@@ -618,7 +678,9 @@ def test_official_release_with_a_foreign_global_is_still_refused(tmp_path):
         del sys.modules[mod.__name__]
     with pytest.raises(CheckpointError) as e:
         load_checkpoint(path)
-    assert "release_tools.Hook" in str(e.value) and "--trust-pickle" in str(e.value) and "\n" not in str(e.value)
+    assert (
+        "release_tools.Hook" in str(e.value) and "--trust-pickle" in str(e.value) and "\n" not in str(e.value)
+    )
 
 
 def test_cli_segment_on_an_official_release(tmp_path):
@@ -630,9 +692,24 @@ def test_cli_segment_on_an_official_release(tmp_path):
     torch.manual_seed(0)
     model = create_model(load_config("pgseg-tiny", {"model.npr.released_code": True})).eval()
     path = _omegaconf_release(tmp_path, model)
-    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(tmp_path / "a.png")
-    res = CliRunner().invoke(app, ["segment", str(tmp_path / "a.png"), "--checkpoint", str(path), "--classes",
-                                   "cat,dog", "--out", str(tmp_path / "seg"), "--device", "cpu"])
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(
+        tmp_path / "a.png"
+    )
+    res = CliRunner().invoke(
+        app,
+        [
+            "segment",
+            str(tmp_path / "a.png"),
+            "--checkpoint",
+            str(path),
+            "--classes",
+            "cat,dog",
+            "--out",
+            str(tmp_path / "seg"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 0, res.output
     label = np.asarray(Image.open(tmp_path / "seg" / "a_label.png"))
     assert label.shape == (40, 56) and label.max() <= 2

@@ -34,8 +34,26 @@ def run(*args, input: str | None = None):
 
 
 def seg(ckpt: Path, out: Path, *inputs, extra: tuple = (), input: str | None = None):
-    return run("segment", *inputs, "-c", ckpt, "-o", out, "--classes", CLASSES, "--device", "cpu", "--workers", "0",
-               "--bg-thresh", "0", "--top-k", "0", *extra, input=input)
+    return run(
+        "segment",
+        *inputs,
+        "-c",
+        ckpt,
+        "-o",
+        out,
+        "--classes",
+        CLASSES,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--bg-thresh",
+        "0",
+        "--top-k",
+        "0",
+        *extra,
+        input=input,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +68,9 @@ def env(tmp_path_factory, single_thread):
     grad = np.tile(np.linspace(0, 255, 80, dtype=np.uint8)[None, :, None], (64, 1, 3))
     grad[:, :, 1] = 255 - grad[:, :, 1]
     Image.fromarray(grad).save(photos / "trip" / "b.png")
-    Image.fromarray(rng.integers(0, 255, (48, 40), dtype=np.uint8), mode="L").save(photos / "trip" / "day2" / "c.png")
+    Image.fromarray(rng.integers(0, 255, (48, 40), dtype=np.uint8), mode="L").save(
+        photos / "trip" / "day2" / "c.png"
+    )
     return root
 
 
@@ -68,16 +88,25 @@ def varied_model(cfg, seed: int = 3):
 
 
 def files_under(out: Path) -> set[str]:
-    return {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and ".pgseg_cache" not in p.parts}
+    return {
+        p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file() and ".pgseg_cache" not in p.parts
+    }
 
 
 # ------------------------------------------------------------------------------------------------ input forms
 
+
 def test_file_and_directory_inputs(env, tmp_path):
     result = seg(env / "tiny.pt", tmp_path / "o", env / "photos" / "a.jpg", env / "photos" / "trip")
     assert result.exit_code == 0, result.output
-    assert files_under(tmp_path / "o") == {"a_label.png", "a_overlay.png", "a.json",
-                                           "b_label.png", "b_overlay.png", "b.json"}
+    assert files_under(tmp_path / "o") == {
+        "a_label.png",
+        "a_overlay.png",
+        "a.json",
+        "b_label.png",
+        "b_overlay.png",
+        "b.json",
+    }
 
 
 def test_recursive_directory_mirrors_sub_folders(env, tmp_path):
@@ -107,11 +136,14 @@ def test_stdin_pipeline_with_jsonl(env, tmp_path):
 
 # ------------------------------------------------------------------------------------------------ outputs
 
+
 def test_every_output_format(env, tmp_path):
     from pycocotools import mask as mask_utils
 
     out = tmp_path / "o"
-    result = seg(env / "tiny.pt", out, env / "photos" / "a.jpg", extra=("--format", "png,overlay,json,coco-rle"))
+    result = seg(
+        env / "tiny.pt", out, env / "photos" / "a.jpg", extra=("--format", "png,overlay,json,coco-rle")
+    )
     assert result.exit_code == 0, result.output
     label = np.asarray(Image.open(out / "a_label.png"))
     assert Image.open(out / "a_label.png").mode == "P" and label.shape == (70, 90)
@@ -123,10 +155,14 @@ def test_every_output_format(env, tmp_path):
     for c in record["classes"]:
         assert c["name"] == names[c["index"] - 1] and c["pixels"] == int((label == c["index"]).sum())
     rle = json.loads((out / "a_rle.json").read_text())
-    assert sorted(a["category_id"] for a in rle["annotations"]) == sorted(int(v) for v in np.unique(label) if v)
+    assert sorted(a["category_id"] for a in rle["annotations"]) == sorted(
+        int(v) for v in np.unique(label) if v
+    )
     for ann in rle["annotations"]:
         seg_rle = {"size": ann["segmentation"]["size"], "counts": ann["segmentation"]["counts"].encode()}
-        np.testing.assert_array_equal(mask_utils.decode(seg_rle), (label == ann["category_id"]).astype(np.uint8))
+        np.testing.assert_array_equal(
+            mask_utils.decode(seg_rle), (label == ann["category_id"]).astype(np.uint8)
+        )
 
 
 def test_skip_existing_does_no_inference(env, tmp_path, monkeypatch):
@@ -151,40 +187,83 @@ def test_skip_existing_does_no_inference(env, tmp_path, monkeypatch):
 def test_text_embedding_cache_hit(env, tmp_path, monkeypatch):
     calls = []
     real = PGSeg.class_embeddings
-    monkeypatch.setattr(PGSeg, "class_embeddings", lambda self, n, t, **k: calls.append(n) or real(self, n, t, **k))
+    monkeypatch.setattr(
+        PGSeg, "class_embeddings", lambda self, n, t, **k: calls.append(n) or real(self, n, t, **k)
+    )
     out = tmp_path / "o"
     image = env / "photos" / "a.jpg"
     assert "text cache miss" in seg(env / "tiny.pt", out, image).output and len(calls) == 1
     assert "text cache hit" in seg(env / "tiny.pt", out, image).output and len(calls) == 1
     assert list((out / ".pgseg_cache").glob("text-*.safetensors"))
-    other = seg(env / "tiny.pt", out, image, extra=("--template", "a photo of the {}.", "--template", "a {}."))
+    other = seg(
+        env / "tiny.pt", out, image, extra=("--template", "a photo of the {}.", "--template", "a {}.")
+    )
     assert other.exit_code == 0 and "text cache miss" in other.output and len(calls) == 2
     off = seg(env / "tiny.pt", out, image, extra=("--no-text-cache",))
     assert "text cache off" in off.output and len(calls) == 3
 
 
 def test_worker_processes_and_batches_give_the_same_masks(env, tmp_path):
-    a = seg(env / "tiny.pt", tmp_path / "a", env / "photos", extra=("-r", "--format", "png", "--batch-size", "1"))
-    b = run("segment", env / "photos", "-r", "-c", env / "tiny.pt", "-o", tmp_path / "b", "--classes", CLASSES,
-            "--device", "cpu", "--workers", "1", "--batch-size", "3", "--bg-thresh", "0", "--top-k", "0",
-            "--format", "png")
+    a = seg(
+        env / "tiny.pt", tmp_path / "a", env / "photos", extra=("-r", "--format", "png", "--batch-size", "1")
+    )
+    b = run(
+        "segment",
+        env / "photos",
+        "-r",
+        "-c",
+        env / "tiny.pt",
+        "-o",
+        tmp_path / "b",
+        "--classes",
+        CLASSES,
+        "--device",
+        "cpu",
+        "--workers",
+        "1",
+        "--batch-size",
+        "3",
+        "--bg-thresh",
+        "0",
+        "--top-k",
+        "0",
+        "--format",
+        "png",
+    )
     assert a.exit_code == 0 and b.exit_code == 0, b.output
     for rel in ("a_label.png", "trip/b_label.png", "trip/day2/c_label.png"):
-        np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "a" / rel)),
-                                      np.asarray(Image.open(tmp_path / "b" / rel)))
+        np.testing.assert_array_equal(
+            np.asarray(Image.open(tmp_path / "a" / rel)), np.asarray(Image.open(tmp_path / "b" / rel))
+        )
 
 
 def test_synonyms_and_background_words_from_a_class_file(env, tmp_path):
     classes = tmp_path / "classes.txt"
     classes.write_text("# my classes\nbackground: sky, wall\ncat, kitty\ndog\n")
-    result = run("segment", env / "photos" / "a.jpg", "-c", env / "tiny.pt", "-o", tmp_path / "o", "--classes-file",
-                 classes, "--device", "cpu", "--workers", "0", "--jsonl", "--format", "json")
+    result = run(
+        "segment",
+        env / "photos" / "a.jpg",
+        "-c",
+        env / "tiny.pt",
+        "-o",
+        tmp_path / "o",
+        "--classes-file",
+        classes,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--jsonl",
+        "--format",
+        "json",
+    )
     assert result.exit_code == 0, result.output
     record = json.loads(result.stdout.splitlines()[0])
     assert {c["name"] for c in record["classes"]} <= {"cat", "dog"}
 
 
 # ------------------------------------------------------------------------------------------------ bad inputs
+
 
 def _bad_files(root: Path, monkeypatch) -> dict[str, tuple[Path, str]]:
     from PIL import Image as PILImage
@@ -199,11 +278,13 @@ def _bad_files(root: Path, monkeypatch) -> dict[str, tuple[Path, str]]:
     write_tiff(root / "float.tif", 8, 8, 3, 32, 3)
     PILImage.new("RGB", (120, 100)).save(root / "huge.png")
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 10_000)  # 12,000 px: PIL would only warn
-    return {"not an image": (root / "text.jpg", "not a readable image"),
-            "truncated": (root / "cut.png", "truncated"),
-            "unsupported mode": (root / "float.tif", "unsupported image mode"),
-            "decompression bomb": (root / "huge.png", "decompression-bomb limit"),
-            "missing": (root / "gone.jpg", "not found")}
+    return {
+        "not an image": (root / "text.jpg", "not a readable image"),
+        "truncated": (root / "cut.png", "truncated"),
+        "unsupported mode": (root / "float.tif", "unsupported image mode"),
+        "decompression bomb": (root / "huge.png", "decompression-bomb limit"),
+        "missing": (root / "gone.jpg", "not found"),
+    }
 
 
 def test_each_bad_input_is_reported_and_skipped(env, tmp_path, monkeypatch):
@@ -238,32 +319,50 @@ def assert_one_line_error(result, *needles: str) -> None:
         assert needle.lower() in " ".join(lines).lower(), (needle, lines)
 
 
-@pytest.mark.parametrize("extra, needles", [
-    (("--format", "png,svg"), ("unknown output format svg",)),
-    (("--bg-thresh", "1.5"), ("--bg-thresh", "[0, 1]")),
-    (("--template", "a photo"), ("template", "{}")),
-    (("--backend", "onnx"), ("--onnx",)),
-    (("--backend", "tensorrt"), ("unknown backend",)),
-    (("--batch-size", "0"), ("--batch-size",)),
-])
+@pytest.mark.parametrize(
+    "extra, needles",
+    [
+        (("--format", "png,svg"), ("unknown output format svg",)),
+        (("--bg-thresh", "1.5"), ("--bg-thresh", "[0, 1]")),
+        (("--template", "a photo"), ("template", "{}")),
+        (("--backend", "onnx"), ("--onnx",)),
+        (("--backend", "tensorrt"), ("unknown backend",)),
+        (("--batch-size", "0"), ("--batch-size",)),
+    ],
+)
 def test_bad_options_are_one_line_errors(env, tmp_path, extra, needles):
     result = seg(env / "tiny.pt", tmp_path / "o", env / "photos" / "a.jpg", extra=extra)
     assert_one_line_error(result, *needles)
 
 
 def test_bad_class_and_template_files(env, tmp_path):
-    base = ("segment", env / "photos" / "a.jpg", "-c", env / "tiny.pt", "-o", tmp_path / "o", "--device", "cpu")
+    base = (
+        "segment",
+        env / "photos" / "a.jpg",
+        "-c",
+        env / "tiny.pt",
+        "-o",
+        tmp_path / "o",
+        "--device",
+        "cpu",
+    )
     (tmp_path / "classes.json").write_text('["cat"]')
-    assert_one_line_error(run(*base, "--classes-file", tmp_path / "classes.json"), "class-file format", ".json")
+    assert_one_line_error(
+        run(*base, "--classes-file", tmp_path / "classes.json"), "class-file format", ".json"
+    )
     assert_one_line_error(run(*base, "--classes", "cat,,dog"), "empty class name")
     assert_one_line_error(run(*base), "no classes given")
     (tmp_path / "t.txt").write_text("# nothing\n")
-    assert_one_line_error(run(*base, "--classes", "cat", "--templates-file", tmp_path / "t.txt"), "no template")
-    assert_one_line_error(run(*base, "--classes", "cat", "--templates-file", tmp_path / "nope.txt"),
-                          "templates file not found")
+    assert_one_line_error(
+        run(*base, "--classes", "cat", "--templates-file", tmp_path / "t.txt"), "no template"
+    )
+    assert_one_line_error(
+        run(*base, "--classes", "cat", "--templates-file", tmp_path / "nope.txt"), "templates file not found"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ ONNX
+
 
 def test_onnx_backend_gives_the_same_masks_as_torch(env, tmp_path):
     pytest.importorskip("onnxruntime")
@@ -271,10 +370,17 @@ def test_onnx_backend_gives_the_same_masks_as_torch(env, tmp_path):
     result = run("export-onnx", "-c", env / "tiny.pt", "-o", model, "--size", "64")
     assert result.exit_code == 0, result.output
     sidecar = json.loads(model.with_suffix(".json").read_text())
-    assert sidecar["outputs"] == ["group_emb", "image_emb", "assign_0", "assign_1"] and sidecar["logit_scale"] > 0
+    assert (
+        sidecar["outputs"] == ["group_emb", "image_emb", "assign_0", "assign_1"]
+        and sidecar["logit_scale"] > 0
+    )
     t = seg(env / "tiny.pt", tmp_path / "t", env / "photos", extra=("-r", "--format", "png,json"))
-    o = seg(env / "tiny.pt", tmp_path / "x", env / "photos", extra=("-r", "--format", "png,json", "--backend", "onnx",
-                                                                    "--onnx", model, "--batch-size", "2"))
+    o = seg(
+        env / "tiny.pt",
+        tmp_path / "x",
+        env / "photos",
+        extra=("-r", "--format", "png,json", "--backend", "onnx", "--onnx", model, "--batch-size", "2"),
+    )
     assert t.exit_code == 0 and o.exit_code == 0, o.output
     assert "onnx on cpu" in o.output
     labels_seen = set()
@@ -289,10 +395,17 @@ def test_onnx_backend_gives_the_same_masks_as_torch(env, tmp_path):
         np.testing.assert_allclose([c["score"] for c in st], [c["score"] for c in so], atol=1e-4)
     assert len(labels_seen) >= 2, "parity on a constant label map would prove little"
     # segment --export-onnx: export, then segment with it
-    y = seg(env / "tiny.pt", tmp_path / "y", env / "photos" / "a.jpg", extra=("--export-onnx", tmp_path / "m.onnx"))
+    y = seg(
+        env / "tiny.pt",
+        tmp_path / "y",
+        env / "photos" / "a.jpg",
+        extra=("--export-onnx", tmp_path / "m.onnx"),
+    )
     assert y.exit_code == 0 and "onnx on cpu" in y.output and (tmp_path / "m.json").is_file()
-    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "y" / "a_label.png")),
-                                  np.asarray(Image.open(tmp_path / "t" / "a_label.png")))
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(tmp_path / "y" / "a_label.png")),
+        np.asarray(Image.open(tmp_path / "t" / "a_label.png")),
+    )
 
 
 def test_onnx_from_another_checkpoint_is_refused(env, tmp_path):
@@ -301,16 +414,29 @@ def test_onnx_from_another_checkpoint_is_refused(env, tmp_path):
     assert run("export-onnx", "-c", env / "tiny.pt", "-o", model, "--size", "64").exit_code == 0
     cfg = load_config("pgseg-tiny")
     save_checkpoint(tmp_path / "other.pt", varied_model(cfg, seed=99), cfg, 0)
-    result = seg(tmp_path / "other.pt", tmp_path / "o", env / "photos" / "a.jpg", extra=("--backend", "onnx",
-                                                                                          "--onnx", model))
+    result = seg(
+        tmp_path / "other.pt",
+        tmp_path / "o",
+        env / "photos" / "a.jpg",
+        extra=("--backend", "onnx", "--onnx", model),
+    )
     assert_one_line_error(result, "exported from another checkpoint")
-    assert_one_line_error(seg(env / "tiny.pt", tmp_path / "o", env / "photos" / "a.jpg",
-                              extra=("--backend", "onnx", "--onnx", tmp_path / "none.onnx")), "ONNX model not found")
-    assert_one_line_error(run("export-onnx", "-c", env / "tiny.pt", "-o", tmp_path / "m.onnx", "--size", "50"),
-                          "multiple of 16")
+    assert_one_line_error(
+        seg(
+            env / "tiny.pt",
+            tmp_path / "o",
+            env / "photos" / "a.jpg",
+            extra=("--backend", "onnx", "--onnx", tmp_path / "none.onnx"),
+        ),
+        "ONNX model not found",
+    )
+    assert_one_line_error(
+        run("export-onnx", "-c", env / "tiny.pt", "-o", tmp_path / "m.onnx", "--size", "50"), "multiple of 16"
+    )
 
 
 # ------------------------------------------------------------------------------------------------ feature cache
+
 
 def test_feature_cache_reuse_skips_the_image_encoder(env, tmp_path, monkeypatch):
     """segment --cache: the second run, with other classes, reads every image's features from the HDF5 cache
@@ -323,7 +449,9 @@ def test_feature_cache_reuse_skips_the_image_encoder(env, tmp_path, monkeypatch)
     real = PGSeg.encode_image
     monkeypatch.setattr(PGSeg, "encode_image", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
     cache = tmp_path / "features.h5"
-    first = seg(env / "tiny.pt", tmp_path / "o1", env / "photos", extra=("--recursive", "--cache", str(cache)))
+    first = seg(
+        env / "tiny.pt", tmp_path / "o1", env / "photos", extra=("--recursive", "--cache", str(cache))
+    )
     assert first.exit_code == 0, first.output
     assert calls and "0 image(s) read, 3 encoded" in first.output
     with h5py.File(cache, "r") as f:
@@ -337,19 +465,29 @@ def test_feature_cache_reuse_skips_the_image_encoder(env, tmp_path, monkeypatch)
     third = seg(env / "tiny.pt", tmp_path / "o3", env / "photos", extra=other[:1] + other[3:])
     assert third.exit_code == 0 and calls
     for rel in ("a_label.png", "trip/b_label.png", "trip/day2/c_label.png"):
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "o2" / rel)),
-                              np.asarray(Image.open(tmp_path / "o3" / rel))), rel
+        assert np.array_equal(
+            np.asarray(Image.open(tmp_path / "o2" / rel)), np.asarray(Image.open(tmp_path / "o3" / rel))
+        ), rel
     assert inference_mod.extract_image_features  # the cache path is the documented two-half API
 
 
 def test_feature_cache_of_another_checkpoint_is_refused(env, tmp_path):
     cache = tmp_path / "features.h5"
-    assert seg(env / "tiny.pt", tmp_path / "o1", env / "photos" / "a.jpg", extra=("--cache", str(cache))).exit_code == 0
+    assert (
+        seg(
+            env / "tiny.pt", tmp_path / "o1", env / "photos" / "a.jpg", extra=("--cache", str(cache))
+        ).exit_code
+        == 0
+    )
     cfg = load_config("pgseg-tiny")
     save_checkpoint(tmp_path / "other.pt", varied_model(cfg, seed=9), cfg, 0)
     res = seg(tmp_path / "other.pt", tmp_path / "o2", env / "photos" / "a.jpg", extra=("--cache", str(cache)))
     assert res.exit_code != 0 and "Traceback" not in res.output
     assert len([ln for ln in res.output.splitlines() if ln.startswith("error:")]) == 1
-    onnx = seg(env / "tiny.pt", tmp_path / "o3", env / "photos" / "a.jpg",
-               extra=("--cache", str(cache), "--backend", "onnx", "--onnx", str(tmp_path / "m.onnx")))
+    onnx = seg(
+        env / "tiny.pt",
+        tmp_path / "o3",
+        env / "photos" / "a.jpg",
+        extra=("--cache", str(cache), "--backend", "onnx", "--onnx", str(tmp_path / "m.onnx")),
+    )
     assert onnx.exit_code != 0 and "torch backend only" in onnx.output

@@ -40,8 +40,12 @@ def _rels(res) -> list[str]:
 def test_directory_flat_and_recursive(tmp_path):
     root = _tree(tmp_path / "photos")
     assert _rels(resolve_inputs([str(root)])) == ["a.jpg", "b.PNG"]
-    assert _rels(resolve_inputs([str(root)], recursive=True)) == ["a.jpg", "b.PNG", "sub/c.jpg",
-                                                                  "sub/deeper/d.png"]
+    assert _rels(resolve_inputs([str(root)], recursive=True)) == [
+        "a.jpg",
+        "b.PNG",
+        "sub/c.jpg",
+        "sub/deeper/d.png",
+    ]
 
 
 def test_files_globs_duplicates_and_missing(tmp_path, monkeypatch):
@@ -69,7 +73,10 @@ def test_stdin_lines(tmp_path):
 def test_plan_outputs_mirror_and_clashes(tmp_path):
     plans = plan_outputs(["cat.jpg", "sub/dog.png", "cat.png", "CAT.jpg"], tmp_path, ("png", "coco-rle"))
     assert [p.stem_rel for p in plans] == ["cat", "sub/dog", "cat-1", "CAT-2"]
-    assert plans[1].files == {"png": tmp_path / "sub/dog_label.png", "coco-rle": tmp_path / "sub/dog_rle.json"}
+    assert plans[1].files == {
+        "png": tmp_path / "sub/dog_label.png",
+        "coco-rle": tmp_path / "sub/dog_rle.json",
+    }
     assert parse_formats("json, rle,png") == ("png", "json", "coco-rle")
     with pytest.raises(ConfigError, match="unknown output format svg"):
         parse_formats("png,svg")
@@ -112,9 +119,13 @@ def test_predict_batch_equals_predict(mode):
     spec = ClassSpec((("red", "crimson"), ("green",), ("blue",)), ("black",))
     ce = embed_classes(model, spec, ["{}"], "cpu")
     rng = np.random.default_rng(1)
-    images = [rng.integers(0, 255, s, dtype=np.uint8) for s in [(48, 80, 3), (60, 48, 3), (48, 80, 3), (30, 30, 3)]]
+    images = [
+        rng.integers(0, 255, s, dtype=np.uint8) for s in [(48, 80, 3), (60, 48, 3), (48, 80, 3), (30, 30, 3)]
+    ]
     encoder = TorchEncoder(model, "cpu")
-    got = predict_batch(encoder, [prepare_image(im, cfg) for im in images], ce, 100.0, cfg, "cpu", max_crops=64)
+    got = predict_batch(
+        encoder, [prepare_image(im, cfg) for im in images], ce, 100.0, cfg, "cpu", max_crops=64
+    )
     for im, (label, scores) in zip(images, got):
         ref_label, ref_scores = predict(model, im, ce, cfg, "cpu")
         np.testing.assert_allclose(scores, ref_scores, atol=1e-5)
@@ -140,16 +151,23 @@ def test_text_cache_hit_skips_the_text_tower(tmp_path):
     ckpt.write_bytes(b"weights v1")
     spec = ClassSpec.from_names(["red", "green"])
     digest = checkpoint_digest(ckpt)
-    first, hit1 = cached_class_embeddings(Counting(), spec, ["{}"], "cpu", digest=digest, cache_dir=tmp_path / "c")
-    second, hit2 = cached_class_embeddings(Counting(), spec, ["{}"], "cpu", digest=digest, cache_dir=tmp_path / "c")
+    first, hit1 = cached_class_embeddings(
+        Counting(), spec, ["{}"], "cpu", digest=digest, cache_dir=tmp_path / "c"
+    )
+    second, hit2 = cached_class_embeddings(
+        Counting(), spec, ["{}"], "cpu", digest=digest, cache_dir=tmp_path / "c"
+    )
     assert (hit1, hit2) == (False, True) and len(calls) == 1
     torch.testing.assert_close(first.emb, second.emb)
     # another template, another class list or new weights: a miss
     cached_class_embeddings(Counting(), spec, ["a {}"], "cpu", digest=digest, cache_dir=tmp_path / "c")
-    cached_class_embeddings(Counting(), ClassSpec.from_names(["red"]), ["{}"], "cpu", digest=digest,
-                            cache_dir=tmp_path / "c")
+    cached_class_embeddings(
+        Counting(), ClassSpec.from_names(["red"]), ["{}"], "cpu", digest=digest, cache_dir=tmp_path / "c"
+    )
     ckpt.write_bytes(b"weights v2")
-    cached_class_embeddings(Counting(), spec, ["{}"], "cpu", digest=checkpoint_digest(ckpt), cache_dir=tmp_path / "c")
+    cached_class_embeddings(
+        Counting(), spec, ["{}"], "cpu", digest=checkpoint_digest(ckpt), cache_dir=tmp_path / "c"
+    )
     assert len(calls) == 4 and len(os.listdir(tmp_path / "c")) == 4
 
 
@@ -169,12 +187,14 @@ def test_bf16_autocast_on_cuda_agrees_with_fp32():
                 p.normal_(0.0, 0.3)
         model.logit_scale.fill_(math.log(100.0))
     eval_cfg = EvalConfig(short_side=64, mode="whole", bg_thresh=0.0, top_k=0)
-    ce = embed_classes(model, ClassSpec.from_names(["cat", "dog", "tree", "car"]), ["a photo of a {}."], "cuda")
+    ce = embed_classes(
+        model, ClassSpec.from_names(["cat", "dog", "tree", "car"]), ["a photo of a {}."], "cuda"
+    )
     image = np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8)
     prepared = [prepare_image(image, eval_cfg)]
     bf16 = TorchEncoder(model, "cuda", bf16=True)
     fp32 = TorchEncoder(model, "cuda", bf16=False)
     assert bf16.bf16 and not fp32.bf16
-    (lb, sb), = predict_batch(bf16, prepared, ce, model.logit_scale_value(), eval_cfg, "cuda")
-    (lf, sf), = predict_batch(fp32, prepared, ce, model.logit_scale_value(), eval_cfg, "cuda")
+    ((lb, sb),) = predict_batch(bf16, prepared, ce, model.logit_scale_value(), eval_cfg, "cuda")
+    ((lf, sf),) = predict_batch(fp32, prepared, ce, model.logit_scale_value(), eval_cfg, "cuda")
     assert sb.dtype == np.float32 and (lb == lf).mean() > 0.9

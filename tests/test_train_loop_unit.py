@@ -21,8 +21,16 @@ from pgseg_core.train.optim import build_optimizer, build_scheduler, param_group
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
-CAPTIONS = ["a red square", "a blue circle", "a green tree", "a yellow car", "a small dog", "a big cat",
-            "two birds", "an old house"]
+CAPTIONS = [
+    "a red square",
+    "a blue circle",
+    "a green tree",
+    "a yellow car",
+    "a small dog",
+    "a big cat",
+    "two birds",
+    "an old house",
+]
 
 
 def _jpeg(seed: int) -> bytes:
@@ -40,17 +48,30 @@ def shard_dir(tmp_path_factory):
     with wds.TarWriter(str(d / "train-000000.tar")) as sink:
         for i, cap in enumerate(CAPTIONS):
             sink.write({"__key__": f"s{i:06d}", "jpg": _jpeg(i), "txt": cap})
-    index = {"schema": 1, "kind": "pgseg-shards", "created_by": "pgseg tests", "seed": 0,
-             "splits": {"train": {"shards": ["train-000000.tar"], "count": len(CAPTIONS)}},
-             "vocabulary": {"caption": [], "heldout": []}, "sources": [], "skipped": {}}
+    index = {
+        "schema": 1,
+        "kind": "pgseg-shards",
+        "created_by": "pgseg tests",
+        "seed": 0,
+        "splits": {"train": {"shards": ["train-000000.tar"], "count": len(CAPTIONS)}},
+        "vocabulary": {"caption": [], "heldout": []},
+        "sources": [],
+        "skipped": {},
+    }
     (d / "index.json").write_text(json.dumps(index))
     assert read_index(d)["splits"]["train"]["count"] == len(CAPTIONS)
     return d
 
 
 def _cfg(shard_dir, **overrides):
-    base = {"train.steps": 3, "data.num_workers": 0, "data.train": str(shard_dir), "train.device": "cpu",
-            "train.batch_size": 4, "train.log_every": 1}
+    base = {
+        "train.steps": 3,
+        "data.num_workers": 0,
+        "data.train": str(shard_dir),
+        "train.device": "cpu",
+        "train.batch_size": 4,
+        "train.log_every": 1,
+    }
     base.update(overrides)
     return load_config("pgseg-tiny", base)
 
@@ -116,8 +137,11 @@ def test_fit_checkpoint_loads_and_weights_changed(first_run):
     assert info.step == 3
     torch.manual_seed(cfg.train.seed)
     fresh = create_model(cfg.model)
-    changed = [k for k, v in fresh.state_dict().items()
-               if v.dtype.is_floating_point and not torch.equal(v, model.state_dict()[k])]
+    changed = [
+        k
+        for k, v in fresh.state_dict().items()
+        if v.dtype.is_floating_point and not torch.equal(v, model.state_dict()[k])
+    ]
     assert "img_encoder.pos_embed" in changed and "text_projector.linear_out.weight" in changed
 
 
@@ -199,12 +223,21 @@ def test_param_groups_weight_decay():
             assert wd == 0.0, name
         else:
             assert wd == 0.05, name
-    for name in ("img_encoder.pos_embed", "img_encoder.layers.0.group_token",
-                 "img_encoder.layers.1.group_token", "logit_scale", "img_encoder.logit_scale",
-                 "img_encoder.layers.0.blocks.0.attn.qkv.weight"):
+    for name in (
+        "img_encoder.pos_embed",
+        "img_encoder.layers.0.group_token",
+        "img_encoder.layers.1.group_token",
+        "logit_scale",
+        "img_encoder.logit_scale",
+        "img_encoder.layers.0.blocks.0.attn.qkv.weight",
+    ):
         assert by_id[id(named[name])] == 0.05, name
-    for name in ("img_encoder.norm.weight", "img_encoder.norm.bias", "img_projector.linear_hidden.1.weight",
-                 "img_encoder.layers.0.blocks.0.attn.qkv.bias"):
+    for name in (
+        "img_encoder.norm.weight",
+        "img_encoder.norm.bias",
+        "img_projector.linear_hidden.1.weight",
+        "img_encoder.layers.0.blocks.0.attn.qkv.bias",
+    ):
         assert by_id[id(named[name])] == 0.0, name
 
 
@@ -221,13 +254,22 @@ def test_build_optimizer_uses_config():
 
 @pytest.mark.parametrize("warmup,total", [(4, 20), (1, 3), (10, 100)])
 def test_scheduler_warmup_then_cosine(warmup, total):
-    cfg = load_config("pgseg-tiny", {"train.lr": 1e-3, "train.warmup_lr": 1e-6, "train.min_lr": 1e-5,
-                                     "train.warmup_steps": warmup, "train.steps": total})
+    cfg = load_config(
+        "pgseg-tiny",
+        {
+            "train.lr": 1e-3,
+            "train.warmup_lr": 1e-6,
+            "train.min_lr": 1e-5,
+            "train.warmup_steps": warmup,
+            "train.steps": total,
+        },
+    )
     opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))], lr=cfg.train.lr)
     sched = build_scheduler(opt, cfg.train)
     kw = _lr_kwargs(cfg)
-    checkpoints = sorted({0, warmup // 2, max(warmup - 1, 0), warmup, (warmup + total) // 2, total - 1, total,
-                          total + 3})
+    checkpoints = sorted(
+        {0, warmup // 2, max(warmup - 1, 0), warmup, (warmup + total) // 2, total - 1, total, total + 3}
+    )
     for t in checkpoints:
         sched.step_update(t)
         assert opt.param_groups[0]["lr"] == pytest.approx(expected_lr(t, **kw), rel=1e-9, abs=1e-15), t
@@ -262,7 +304,8 @@ def test_demo_preset_switches_to_hard_assignment_at_the_same_fraction_on_cuda():
     cuda = load_config("pgseg-demo", cfg.cuda_overrides)
     assert 0 < cfg.train.hard_assign_start < cfg.train.steps
     assert cuda.train.hard_assign_start / cuda.train.steps == pytest.approx(
-        cfg.train.hard_assign_start / cfg.train.steps)
+        cfg.train.hard_assign_start / cfg.train.steps
+    )
 
 
 class _FakeStemModel(torch.nn.Module):
@@ -284,7 +327,9 @@ def test_stem_cache_build_hands_the_model_back_in_train_mode(shard_dir, tmp_path
     from pgseg_core.cache.stem import build_stem_cache
 
     model = _FakeStemModel().train()
-    cache = build_stem_cache(model, str(shard_dir), tmp_path / "stem.h5", 32, torch.device("cpu"), batch_size=2)
+    cache = build_stem_cache(
+        model, str(shard_dir), tmp_path / "stem.h5", 32, torch.device("cpu"), batch_size=2
+    )
     assert len(cache) == len(CAPTIONS) and tuple(cache.feats.shape[1:]) == (112, 2, 2)
     assert model.modes and not any(model.modes)  # encoded in eval mode
     assert model.training

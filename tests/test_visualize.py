@@ -35,7 +35,7 @@ def _photo(seed: int, h: int = 70, w: int = 90) -> np.ndarray:
     img[:] = rng.integers(0, 255, 3)
     for _ in range(4):
         y, x = rng.integers(0, h - 10), rng.integers(0, w - 10)
-        img[y:y + rng.integers(8, 30), x:x + rng.integers(8, 30)] = rng.integers(0, 255, 3)
+        img[y : y + rng.integers(8, 30), x : x + rng.integers(8, 30)] = rng.integers(0, 255, 3)
     return img + rng.integers(0, 12, img.shape, dtype=np.uint8)
 
 
@@ -50,8 +50,11 @@ def files(tmp_path_factory, single_thread):
     """Checkpoints of pgseg-tiny (intent and released-code) and of a tiny GroupViT, plus a photo folder."""
     root = tmp_path_factory.mktemp("viz")
     ckpts = {}
-    for name, overrides in {"pgseg": {}, "released": {"model.npr.released_code": True},
-                            "groupvit": {"model.npr.enabled": False}}.items():
+    for name, overrides in {
+        "pgseg": {},
+        "released": {"model.npr.released_code": True},
+        "groupvit": {"model.npr.enabled": False},
+    }.items():
         model, cfg = _model(overrides)
         ckpts[name] = save_checkpoint(root / f"{name}.pt", model, cfg, step=0)
     photos = root / "photos"
@@ -170,8 +173,9 @@ def test_hrs_kept_pairs_equal_an_independent_computation(released, phi, single_t
         state = _state(model, seed)
         assert state.released_code is released and state.hrs_threshold == phi
         for st in state.stages:
-            keep = _independent_hrs(st.centres.astype(np.float64), st.prototypes.astype(np.float64), st.match,
-                                    phi, released)
+            keep = _independent_hrs(
+                st.centres.astype(np.float64), st.prototypes.astype(np.float64), st.match, phi, released
+            )
             np.testing.assert_array_equal(st.hrs_keep_gp, keep["gp"])
             np.testing.assert_array_equal(st.hrs_keep_pg, keep["pg"])
             flags += st.hrs_keep_gp.tolist() + st.hrs_keep_pg.tolist()
@@ -242,8 +246,13 @@ def _check_links(out: Path) -> list[str]:
 def test_visualize_writes_pngs_json_and_index(files, tmp_path):
     (files["photos"] / "broken.jpg").write_bytes(b"not an image")
     try:
-        summary = visualize_prototypes([str(files["photos"])], files["ckpt"]["pgseg"], tmp_path / "out",
-                                       patches_per_prototype=3, device="cpu")
+        summary = visualize_prototypes(
+            [str(files["photos"])],
+            files["ckpt"]["pgseg"],
+            tmp_path / "out",
+            patches_per_prototype=3,
+            device="cpu",
+        )
     finally:
         (files["photos"] / "broken.jpg").unlink()
     out = tmp_path / "out"
@@ -267,8 +276,9 @@ def test_visualize_writes_pngs_json_and_index(files, tmp_path):
 
 
 def test_groupvit_page_says_group_maps_only(files, tmp_path):
-    summary = visualize_prototypes([str(files["photos"])], files["ckpt"]["groupvit"], tmp_path / "gv",
-                                   max_images=2, device="cpu")
+    summary = visualize_prototypes(
+        [str(files["photos"])], files["ckpt"]["groupvit"], tmp_path / "gv", max_images=2, device="cpu"
+    )
     out = tmp_path / "gv"
     assert summary["processed"] == 2 and not summary["npr"] and summary["patch_grids"] == []
     assert all(rec["matching"] is None for rec in summary["outputs"])
@@ -298,9 +308,21 @@ def _run(*args):
 
 
 def test_cli_renders_and_exits_zero(files, tmp_path):
-    result = _run("visualize-prototypes", files["photos"] / "a.jpg", files["photos"] / "b.png", "-c",
-                  files["ckpt"]["pgseg"], "--out", tmp_path / "o", "--patches", "2", "--device", "cpu",
-                  "--short-side", "48")
+    result = _run(
+        "visualize-prototypes",
+        files["photos"] / "a.jpg",
+        files["photos"] / "b.png",
+        "-c",
+        files["ckpt"]["pgseg"],
+        "--out",
+        tmp_path / "o",
+        "--patches",
+        "2",
+        "--device",
+        "cpu",
+        "--short-side",
+        "48",
+    )
     assert result.exit_code == 0, result.output
     assert "rendered 2 image(s)" in result.output
     _check_links(tmp_path / "o")
@@ -311,8 +333,17 @@ def test_cli_renders_and_exits_zero(files, tmp_path):
 def test_cli_skips_a_corrupt_image_and_exits_nonzero(files, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    result = _run("visualize-prototypes", files["photos"] / "a.jpg", bad, "-c", files["ckpt"]["pgseg"],
-                  "--out", tmp_path / "o", "--device", "cpu")
+    result = _run(
+        "visualize-prototypes",
+        files["photos"] / "a.jpg",
+        bad,
+        "-c",
+        files["ckpt"]["pgseg"],
+        "--out",
+        tmp_path / "o",
+        "--device",
+        "cpu",
+    )
     assert result.exit_code == 1, result.output
     assert "rendered 1 image(s)" in result.output and "1 image(s) failed" in result.output
     assert "Traceback" not in result.output
@@ -320,8 +351,9 @@ def test_cli_skips_a_corrupt_image_and_exits_nonzero(files, tmp_path):
 
 
 def test_cli_missing_checkpoint_one_line(files, tmp_path):
-    result = _run("visualize-prototypes", files["photos"], "-c", tmp_path / "nope.pt",
-                  "--out", tmp_path / "o")
+    result = _run(
+        "visualize-prototypes", files["photos"], "-c", tmp_path / "nope.pt", "--out", tmp_path / "o"
+    )
     assert result.exit_code == 1
     assert "Traceback" not in result.output
     errors = [ln for ln in result.output.splitlines() if ln.startswith("error:")]
@@ -329,8 +361,17 @@ def test_cli_missing_checkpoint_one_line(files, tmp_path):
 
 
 def test_cli_rejects_a_bad_option_value(files, tmp_path):
-    result = _run("visualize-prototypes", files["photos"], "-c", files["ckpt"]["pgseg"],
-                  "--out", tmp_path / "o", "--max-images", "0")
+    result = _run(
+        "visualize-prototypes",
+        files["photos"],
+        "-c",
+        files["ckpt"]["pgseg"],
+        "--out",
+        tmp_path / "o",
+        "--max-images",
+        "0",
+    )
     assert result.exit_code == 1
     assert [ln for ln in result.output.splitlines() if ln.startswith("error:")] == [
-        "error: --max-images must be a positive number, got 0"]
+        "error: --max-images must be a positive number, got 0"
+    ]

@@ -32,7 +32,7 @@ def _photo(seed: int, h: int = 70, w: int = 90) -> np.ndarray:
     img = np.full((h, w, 3), rng.integers(0, 255, 3), dtype=np.uint8)
     for _ in range(4):
         y, x = rng.integers(0, h - 10), rng.integers(0, w - 10)
-        img[y:y + rng.integers(8, 30), x:x + rng.integers(8, 30)] = rng.integers(0, 255, 3)
+        img[y : y + rng.integers(8, 30), x : x + rng.integers(8, 30)] = rng.integers(0, 255, 3)
     return img
 
 
@@ -40,8 +40,12 @@ def _photo(seed: int, h: int = 70, w: int = 90) -> np.ndarray:
 def env(tmp_path_factory, single_thread):
     root = tmp_path_factory.mktemp("vizcache")
     ckpts = {}
-    for name, overrides, seed in (("pgseg", {}, 0), ("released", {"model.npr.released_code": True}, 0),
-                                  ("groupvit", {"model.npr.enabled": False}, 0), ("other", {}, 5)):
+    for name, overrides, seed in (
+        ("pgseg", {}, 0),
+        ("released", {"model.npr.released_code": True}, 0),
+        ("groupvit", {"model.npr.enabled": False}, 0),
+        ("other", {}, 5),
+    ):
         torch.manual_seed(seed)
         cfg = load_config("pgseg-tiny", overrides)
         ckpts[name] = save_checkpoint(root / f"{name}.pt", create_model(cfg.model).eval(), cfg, step=0)
@@ -57,9 +61,25 @@ def _assert_states_equal(a, b):
     assert np.array_equal(a.image, b.image)
     assert len(a.stages) == len(b.stages)
     for sa, sb in zip(a.stages, b.stages):
-        for field in ("assign_hard", "assign_soft", "group_map", "group_probs", "centres", "input_tokens",
-                      "cell_masks", "prototypes", "responsibilities", "proto_probs", "proto_map", "similarity",
-                      "match", "hrs_keep_gp", "hrs_keep_pg", "hrs_score_gp", "hrs_score_pg"):
+        for field in (
+            "assign_hard",
+            "assign_soft",
+            "group_map",
+            "group_probs",
+            "centres",
+            "input_tokens",
+            "cell_masks",
+            "prototypes",
+            "responsibilities",
+            "proto_probs",
+            "proto_map",
+            "similarity",
+            "match",
+            "hrs_keep_gp",
+            "hrs_keep_pg",
+            "hrs_score_gp",
+            "hrs_score_pg",
+        ):
             va, vb = getattr(sa, field), getattr(sb, field)
             assert (va is None) == (vb is None), field
             if va is not None:
@@ -106,34 +126,59 @@ def test_an_incomplete_viz_entry_is_dropped_on_reopen(env, tmp_path):
 
 def test_second_run_reads_the_cache_and_never_runs_the_encoder(env, tmp_path, monkeypatch):
     cache = tmp_path / "viz.h5"
-    first = visualize_prototypes([str(env["photos"])], env["ckpt"]["pgseg"], tmp_path / "o1", cache=cache,
-                                 patches_per_prototype=2, device="cpu")
+    first = visualize_prototypes(
+        [str(env["photos"])],
+        env["ckpt"]["pgseg"],
+        tmp_path / "o1",
+        cache=cache,
+        patches_per_prototype=2,
+        device="cpu",
+    )
     assert first["feature_cache"]["images_encoded"] == 2 and first["feature_cache"]["images_from_cache"] == 0
     calls = []
     real = PGSeg.encode_image
     monkeypatch.setattr(PGSeg, "encode_image", lambda self, *a, **k: calls.append(1) or real(self, *a, **k))
-    second = visualize_prototypes([str(env["photos"])], env["ckpt"]["pgseg"], tmp_path / "o2", cache=cache,
-                                  patches_per_prototype=2, device="cpu")
+    second = visualize_prototypes(
+        [str(env["photos"])],
+        env["ckpt"]["pgseg"],
+        tmp_path / "o2",
+        cache=cache,
+        patches_per_prototype=2,
+        device="cpu",
+    )
     assert calls == []
-    assert second["feature_cache"]["images_from_cache"] == 2 and second["feature_cache"]["images_encoded"] == 0
+    assert (
+        second["feature_cache"]["images_from_cache"] == 2 and second["feature_cache"]["images_encoded"] == 0
+    )
     for rec in first["outputs"]:
         assert (tmp_path / "o1" / rec["json"]).read_text() == (tmp_path / "o2" / rec["json"]).read_text()
         for key in ("panel", "matching"):
-            assert np.array_equal(np.asarray(Image.open(tmp_path / "o1" / rec[key])),
-                                  np.asarray(Image.open(tmp_path / "o2" / rec[key]))), rec[key]
+            assert np.array_equal(
+                np.asarray(Image.open(tmp_path / "o1" / rec[key])),
+                np.asarray(Image.open(tmp_path / "o2" / rec[key])),
+            ), rec[key]
     for g in first["patch_grids"]:
-        assert np.array_equal(np.asarray(Image.open(tmp_path / "o1" / g["png"])),
-                              np.asarray(Image.open(tmp_path / "o2" / g["png"])))
+        assert np.array_equal(
+            np.asarray(Image.open(tmp_path / "o1" / g["png"])),
+            np.asarray(Image.open(tmp_path / "o2" / g["png"])),
+        )
     # another resize is another trace: encoded again, stored beside the first
-    third = visualize_prototypes([str(env["photos"] / "a.png")], env["ckpt"]["pgseg"], tmp_path / "o3",
-                                 cache=cache, short_side=32, device="cpu")
+    third = visualize_prototypes(
+        [str(env["photos"] / "a.png")],
+        env["ckpt"]["pgseg"],
+        tmp_path / "o3",
+        cache=cache,
+        short_side=32,
+        device="cpu",
+    )
     assert calls and third["feature_cache"]["images_encoded"] == 1
 
 
 def test_cache_alone_renders_without_a_model(env, tmp_path, monkeypatch):
     cache = tmp_path / "viz.h5"
-    fresh = visualize_prototypes([str(env["photos"])], env["ckpt"]["released"], tmp_path / "o1", cache=cache,
-                                 device="cpu")
+    fresh = visualize_prototypes(
+        [str(env["photos"])], env["ckpt"]["released"], tmp_path / "o1", cache=cache, device="cpu"
+    )
 
     def no_model(*a, **k):
         raise AssertionError("the model must not be loaded")
@@ -146,8 +191,9 @@ def test_cache_alone_renders_without_a_model(env, tmp_path, monkeypatch):
     assert sorted(r["image"] for r in cached["outputs"]) == ["a", "b"]
     by_name = {r["image"]: r for r in cached["outputs"]}
     for rec in fresh["outputs"]:
-        assert (tmp_path / "o1" / rec["json"]).read_text() == (tmp_path / "o2" / by_name[rec["image"]]["json"]
-                                                                ).read_text()
+        assert (tmp_path / "o1" / rec["json"]).read_text() == (
+            tmp_path / "o2" / by_name[rec["image"]]["json"]
+        ).read_text()
     assert "released-code mode" in (tmp_path / "o2" / "index.html").read_text()
     assert visualize_prototypes([], None, tmp_path / "o3", cache=cache, max_images=1)["processed"] == 1
 
@@ -165,20 +211,54 @@ def _one_error(result) -> str:
 
 def test_cli_shares_the_file_with_segment(env, tmp_path):
     cache = tmp_path / "shared.h5"
-    seg = _run("segment", env["photos"], "--checkpoint", env["ckpt"]["pgseg"], "--out", tmp_path / "seg",
-               "--classes", "cat,dog", "--cache", cache, "--device", "cpu")
+    seg = _run(
+        "segment",
+        env["photos"],
+        "--checkpoint",
+        env["ckpt"]["pgseg"],
+        "--out",
+        tmp_path / "seg",
+        "--classes",
+        "cat,dog",
+        "--cache",
+        cache,
+        "--device",
+        "cpu",
+    )
     assert seg.exit_code == 0, seg.output
     # a cache with inference features only: the cache-only mode says what to run
     msg = _one_error(_run("visualize-prototypes", "--cache", cache, "--out", tmp_path / "v0"))
     assert "holds no visualize-prototypes data" in msg and "--cache" in msg
-    viz = _run("visualize-prototypes", env["photos"], "-c", env["ckpt"]["pgseg"], "--cache", cache,
-               "--out", tmp_path / "v1", "--device", "cpu")
+    viz = _run(
+        "visualize-prototypes",
+        env["photos"],
+        "-c",
+        env["ckpt"]["pgseg"],
+        "--cache",
+        cache,
+        "--out",
+        tmp_path / "v1",
+        "--device",
+        "cpu",
+    )
     assert viz.exit_code == 0, viz.output
     assert "0 image(s) from the cache, 2 encoded" in viz.output
     again = _run("visualize-prototypes", "--cache", cache, "--out", tmp_path / "v2")
     assert again.exit_code == 0 and "rendered 2 image(s)" in again.output, again.output
-    seg2 = _run("segment", env["photos"], "--checkpoint", env["ckpt"]["pgseg"], "--out", tmp_path / "seg2",
-                "--classes", "tree", "--cache", cache, "--device", "cpu")
+    seg2 = _run(
+        "segment",
+        env["photos"],
+        "--checkpoint",
+        env["ckpt"]["pgseg"],
+        "--out",
+        tmp_path / "seg2",
+        "--classes",
+        "tree",
+        "--cache",
+        cache,
+        "--device",
+        "cpu",
+    )
     assert seg2.exit_code == 0 and "2 image(s) read, 0 encoded" in seg2.output, seg2.output
     with h5py.File(cache, "r") as f:
         assert len(f["images"]) == 2 and len(f[VIZ_SECTION]) == 2
@@ -186,13 +266,39 @@ def test_cli_shares_the_file_with_segment(env, tmp_path):
 
 def test_cli_refuses_a_cache_of_another_checkpoint(env, tmp_path):
     cache = tmp_path / "viz.h5"
-    assert _run("visualize-prototypes", env["photos"] / "a.png", "-c", env["ckpt"]["pgseg"], "--cache", cache,
-                "--out", tmp_path / "o", "--device", "cpu").exit_code == 0
-    msg = _one_error(_run("visualize-prototypes", env["photos"] / "a.png", "-c", env["ckpt"]["other"],
-                          "--cache", cache, "--out", tmp_path / "o2", "--device", "cpu"))
+    assert (
+        _run(
+            "visualize-prototypes",
+            env["photos"] / "a.png",
+            "-c",
+            env["ckpt"]["pgseg"],
+            "--cache",
+            cache,
+            "--out",
+            tmp_path / "o",
+            "--device",
+            "cpu",
+        ).exit_code
+        == 0
+    )
+    msg = _one_error(
+        _run(
+            "visualize-prototypes",
+            env["photos"] / "a.png",
+            "-c",
+            env["ckpt"]["other"],
+            "--cache",
+            cache,
+            "--out",
+            tmp_path / "o2",
+            "--device",
+            "cpu",
+        )
+    )
     assert "checkpoint_sha256" in msg and "--cache" in msg
-    msg = _one_error(_run("visualize-prototypes", "--cache", cache, "-c", env["ckpt"]["other"],
-                          "--out", tmp_path / "o3"))
+    msg = _one_error(
+        _run("visualize-prototypes", "--cache", cache, "-c", env["ckpt"]["other"], "--out", tmp_path / "o3")
+    )
     assert "another checkpoint" in msg
 
 
@@ -201,7 +307,9 @@ def test_cli_bad_cache_inputs_are_one_line(env, tmp_path):
     assert "nothing to visualize" in msg
     msg = _one_error(_run("visualize-prototypes", env["photos"], "--out", tmp_path / "o"))
     assert "--checkpoint is required" in msg
-    msg = _one_error(_run("visualize-prototypes", "--cache", tmp_path / "missing.h5", "--out", tmp_path / "o"))
+    msg = _one_error(
+        _run("visualize-prototypes", "--cache", tmp_path / "missing.h5", "--out", tmp_path / "o")
+    )
     assert "feature cache not found" in msg
     junk = tmp_path / "junk.h5"
     junk.write_bytes(b"not hdf5")

@@ -13,13 +13,23 @@ def register(app: typer.Typer) -> None:
     @app.command("convert")
     @handle_errors
     def convert_cli(
-        src: Annotated[str, typer.Argument(help="Checkpoint to convert: official NVlabs GroupViT / PGSeg .pth, "
-                                                "HF GroupViT directory or weight file, or a pgseg checkpoint.")],
+        src: Annotated[
+            str,
+            typer.Argument(
+                help="Checkpoint to convert: official NVlabs GroupViT / PGSeg .pth, "
+                "HF GroupViT directory or weight file, or a pgseg checkpoint."
+            ),
+        ],
         dst: Annotated[str, typer.Argument(help="Output stem: writes DST.safetensors and DST.json.")],
-        trust_pickle: Annotated[bool, typer.Option(
-            "--trust-pickle", help="Allow torch.load(weights_only=False), which runs code stored in SRC. Not "
-                                   "needed for the official .pth releases (their OmegaConf config is read as "
-                                   "inert data); only for other pickles, and only for files you trust.")] = False,
+        trust_pickle: Annotated[
+            bool,
+            typer.Option(
+                "--trust-pickle",
+                help="Allow torch.load(weights_only=False), which runs code stored in SRC. Not "
+                "needed for the official .pth releases (their OmegaConf config is read as "
+                "inert data); only for other pickles, and only for files you trust.",
+            ),
+        ] = False,
     ) -> None:
         """Convert a checkpoint to pgseg's format (safetensors weights + JSON config), loadable everywhere."""
         from pgseg_core.models.factory import convert_checkpoint
@@ -27,6 +37,9 @@ def register(app: typer.Typer) -> None:
         summary = convert_checkpoint(src, dst, trust_pickle=trust_pickle)
         for note in summary["notes"]:
             err.print(f"note: {note}", highlight=False, markup=False, soft_wrap=True)
-        out.print(f"converted {summary['source_format']} -> {summary['weights']} + {summary['config']} "
-                  f"({summary['tensors']} tensors, {summary['parameters']:,} parameters)", highlight=False,
-                  soft_wrap=True)
+        out.print(
+            f"converted {summary['source_format']} -> {summary['weights']} + {summary['config']} "
+            f"({summary['tensors']} tensors, {summary['parameters']:,} parameters)",
+            highlight=False,
+            soft_wrap=True,
+        )

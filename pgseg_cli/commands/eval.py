@@ -33,7 +33,9 @@ def _sweep_table(name: str, sweep: dict[str, Any]) -> Table:
     best = max(sweep["points"], key=lambda p: -1.0 if p["mIoU"] is None else p["mIoU"])
     for p in sweep["points"]:
         mark = " *" if p is best else ""
-        table.add_row(f"{p['value']}{mark}", _fmt(p["mIoU"]), _fmt(p["mIoU_fg"]), _fmt(p["mAcc"]), _fmt(p["aAcc"]))
+        table.add_row(
+            f"{p['value']}{mark}", _fmt(p["mIoU"]), _fmt(p["mIoU_fg"]), _fmt(p["mAcc"]), _fmt(p["aAcc"])
+        )
     return table
 
 
@@ -41,8 +43,10 @@ def render(metrics: dict[str, Any], per_class: bool = True) -> None:
     """Print the result of ``evaluate_checkpoint`` as rich tables."""
     proto = metrics.get("protocol") or {}
     ck = metrics.get("checkpoint") or {}
-    out.print(f"protocol [bold]{proto.get('name', '?')}[/] for a {ck.get('family', '?')} checkpoint "
-              f"(sha256 {str(ck.get('sha256', ''))[:16] or '?'})")
+    out.print(
+        f"protocol [bold]{proto.get('name', '?')}[/] for a {ck.get('family', '?')} checkpoint "
+        f"(sha256 {str(ck.get('sha256', ''))[:16] or '?'})"
+    )
     for note in proto.get("notes", []):
         out.print(f"  {note}", highlight=False)
     for name, m in metrics["splits"].items():
@@ -53,20 +57,30 @@ def render(metrics: dict[str, Any], per_class: bool = True) -> None:
         summary.add_column(col, justify="right" if col != "split" else "left")
     for name, m in metrics["splits"].items():
         skipped = (m.get("skipped") or {}).get("count", 0)
-        summary.add_row(name, str(m.get("num_images", "")), str(skipped), _fmt(m["mIoU"]),
-                        _fmt(m.get("mIoU_fg")) if m.get("has_background", True) else "-", _fmt(m["mAcc"]),
-                        _fmt(m["aAcc"]))
+        summary.add_row(
+            name,
+            str(m.get("num_images", "")),
+            str(skipped),
+            _fmt(m["mIoU"]),
+            _fmt(m.get("mIoU_fg")) if m.get("has_background", True) else "-",
+            _fmt(m["mAcc"]),
+            _fmt(m["aAcc"]),
+        )
     out.print(summary)
     for name, m in metrics["splits"].items():
         if m.get("sweep"):
             out.print(_sweep_table(name, m["sweep"]))
     if metrics.get("hIoU") is not None:
-        out.print(f"seen {_fmt(metrics.get('seen_mIoU'))}  unseen {_fmt(metrics.get('unseen_mIoU'))}  "
-                  f"hIoU {_fmt(metrics.get('hIoU'))}")
+        out.print(
+            f"seen {_fmt(metrics.get('seen_mIoU'))}  unseen {_fmt(metrics.get('unseen_mIoU'))}  "
+            f"hIoU {_fmt(metrics.get('hIoU'))}"
+        )
     cache = metrics.get("cache")
     if cache:
-        out.print(f"feature cache {cache['path']}: {cache['images_from_cache']} image(s) read, "
-                  f"{cache['images_encoded']} encoded")
+        out.print(
+            f"feature cache {cache['path']}: {cache['images_from_cache']} image(s) read, "
+            f"{cache['images_encoded']} encoded"
+        )
     out.print(f"metrics written to {metrics['written_to']}")
 
 
@@ -75,18 +89,49 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def eval_cli(
         ctx: typer.Context,
-        checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="Checkpoint (pgseg, official, HF) or run directory.")],
-        data: Annotated[Optional[str], typer.Option("--data", "-d", help="Validation shards (DIR or index.json).")] = None,
-        dataset: Annotated[Optional[str], typer.Option(help="Benchmark dataset: voc21, voc20, pc60, pc59, coco-object, coco-stuff-171, ade20k-150, cityscapes.")] = None,
-        data_root: Annotated[Optional[str], typer.Option("--data-root", help="Folder of the dataset (mmseg layout).")] = None,
-        protocol: Annotated[Optional[str], typer.Option(help="Protocol preset: groupvit or sclip (default groupvit for --dataset).")] = None,
-        cache: Annotated[Optional[Path], typer.Option(help="HDF5 feature cache: written on the first run, read (no image encoder) on later ones.")] = None,
-        sweep: Annotated[Optional[str], typer.Option(help="Sweep one key from one pass, e.g. bg_thresh=0.3:0.99:0.05 (also prob_thresh, top_k, logit_scale).")] = None,
-        split: Annotated[Optional[list[str]], typer.Option(help="Shard split(s) (default: all val splits); dataset split (default val).")] = None,
-        bg_thresh: Annotated[Optional[float], typer.Option(help="Background threshold (default: protocol's / checkpoint's).")] = None,
+        checkpoint: Annotated[
+            str, typer.Option("--checkpoint", "-c", help="Checkpoint (pgseg, official, HF) or run directory.")
+        ],
+        data: Annotated[
+            Optional[str], typer.Option("--data", "-d", help="Validation shards (DIR or index.json).")
+        ] = None,
+        dataset: Annotated[
+            Optional[str],
+            typer.Option(
+                help="Benchmark dataset: voc21, voc20, pc60, pc59, coco-object, coco-stuff-171, ade20k-150, cityscapes."
+            ),
+        ] = None,
+        data_root: Annotated[
+            Optional[str], typer.Option("--data-root", help="Folder of the dataset (mmseg layout).")
+        ] = None,
+        protocol: Annotated[
+            Optional[str],
+            typer.Option(help="Protocol preset: groupvit or sclip (default groupvit for --dataset)."),
+        ] = None,
+        cache: Annotated[
+            Optional[Path],
+            typer.Option(
+                help="HDF5 feature cache: written on the first run, read (no image encoder) on later ones."
+            ),
+        ] = None,
+        sweep: Annotated[
+            Optional[str],
+            typer.Option(
+                help="Sweep one key from one pass, e.g. bg_thresh=0.3:0.99:0.05 (also prob_thresh, top_k, logit_scale)."
+            ),
+        ] = None,
+        split: Annotated[
+            Optional[list[str]],
+            typer.Option(help="Shard split(s) (default: all val splits); dataset split (default val)."),
+        ] = None,
+        bg_thresh: Annotated[
+            Optional[float], typer.Option(help="Background threshold (default: protocol's / checkpoint's).")
+        ] = None,
         top_k: Annotated[Optional[int], typer.Option(help="Top-k class filter; 0 = off.")] = None,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-        max_images: Annotated[Optional[int], typer.Option(help="Evaluate at most this many images per split.")] = None,
+        max_images: Annotated[
+            Optional[int], typer.Option(help="Evaluate at most this many images per split.")
+        ] = None,
         output: Annotated[Optional[Path], typer.Option("--output", help="metrics JSON path.")] = None,
         per_class: Annotated[bool, typer.Option(help="Print the per-class IoU table.")] = True,
     ) -> None:
@@ -100,8 +145,19 @@ def register(app: typer.Typer) -> None:
         if top_k is not None:
             overrides["eval.top_k"] = top_k
         with progress_bar("eval") as update:
-            metrics = evaluate_checkpoint(checkpoint, data, dataset=dataset, data_root=data_root, protocol=protocol,
-                                          cache=cache, sweep=sweep, splits=split, eval_overrides=overrides,
-                                          device=device, max_images=max_images, out=output,
-                                          progress=lambda p, d, t, i: update(d, t, phase=p))
+            metrics = evaluate_checkpoint(
+                checkpoint,
+                data,
+                dataset=dataset,
+                data_root=data_root,
+                protocol=protocol,
+                cache=cache,
+                sweep=sweep,
+                splits=split,
+                eval_overrides=overrides,
+                device=device,
+                max_images=max_images,
+                out=output,
+                progress=lambda p, d, t, i: update(d, t, phase=p),
+            )
         render(metrics, per_class=per_class)

@@ -14,14 +14,22 @@ def register(app: typer.Typer) -> None:
     @app.command("export-onnx")
     @handle_errors
     def export_onnx_cli(
-        checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="Checkpoint file or run directory.")],
-        out_path: Annotated[Path, typer.Option("--out", "-o", help="The .onnx file to write (+ a .json sidecar).")],
-        size: Annotated[int, typer.Option(
-            help="Square tracing size in pixels (multiple of 16); any size runs later.")] = 448,
+        checkpoint: Annotated[
+            str, typer.Option("--checkpoint", "-c", help="Checkpoint file or run directory.")
+        ],
+        out_path: Annotated[
+            Path, typer.Option("--out", "-o", help="The .onnx file to write (+ a .json sidecar).")
+        ],
+        size: Annotated[
+            int, typer.Option(help="Square tracing size in pixels (multiple of 16); any size runs later.")
+        ] = 448,
     ) -> None:
         """Export the image encoder (group embeddings, image embedding, soft assignments) to ONNX."""
         from pgseg_core.api import export_onnx
 
         meta = export_onnx(checkpoint, out_path, size=size)
-        out.print(f"wrote {meta['path']} and {meta['sidecar']} (outputs: {', '.join(meta['outputs'])})",
-                  highlight=False, soft_wrap=True)
+        out.print(
+            f"wrote {meta['path']} and {meta['sidecar']} (outputs: {', '.join(meta['outputs'])})",
+            highlight=False,
+            soft_wrap=True,
+        )

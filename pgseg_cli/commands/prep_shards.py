@@ -15,27 +15,49 @@ def register(app: typer.Typer) -> None:
     @app.command("prep-shards")
     @handle_errors
     def prep_shards_cli(
-        out_dir: Annotated[Optional[Path], typer.Option(
-            "--out", "-o",
-            help="Shard directory to write (tar + index.json); not used by 'coco-object'.")] = None,
-        source: Annotated[str, typer.Option(
-            help="'demo' (built-in real-image composites), 'folder', or 'coco-object' (eval labels)."
-        )] = "demo",
+        out_dir: Annotated[
+            Optional[Path],
+            typer.Option(
+                "--out", "-o", help="Shard directory to write (tar + index.json); not used by 'coco-object'."
+            ),
+        ] = None,
+        source: Annotated[
+            str,
+            typer.Option(
+                help="'demo' (built-in real-image composites), 'folder', or 'coco-object' (eval labels)."
+            ),
+        ] = "demo",
         images: Annotated[Optional[Path], typer.Option(help="Folder of images (source 'folder').")] = None,
-        captions: Annotated[Optional[Path], typer.Option(
-            help="Caption file .tsv/.csv/.jsonl (source 'folder'; default: captions.* or <stem>.txt).")] = None,
+        captions: Annotated[
+            Optional[Path],
+            typer.Option(
+                help="Caption file .tsv/.csv/.jsonl (source 'folder'; default: captions.* or <stem>.txt)."
+            ),
+        ] = None,
         n_train: Annotated[int, typer.Option(help="Demo: training composites.")] = 8000,
         n_val: Annotated[int, typer.Option(help="Demo: composites per validation split.")] = 200,
         img_size: Annotated[int, typer.Option(help="Demo: composite side in pixels.")] = 224,
         seed: Annotated[int, typer.Option(help="Demo: random seed (same seed, same shards).")] = 0,
         shard_size: Annotated[int, typer.Option(help="Samples per tar shard.")] = 1000,
-        photos: Annotated[Optional[Path], typer.Option(
-            help="Demo: also export the bundled real photos (for 'pgseg segment') to this folder.")] = None,
-        coco_root: Annotated[Optional[Path], typer.Option(
-            help="coco-object: the coco_stuff164k folder (raw PNGs in annotations/{train2017,val2017})."
-        )] = None,
-        coco_split: Annotated[Optional[list[str]], typer.Option(
-            metavar="<split>", help="coco-object: split to convert (train / val; repeatable; default: all present).")] = None,
+        photos: Annotated[
+            Optional[Path],
+            typer.Option(
+                help="Demo: also export the bundled real photos (for 'pgseg segment') to this folder."
+            ),
+        ] = None,
+        coco_root: Annotated[
+            Optional[Path],
+            typer.Option(
+                help="coco-object: the coco_stuff164k folder (raw PNGs in annotations/{train2017,val2017})."
+            ),
+        ] = None,
+        coco_split: Annotated[
+            Optional[list[str]],
+            typer.Option(
+                metavar="<split>",
+                help="coco-object: split to convert (train / val; repeatable; default: all present).",
+            ),
+        ] = None,
         workers: Annotated[int, typer.Option(help="coco-object: worker processes.")] = 0,
     ) -> None:
         """Build training/validation shards (demo composites, a folder of images with captions), or write
@@ -43,15 +65,29 @@ def register(app: typer.Typer) -> None:
         from pgseg_core.api import prep_shards
 
         with progress_bar("prep-shards") as update:
-            summary = prep_shards(source, out_dir, images=images, captions=captions, seed=seed, n_train=n_train,
-                                  n_val=n_val, img_size=img_size, shard_size=shard_size, photos_dir=photos,
-                                  coco_root=coco_root, coco_splits=coco_split, workers=workers,
-                                  progress=lambda phase, d, t, info: update(d, t, phase=phase))
+            summary = prep_shards(
+                source,
+                out_dir,
+                images=images,
+                captions=captions,
+                seed=seed,
+                n_train=n_train,
+                n_val=n_val,
+                img_size=img_size,
+                shard_size=shard_size,
+                photos_dir=photos,
+                coco_root=coco_root,
+                coco_splits=coco_split,
+                workers=workers,
+                progress=lambda phase, d, t, info: update(d, t, phase=phase),
+            )
         if source == "coco-object":
             _render_coco_object(summary)
             return
         splits = summary.get("splits") or {"train": summary.get("count", 0)}
-        out.print(f"wrote shards to {summary['out_dir']}: " + ", ".join(f"{k} {v}" for k, v in splits.items()))
+        out.print(
+            f"wrote shards to {summary['out_dir']}: " + ", ".join(f"{k} {v}" for k, v in splits.items())
+        )
         skipped = summary.get("skipped") or {}
         n_skipped = sum(v for v in skipped.values() if isinstance(v, int)) if isinstance(skipped, dict) else 0
         if n_skipped:

@@ -17,49 +17,105 @@ def register(app: typer.Typer) -> None:
     @app.command("segment")
     @handle_errors
     def segment_cli(
-        images: Annotated[list[str], typer.Argument(
-            help="Image files, directories, quoted glob patterns ('photos/**/*.jpg'), or - to read paths from "
-                 "stdin (find ... | pgseg segment - ...).")],
-        checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="Checkpoint file or run directory.")],
-        out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output directory (mirrors input sub-folders).")],
-        classes: Annotated[Optional[str], typer.Option(help="Comma-separated class names, e.g. 'cat,dog'.")] = None,
-        classes_file: Annotated[Optional[Path], typer.Option(
-            help="Class file: one class per line, comma-separated synonyms, optional 'background: w1, w2' "
-                 "line.")] = None,
-        bg_words: Annotated[Optional[str], typer.Option(
-            help="Comma-separated background words (e.g. 'sky,wall'): pixels they win are background.")] = None,
-        template: Annotated[Optional[list[str]], typer.Option(
-            help="Prompt template with {} for the class name; repeat for several (mean over templates).")] = None,
-        templates_file: Annotated[Optional[Path], typer.Option(help="Text file, one template per line.")] = None,
-        bg_thresh: Annotated[Optional[float], typer.Option(
-            help="Background threshold in [0, 1] (default: checkpoint's).")] = None,
+        images: Annotated[
+            list[str],
+            typer.Argument(
+                help="Image files, directories, quoted glob patterns ('photos/**/*.jpg'), or - to read paths from "
+                "stdin (find ... | pgseg segment - ...)."
+            ),
+        ],
+        checkpoint: Annotated[
+            str, typer.Option("--checkpoint", "-c", help="Checkpoint file or run directory.")
+        ],
+        out_dir: Annotated[
+            Path, typer.Option("--out", "-o", help="Output directory (mirrors input sub-folders).")
+        ],
+        classes: Annotated[
+            Optional[str], typer.Option(help="Comma-separated class names, e.g. 'cat,dog'.")
+        ] = None,
+        classes_file: Annotated[
+            Optional[Path],
+            typer.Option(
+                help="Class file: one class per line, comma-separated synonyms, optional 'background: w1, w2' "
+                "line."
+            ),
+        ] = None,
+        bg_words: Annotated[
+            Optional[str],
+            typer.Option(
+                help="Comma-separated background words (e.g. 'sky,wall'): pixels they win are background."
+            ),
+        ] = None,
+        template: Annotated[
+            Optional[list[str]],
+            typer.Option(
+                help="Prompt template with {} for the class name; repeat for several (mean over templates)."
+            ),
+        ] = None,
+        templates_file: Annotated[
+            Optional[Path], typer.Option(help="Text file, one template per line.")
+        ] = None,
+        bg_thresh: Annotated[
+            Optional[float], typer.Option(help="Background threshold in [0, 1] (default: checkpoint's).")
+        ] = None,
         top_k: Annotated[Optional[int], typer.Option(help="Keep the image's top-k classes; 0 = all.")] = None,
-        short_side: Annotated[Optional[int], typer.Option(help="Resize the short side to this many pixels.")] = None,
-        fmt: Annotated[str, typer.Option(
-            "--format", help="Outputs: any of png,overlay,json,coco-rle.")] = "png,overlay,json",
-        jsonl: Annotated[bool, typer.Option("--jsonl", help="Write one JSON record per image to stdout.")] = False,
-        skip_existing: Annotated[bool, typer.Option("--skip-existing", help="Skip images whose requested outputs all exist.")] = False,
-        recursive: Annotated[bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")] = False,
-        device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (bf16 autocast on CUDA).")] = "auto",
+        short_side: Annotated[
+            Optional[int], typer.Option(help="Resize the short side to this many pixels.")
+        ] = None,
+        fmt: Annotated[
+            str, typer.Option("--format", help="Outputs: any of png,overlay,json,coco-rle.")
+        ] = "png,overlay,json",
+        jsonl: Annotated[
+            bool, typer.Option("--jsonl", help="Write one JSON record per image to stdout.")
+        ] = False,
+        skip_existing: Annotated[
+            bool, typer.Option("--skip-existing", help="Skip images whose requested outputs all exist.")
+        ] = False,
+        recursive: Annotated[
+            bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")
+        ] = False,
+        device: Annotated[
+            str, typer.Option(help="auto, cpu, cuda or cuda:N (bf16 autocast on CUDA).")
+        ] = "auto",
         batch_size: Annotated[int, typer.Option(help="Images per encoder batch.")] = 4,
         workers: Annotated[int, typer.Option(help="Decode worker processes (0 = in the main process).")] = 2,
-        backend: Annotated[str, typer.Option(help="Image encoder: torch or onnx (ONNX Runtime, CPU).")] = "torch",
-        onnx: Annotated[Optional[Path], typer.Option(
-            "--onnx", help="Model from 'pgseg export-onnx' (--backend onnx).")] = None,
-        export_onnx: Annotated[Optional[Path], typer.Option(
-            "--export-onnx", help="Export the image encoder to this .onnx file first, then segment with it.")] = None,
-        text_cache: Annotated[Optional[Path], typer.Option(
-            help="Folder of the text-embedding cache (default: OUT/.pgseg_cache).")] = None,
-        no_text_cache: Annotated[bool, typer.Option("--no-text-cache", help="Always run the text tower.")] = False,
-        feature_cache: Annotated[Optional[Path], typer.Option(
-            "--cache", help="HDF5 feature cache (the eval --cache format): images it holds skip the image "
-                            "encoder, so reruns with other classes or thresholds only re-score.")] = None,
+        backend: Annotated[
+            str, typer.Option(help="Image encoder: torch or onnx (ONNX Runtime, CPU).")
+        ] = "torch",
+        onnx: Annotated[
+            Optional[Path], typer.Option("--onnx", help="Model from 'pgseg export-onnx' (--backend onnx).")
+        ] = None,
+        export_onnx: Annotated[
+            Optional[Path],
+            typer.Option(
+                "--export-onnx",
+                help="Export the image encoder to this .onnx file first, then segment with it.",
+            ),
+        ] = None,
+        text_cache: Annotated[
+            Optional[Path],
+            typer.Option(help="Folder of the text-embedding cache (default: OUT/.pgseg_cache)."),
+        ] = None,
+        no_text_cache: Annotated[
+            bool, typer.Option("--no-text-cache", help="Always run the text tower.")
+        ] = False,
+        feature_cache: Annotated[
+            Optional[Path],
+            typer.Option(
+                "--cache",
+                help="HDF5 feature cache (the eval --cache format): images it holds skip the image "
+                "encoder, so reruns with other classes or thresholds only re-score.",
+            ),
+        ] = None,
     ) -> None:
         """Segment images into the classes you name (label PNG, overlay with legend, JSON, COCO RLE)."""
         from pgseg_core.api import segment_files
 
-        overrides = {k: v for k, v in {"bg_thresh": bg_thresh, "top_k": top_k, "short_side": short_side}.items()
-                     if v is not None}
+        overrides = {
+            k: v
+            for k, v in {"bg_thresh": bg_thresh, "top_k": top_k, "short_side": short_side}.items()
+            if v is not None
+        }
 
         def emit(record: dict) -> None:
             if jsonl:
@@ -68,22 +124,48 @@ def register(app: typer.Typer) -> None:
         cache: Path | bool = False if no_text_cache else (text_cache if text_cache is not None else True)
         with progress_bar("segment") as update:
             summary = segment_files(
-                images, checkpoint, out_dir, classes=classes, classes_file=classes_file, bg_words=bg_words,
-                templates=template, templates_file=templates_file, eval_overrides=overrides, device=device,
-                formats=fmt, recursive=recursive, stdin=sys.stdin if "-" in images else None,
-                skip_existing=skip_existing, batch_size=batch_size, num_workers=workers, backend=backend,
-                onnx_path=onnx, text_cache=cache, export_onnx_to=export_onnx, feature_cache=feature_cache,
+                images,
+                checkpoint,
+                out_dir,
+                classes=classes,
+                classes_file=classes_file,
+                bg_words=bg_words,
+                templates=template,
+                templates_file=templates_file,
+                eval_overrides=overrides,
+                device=device,
+                formats=fmt,
+                recursive=recursive,
+                stdin=sys.stdin if "-" in images else None,
+                skip_existing=skip_existing,
+                batch_size=batch_size,
+                num_workers=workers,
+                backend=backend,
+                onnx_path=onnx,
+                text_cache=cache,
+                export_onnx_to=export_onnx,
+                feature_cache=feature_cache,
                 on_record=emit,
-                progress=lambda p, d, t, i: update(d, t, info=f"{i.get('images_per_s', 0.0):.2f} img/s", phase=p))
+                progress=lambda p, d, t, i: update(
+                    d, t, info=f"{i.get('images_per_s', 0.0):.2f} img/s", phase=p
+                ),
+            )
         console = err if jsonl else out
         console.print(
             f"segmented {summary['processed']} image(s) into {out_dir}: skipped {summary['skipped']} existing, "
             f"failed {summary['num_failed']} ({summary['images_per_s']:.2f} images/s, {summary['backend']} on "
-            f"{summary['device']}, text cache {summary['text_cache']})", highlight=False, soft_wrap=True)
+            f"{summary['device']}, text cache {summary['text_cache']})",
+            highlight=False,
+            soft_wrap=True,
+        )
         if "feature_cache" in summary:
             fc = summary["feature_cache"]
-            console.print(f"feature cache {feature_cache}: {fc['images_from_cache']} image(s) read, "
-                          f"{fc['images_encoded']} encoded", highlight=False, soft_wrap=True)
+            console.print(
+                f"feature cache {feature_cache}: {fc['images_from_cache']} image(s) read, "
+                f"{fc['images_encoded']} encoded",
+                highlight=False,
+                soft_wrap=True,
+            )
         for failure in summary["failed"]:
             text = failure["error"]
             if failure["image"] not in text:

@@ -15,15 +15,29 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def train_cli(
         ctx: typer.Context,
-        data: Annotated[str, typer.Option("--data", "-d", help="Training shards: DIR, index.json or brace pattern.")],
-        out_dir: Annotated[Path, typer.Option("--out", "-o", help="Run directory (checkpoints, metrics.jsonl).")],
-        model: Annotated[str, typer.Option("--model", "-m", help="Preset name (groupvit-s, pgseg-s, pgseg-demo, "
-                                                              "pgseg-tiny) or config JSON.")] = "pgseg-demo",
+        data: Annotated[
+            str, typer.Option("--data", "-d", help="Training shards: DIR, index.json or brace pattern.")
+        ],
+        out_dir: Annotated[
+            Path, typer.Option("--out", "-o", help="Run directory (checkpoints, metrics.jsonl).")
+        ],
+        model: Annotated[
+            str,
+            typer.Option(
+                "--model",
+                "-m",
+                help="Preset name (groupvit-s, pgseg-s, pgseg-demo, pgseg-tiny) or config JSON.",
+            ),
+        ] = "pgseg-demo",
         device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
         resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
-        init: Annotated[Optional[str], typer.Option(
-            help="Initialise weights from a checkpoint (pgseg, official GroupViT/PGSeg or HF GroupViT; "
-                 "new keys are reported).")] = None,
+        init: Annotated[
+            Optional[str],
+            typer.Option(
+                help="Initialise weights from a checkpoint (pgseg, official GroupViT/PGSeg or HF GroupViT; "
+                "new keys are reported)."
+            ),
+        ] = None,
     ) -> None:
         """Train a model. Extra '--section.key value' arguments override the preset (e.g. --train.steps 200)."""
         from pgseg_core.api import train
@@ -31,15 +45,26 @@ def register(app: typer.Typer) -> None:
 
         overrides = parse_cli_overrides(list(ctx.args))
         with progress_bar("train") as update:
+
             def cb(phase: str, done: int, total: int, info: dict) -> None:
                 text = ""
                 if info.get("loss") is not None:
                     text = f"loss {info['loss']:.3f}  {info.get('images_per_s', 0):.0f} img/s"
                 update(done, total, text, phase="stem cache" if phase == "cache" else "train")
 
-            result = train(model, data, out_dir, overrides=overrides, resume=resume, init_checkpoint=init,
-                           device=device, progress=cb)
+            result = train(
+                model,
+                data,
+                out_dir,
+                overrides=overrides,
+                resume=resume,
+                init_checkpoint=init,
+                device=device,
+                progress=cb,
+            )
         final = result["final"]
         loss = f", final loss {final['loss']:.3f}" if "loss" in final else ""
-        out.print(f"trained {result['steps']} steps on {result['device']} in {result['seconds']:.0f} s{loss}; "
-                  f"checkpoint: {result['checkpoint']}")
+        out.print(
+            f"trained {result['steps']} steps on {result['device']} in {result['seconds']:.0f} s{loss}; "
+            f"checkpoint: {result['checkpoint']}"
+        )

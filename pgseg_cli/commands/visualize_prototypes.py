@@ -15,19 +15,37 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def visualize_prototypes_cli(
         out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output directory (gets index.html).")],
-        images: Annotated[Optional[list[str]], typer.Argument(
-            help="Image files or directories (leave out with --cache to render what the cache holds).")] = None,
-        checkpoint: Annotated[Optional[str], typer.Option(
-            "--checkpoint", "-c", help="Checkpoint (pgseg, NVlabs, HF) or run directory; needed with images.")] = None,
-        cache: Annotated[Optional[Path], typer.Option(
-            "--cache", help="HDF5 feature cache (docs/FEATURE_CACHE.md): with images, encoder traces are stored "
-                            "there and reused on the next run; alone, its cached images are rendered without a "
-                            "model. The file may be shared with segment --cache.")] = None,
+        images: Annotated[
+            Optional[list[str]],
+            typer.Argument(
+                help="Image files or directories (leave out with --cache to render what the cache holds)."
+            ),
+        ] = None,
+        checkpoint: Annotated[
+            Optional[str],
+            typer.Option(
+                "--checkpoint",
+                "-c",
+                help="Checkpoint (pgseg, NVlabs, HF) or run directory; needed with images.",
+            ),
+        ] = None,
+        cache: Annotated[
+            Optional[Path],
+            typer.Option(
+                "--cache",
+                help="HDF5 feature cache (docs/FEATURE_CACHE.md): with images, encoder traces are stored "
+                "there and reused on the next run; alone, its cached images are rendered without a "
+                "model. The file may be shared with segment --cache.",
+            ),
+        ] = None,
         max_images: Annotated[Optional[int], typer.Option(help="Use at most this many images.")] = None,
-        short_side: Annotated[Optional[int], typer.Option(
-            help="Resize the short side to this many pixels (default: the checkpoint's).")] = None,
-        patches: Annotated[int, typer.Option(
-            help="Patches shown per prototype in the nearest-patch grids.")] = 8,
+        short_side: Annotated[
+            Optional[int],
+            typer.Option(help="Resize the short side to this many pixels (default: the checkpoint's)."),
+        ] = None,
+        patches: Annotated[
+            int, typer.Option(help="Patches shown per prototype in the nearest-patch grids.")
+        ] = 8,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     ) -> None:
         """Show what the image encoder does: per image the group maps of both grouping stages, the NPR
@@ -40,17 +58,31 @@ def register(app: typer.Typer) -> None:
         from pgseg_core.api import visualize_prototypes
 
         with progress_bar("visualize") as update:
-            summary = visualize_prototypes(images or [], checkpoint, out_dir, cache=cache, max_images=max_images,
-                                           short_side=short_side, patches_per_prototype=patches,
-                                           device=device,
-                                           progress=lambda p, d, t, i: update(d, t, phase=p))
+            summary = visualize_prototypes(
+                images or [],
+                checkpoint,
+                out_dir,
+                cache=cache,
+                max_images=max_images,
+                short_side=short_side,
+                patches_per_prototype=patches,
+                device=device,
+                progress=lambda p, d, t, i: update(d, t, phase=p),
+            )
         note = "" if summary["npr"] else " (no NPR in this checkpoint: group maps only)"
         fc = summary.get("feature_cache")
         if fc:
-            err.print(f"feature cache {fc['path']}: {fc['images_from_cache']} image(s) from the cache, "
-                      f"{fc['images_encoded']} encoded", highlight=False, soft_wrap=True)
-        out.print(f"rendered {summary['processed']} image(s){note}; open {Path(out_dir) / summary['index']}",
-                  highlight=False, soft_wrap=True)
+            err.print(
+                f"feature cache {fc['path']}: {fc['images_from_cache']} image(s) from the cache, "
+                f"{fc['images_encoded']} encoded",
+                highlight=False,
+                soft_wrap=True,
+            )
+        out.print(
+            f"rendered {summary['processed']} image(s){note}; open {Path(out_dir) / summary['index']}",
+            highlight=False,
+            soft_wrap=True,
+        )
         for failure in summary.get("failed", []):
             err.print(f"[red]failed[/] {failure['image']}: {failure['error']}", highlight=False)
         if summary.get("failed"):

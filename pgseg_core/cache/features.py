@@ -39,7 +39,13 @@ import torch
 from ..errors import DataError
 from ..segment.inference import ImageFeatures
 
-__all__ = ["FeatureCache", "CacheMeta", "feature_config_hash", "FEATURE_CACHE_SCHEMA", "CLASS_INDEPENDENT_KEYS"]
+__all__ = [
+    "FeatureCache",
+    "CacheMeta",
+    "feature_config_hash",
+    "FEATURE_CACHE_SCHEMA",
+    "CLASS_INDEPENDENT_KEYS",
+]
 
 _log = logging.getLogger("pgseg.cache.features")
 
@@ -124,14 +130,24 @@ class FeatureCache:
                 for name in incomplete:
                     del grp_all[name]
                 self._f.flush()
-                _log.info("feature cache %s: dropped %d incomplete %s entr(y/ies), resuming", path,
-                          len(incomplete), top)
+                _log.info(
+                    "feature cache %s: dropped %d incomplete %s entr(y/ies), resuming",
+                    path,
+                    len(incomplete),
+                    top,
+                )
             self.dropped += len(incomplete)
 
     # ------------------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, path: str | Path, meta: CacheMeta | None = None, *, readonly: bool = False,
-             check: tuple[str, ...] | None = None) -> "FeatureCache":
+    def open(
+        cls,
+        path: str | Path,
+        meta: CacheMeta | None = None,
+        *,
+        readonly: bool = False,
+        check: tuple[str, ...] | None = None,
+    ) -> "FeatureCache":
         """Open (or create) a cache.
 
         Args:
@@ -161,14 +177,22 @@ class FeatureCache:
         try:
             handle = h5py.File(path, "r" if readonly else "a")
         except OSError as e:
-            raise DataError(f"cannot read feature cache {path} ({e.__class__.__name__}: {str(e).splitlines()[0]}): "
-                            "delete it or pass a new --cache path") from e
+            raise DataError(
+                f"cannot read feature cache {path} ({e.__class__.__name__}: {str(e).splitlines()[0]}): "
+                "delete it or pass a new --cache path"
+            ) from e
         try:
             if existed or readonly:
                 cls._check(handle, path, meta, check)
             else:
-                handle.attrs.update({"schema": FEATURE_CACHE_SCHEMA, "kind": _KIND, "created_by": _created_by(),
-                                     **(meta.attrs() if meta else {})})
+                handle.attrs.update(
+                    {
+                        "schema": FEATURE_CACHE_SCHEMA,
+                        "kind": _KIND,
+                        "created_by": _created_by(),
+                        **(meta.attrs() if meta else {}),
+                    }
+                )
                 handle.require_group("images")
                 handle.flush()
         except BaseException:
@@ -182,8 +206,10 @@ class FeatureCache:
             raise DataError(f"{path} is not a pgseg feature cache: delete it or pass a new --cache path")
         schema = int(handle.attrs.get("schema", -1))
         if schema != FEATURE_CACHE_SCHEMA:
-            raise DataError(f"feature cache {path} has schema {schema}, this pgseg reads schema "
-                            f"{FEATURE_CACHE_SCHEMA}: delete it or pass a new --cache path")
+            raise DataError(
+                f"feature cache {path} has schema {schema}, this pgseg reads schema "
+                f"{FEATURE_CACHE_SCHEMA}: delete it or pass a new --cache path"
+            )
         if meta is None:
             return
         for name, want in meta.attrs().items():
@@ -191,8 +217,10 @@ class FeatureCache:
                 continue
             have = str(handle.attrs.get(name, ""))
             if have != want:
-                raise DataError(f"feature cache {path} was written for {name} {have or '(none)'!r}, this run has "
-                                f"{want!r}: pass a new --cache path or delete the file")
+                raise DataError(
+                    f"feature cache {path} was written for {name} {have or '(none)'!r}, this run has "
+                    f"{want!r}: pass a new --cache path or delete the file"
+                )
 
     # ------------------------------------------------------------------------------------------------
     def __enter__(self) -> "FeatureCache":
@@ -284,12 +312,17 @@ class FeatureCache:
         for ds_name, t in arrays.items():
             arr = t.detach().to("cpu", torch.float32).contiguous().numpy()
             grp.create_dataset(ds_name, data=arr, chunks=(1, *arr.shape[1:]), **_COMPRESSION)
-        grp.attrs.update({
-            "orig_size": list(feats.orig_size), "resized_size": list(feats.resized_size),
-            "padded_size": list(feats.padded_size), "grid": list(feats.grid),
-            "logit_scale": float(feats.logit_scale), "num_stages": len(feats.assign_soft),
-            "group_emb_d_major": int(feats.group_emb_d_major),
-        })
+        grp.attrs.update(
+            {
+                "orig_size": list(feats.orig_size),
+                "resized_size": list(feats.resized_size),
+                "padded_size": list(feats.padded_size),
+                "grid": list(feats.grid),
+                "logit_scale": float(feats.logit_scale),
+                "num_stages": len(feats.assign_soft),
+                "group_emb_d_major": int(feats.group_emb_d_major),
+            }
+        )
         grp.attrs["complete"] = 1
         self._f.flush()
         self._complete.add(key)
@@ -321,8 +354,11 @@ class FeatureCache:
         if not self.has_section(section, key):
             raise KeyError(f"no complete {section} entry for {key!r} in {self.path}")
         grp = self._handle()[section][_escape(key)]
-        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in grp.attrs.items()
-                if k not in ("key", "complete")}
+        return {
+            k: (v.item() if isinstance(v, np.generic) else v)
+            for k, v in grp.attrs.items()
+            if k not in ("key", "complete")
+        }
 
     def get_section(self, section: str, key: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """The arrays and attributes of the ``section`` entry of ``key``.
@@ -336,7 +372,9 @@ class FeatureCache:
         grp = self._handle()[section][_escape(key)]
         return {name: np.asarray(ds[...]) for name, ds in grp.items()}, self.section_attrs(section, key)
 
-    def put_section(self, section: str, key: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]) -> None:
+    def put_section(
+        self, section: str, key: str, arrays: dict[str, np.ndarray], attrs: dict[str, Any]
+    ) -> None:
         """Write (or overwrite) the ``section`` entry of ``key``: named arrays (gzip-compressed when they
         have more than one dimension) and scalar / list attributes; the ``complete`` marker is written last,
         then the file is flushed.

@@ -56,12 +56,14 @@ class StemCache:
         g = torch.Generator().manual_seed(seed)
         n = len(self)
         if n < batch_size:
-            raise DataError(f"stem cache {self.path} holds {n} images, fewer than the batch size {batch_size}; "
-                            "build more training data or lower train.batch_size")
+            raise DataError(
+                f"stem cache {self.path} holds {n} images, fewer than the batch size {batch_size}; "
+                "build more training data or lower train.batch_size"
+            )
         while True:
             order = torch.randperm(n, generator=g)
             for start in range(0, n - batch_size + 1, batch_size):
-                idx = order[start:start + batch_size]
+                idx = order[start : start + batch_size]
                 feats = self.feats[idx].float()
                 if hflip:
                     flip = torch.rand(batch_size, generator=g) < 0.5
@@ -69,8 +71,15 @@ class StemCache:
                 yield feats, [self.captions[i] for i in idx.tolist()]
 
 
-def build_stem_cache(model, shards_spec: str, path: str | Path, img_size: int, device: torch.device,
-                     batch_size: int = 64, progress: Callable[[int, int | None], None] | None = None) -> StemCache:
+def build_stem_cache(
+    model,
+    shards_spec: str,
+    path: str | Path,
+    img_size: int,
+    device: torch.device,
+    batch_size: int = 64,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> StemCache:
     """Encode every training image once with the model's frozen stem (resumable HDF5 cache).
 
     Args:
@@ -99,14 +108,32 @@ def build_stem_cache(model, shards_spec: str, path: str | Path, img_size: int, d
     h = w = img_size // 16
     with h5py.File(path, "a") as f:
         if "feats" in f:
-            if (f.attrs.get("data_fingerprint") != fingerprint or int(f.attrs.get("img_size", -1)) != img_size
-                    or int(f.attrs.get("schema", -1)) != STEM_CACHE_SCHEMA):
-                raise DataError(f"stem cache {path} was built from other data or settings; delete it to rebuild")
+            if (
+                f.attrs.get("data_fingerprint") != fingerprint
+                or int(f.attrs.get("img_size", -1)) != img_size
+                or int(f.attrs.get("schema", -1)) != STEM_CACHE_SCHEMA
+            ):
+                raise DataError(
+                    f"stem cache {path} was built from other data or settings; delete it to rebuild"
+                )
         else:
-            f.attrs.update({"schema": STEM_CACHE_SCHEMA, "kind": "pgseg-stem-cache", "stem": "efficientnet_lite0",
-                            "img_size": img_size, "data_fingerprint": fingerprint, "complete": 0})
-            f.create_dataset("feats", shape=(0, 112, h, w), maxshape=(None, 112, h, w), dtype="float16",
-                             chunks=(16, 112, h, w))
+            f.attrs.update(
+                {
+                    "schema": STEM_CACHE_SCHEMA,
+                    "kind": "pgseg-stem-cache",
+                    "stem": "efficientnet_lite0",
+                    "img_size": img_size,
+                    "data_fingerprint": fingerprint,
+                    "complete": 0,
+                }
+            )
+            f.create_dataset(
+                "feats",
+                shape=(0, 112, h, w),
+                maxshape=(None, 112, h, w),
+                dtype="float16",
+                chunks=(16, 112, h, w),
+            )
             str_dt = h5py.string_dtype("utf-8")
             f.create_dataset("captions", shape=(0,), maxshape=(None,), dtype=str_dt, chunks=(1024,))
             f.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=str_dt, chunks=(1024,))
@@ -126,7 +153,7 @@ def build_stem_cache(model, shards_spec: str, path: str | Path, img_size: int, d
                 n = len(buf_x)
                 for name, data in (("feats", feats), ("captions", buf_cap), ("keys", buf_key)):
                     f[name].resize(done + n, axis=0)
-                    f[name][done:done + n] = data
+                    f[name][done : done + n] = data
                 done += n
                 f.attrs["complete"] = done
                 f.flush()
@@ -137,7 +164,9 @@ def build_stem_cache(model, shards_spec: str, path: str | Path, img_size: int, d
                     progress(done, total)
 
             try:
-                for i, (key, img, caption) in enumerate(iter_images_for_cache(shards_spec, "train", img_size)):
+                for i, (key, img, caption) in enumerate(
+                    iter_images_for_cache(shards_spec, "train", img_size)
+                ):
                     if i < done:
                         continue
                     buf_x.append(img)

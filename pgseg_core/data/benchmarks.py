@@ -49,8 +49,19 @@ from .loader import ValSample
 
 log = logging.getLogger("pgseg.data.benchmarks")
 
-__all__ = ["DatasetInfo", "SegDataset", "FileSegDataset", "CocoInstancesDataset", "DemoDataset", "open_dataset",
-           "dataset_names", "PROTOCOLS", "class_file", "load_class_spec", "read_label_png"]
+__all__ = [
+    "DatasetInfo",
+    "SegDataset",
+    "FileSegDataset",
+    "CocoInstancesDataset",
+    "DemoDataset",
+    "open_dataset",
+    "dataset_names",
+    "PROTOCOLS",
+    "class_file",
+    "load_class_spec",
+    "read_label_png",
+]
 
 PROTOCOLS = ("groupvit", "sclip")
 IGNORE = 255
@@ -103,12 +114,16 @@ def class_file(dataset: str, protocol: str = "groupvit") -> Path:
         ConfigError: unknown protocol (with the closest name). DataError: unknown dataset.
     """
     if dataset == "demo":
-        raise DataError("demo shards have no packaged class files: their classes come from index.json "
-                        "(open_dataset('demo', shard_dir).class_spec())")
+        raise DataError(
+            "demo shards have no packaged class files: their classes come from index.json "
+            "(open_dataset('demo', shard_dir).class_spec())"
+        )
     layout = _layout(dataset)
     if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown class protocol '{protocol}': {_suggest(protocol, PROTOCOLS)}"
-                          f"use one of {', '.join(PROTOCOLS)}, or a class file path")
+        raise ConfigError(
+            f"unknown class protocol '{protocol}': {_suggest(protocol, PROTOCOLS)}"
+            f"use one of {', '.join(PROTOCOLS)}, or a class file path"
+        )
     ref = resources.files("pgseg_core.data") / "classes" / f"{layout.class_key}.{protocol}.txt"
     return Path(str(ref))
 
@@ -125,8 +140,10 @@ def load_class_spec(dataset: str, protocol: str = "groupvit") -> ClassSpec:
 def _checked_spec(spec: ClassSpec, info: DatasetInfo, source: str) -> ClassSpec:
     if len(spec) != info.num_classes:
         bg = " (background is implicit: do not list it as a class)" if info.has_background else ""
-        raise DataError(f"class file {source} has {len(spec)} classes but {info.name} has {info.num_classes}"
-                        f"{bg}: give one class per label, in label order")
+        raise DataError(
+            f"class file {source} has {len(spec)} classes but {info.name} has {info.num_classes}"
+            f"{bg}: give one class per label, in label order"
+        )
     return spec
 
 
@@ -179,8 +196,10 @@ class SegDataset(ABC):
         path = Path(text)
         if path.suffix or path.exists() or "/" in text:
             return _checked_spec(read_class_file(path), self.info, str(path))
-        raise ConfigError(f"unknown class protocol '{text}': {_suggest(text, PROTOCOLS)}use one of "
-                          f"{', '.join(PROTOCOLS)}, or a class file path")
+        raise ConfigError(
+            f"unknown class protocol '{text}': {_suggest(text, PROTOCOLS)}use one of "
+            f"{', '.join(PROTOCOLS)}, or a class file path"
+        )
 
     @property
     def classes(self) -> list[str]:
@@ -192,8 +211,13 @@ class SegDataset(ABC):
     def _skip(self, what: str, err: BaseException) -> None:
         self.skipped += 1
         if self.skipped <= 5 or self.skipped % 100 == 0:
-            log.warning("skipped an unreadable sample of %s (%d so far): %s: %s", self.info.name,
-                        self.skipped, what, err)
+            log.warning(
+                "skipped an unreadable sample of %s (%d so far): %s: %s",
+                self.info.name,
+                self.skipped,
+                what,
+                err,
+            )
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -224,8 +248,10 @@ class _Layout:
 
 
 _VOC_OBTAIN = "VOCtrainval_11-May-2012.tar unpacked as VOCdevkit/VOC2012"
-_PC_OBTAIN = ("VOCtrainval_03-May-2010.tar plus the Context labels converted with mmseg's "
-              "tools/dataset_converters/pascal_context.py")
+_PC_OBTAIN = (
+    "VOCtrainval_03-May-2010.tar plus the Context labels converted with mmseg's "
+    "tools/dataset_converters/pascal_context.py"
+)
 _COCO_OBTAIN = "COCO 2017 images in images/ and stuffthingmaps_trainval2017.zip in annotations/"
 _COCO_ALIAS = {"val": "val2017", "train": "train2017"}
 
@@ -238,35 +264,126 @@ def _register(*layouts: _Layout) -> None:
 
 
 _register(
-    _Layout("voc21", "PASCAL VOC 2012 (21 classes with background)", True, 20, "voc21",
-            ("", "VOC2012", "VOCdevkit/VOC2012"), "JPEGImages", "SegmentationClass", ".jpg", ".png",
-            "ImageSets/Segmentation/{split}.txt", obtain=_VOC_OBTAIN),
-    _Layout("voc20", "PASCAL VOC 2012 (20 classes, background ignored)", False, 20, "voc20",
-            ("", "VOC2012", "VOCdevkit/VOC2012"), "JPEGImages", "SegmentationClass", ".jpg", ".png",
-            "ImageSets/Segmentation/{split}.txt", reduce_zero_label=True, obtain=_VOC_OBTAIN),
-    _Layout("pc60", "PASCAL Context (60 classes with background)", True, 59, "pc60",
-            ("", "VOC2010", "VOCdevkit/VOC2010"), "JPEGImages", "SegmentationClassContext", ".jpg", ".png",
-            "ImageSets/SegmentationContext/{split}.txt", obtain=_PC_OBTAIN),
-    _Layout("pc59", "PASCAL Context (59 classes, background ignored)", False, 59, "pc59",
-            ("", "VOC2010", "VOCdevkit/VOC2010"), "JPEGImages", "SegmentationClassContext", ".jpg", ".png",
-            "ImageSets/SegmentationContext/{split}.txt", reduce_zero_label=True, obtain=_PC_OBTAIN),
-    _Layout("coco-object", "COCO-Object (80 things with background)", True, 80, "coco-object",
-            ("", "coco_stuff164k"), "images/{split}", "annotations/{split}", ".jpg", "_instanceTrainIds.png",
-            None, split_alias=_COCO_ALIAS,
-            obtain=_COCO_OBTAIN + ", then `pgseg prep-shards --source coco-object --coco-root DIR`"),
-    _Layout("coco-stuff-171", "COCO-Stuff-164k (171 classes)", False, 171, "coco-stuff-171",
-            ("", "coco_stuff164k"), "images/{split}", "annotations/{split}", ".jpg", "_labelTrainIds.png",
-            None, split_alias=_COCO_ALIAS,
-            obtain=_COCO_OBTAIN + ", then mmseg's tools/dataset_converters/coco_stuff164k.py"),
-    _Layout("ade20k-150", "ADE20K (150 classes)", False, 150, "ade20k-150",
-            ("", "ADEChallengeData2016", "ade/ADEChallengeData2016"), "images/{split}", "annotations/{split}",
-            ".jpg", ".png", None, reduce_zero_label=True,
-            split_alias={"val": "validation", "train": "training"}, obtain="ADEChallengeData2016.zip"),
-    _Layout("cityscapes", "Cityscapes (19 classes)", False, 19, "cityscapes", ("", "cityscapes"),
-            "leftImg8bit/{split}", "gtFine/{split}", "_leftImg8bit.png", "_gtFine_labelTrainIds.png", None,
-            recursive=True,
-            obtain="leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip, then cityscapesscripts' "
-                   "createTrainIdLabelImgs"),
+    _Layout(
+        "voc21",
+        "PASCAL VOC 2012 (21 classes with background)",
+        True,
+        20,
+        "voc21",
+        ("", "VOC2012", "VOCdevkit/VOC2012"),
+        "JPEGImages",
+        "SegmentationClass",
+        ".jpg",
+        ".png",
+        "ImageSets/Segmentation/{split}.txt",
+        obtain=_VOC_OBTAIN,
+    ),
+    _Layout(
+        "voc20",
+        "PASCAL VOC 2012 (20 classes, background ignored)",
+        False,
+        20,
+        "voc20",
+        ("", "VOC2012", "VOCdevkit/VOC2012"),
+        "JPEGImages",
+        "SegmentationClass",
+        ".jpg",
+        ".png",
+        "ImageSets/Segmentation/{split}.txt",
+        reduce_zero_label=True,
+        obtain=_VOC_OBTAIN,
+    ),
+    _Layout(
+        "pc60",
+        "PASCAL Context (60 classes with background)",
+        True,
+        59,
+        "pc60",
+        ("", "VOC2010", "VOCdevkit/VOC2010"),
+        "JPEGImages",
+        "SegmentationClassContext",
+        ".jpg",
+        ".png",
+        "ImageSets/SegmentationContext/{split}.txt",
+        obtain=_PC_OBTAIN,
+    ),
+    _Layout(
+        "pc59",
+        "PASCAL Context (59 classes, background ignored)",
+        False,
+        59,
+        "pc59",
+        ("", "VOC2010", "VOCdevkit/VOC2010"),
+        "JPEGImages",
+        "SegmentationClassContext",
+        ".jpg",
+        ".png",
+        "ImageSets/SegmentationContext/{split}.txt",
+        reduce_zero_label=True,
+        obtain=_PC_OBTAIN,
+    ),
+    _Layout(
+        "coco-object",
+        "COCO-Object (80 things with background)",
+        True,
+        80,
+        "coco-object",
+        ("", "coco_stuff164k"),
+        "images/{split}",
+        "annotations/{split}",
+        ".jpg",
+        "_instanceTrainIds.png",
+        None,
+        split_alias=_COCO_ALIAS,
+        obtain=_COCO_OBTAIN + ", then `pgseg prep-shards --source coco-object --coco-root DIR`",
+    ),
+    _Layout(
+        "coco-stuff-171",
+        "COCO-Stuff-164k (171 classes)",
+        False,
+        171,
+        "coco-stuff-171",
+        ("", "coco_stuff164k"),
+        "images/{split}",
+        "annotations/{split}",
+        ".jpg",
+        "_labelTrainIds.png",
+        None,
+        split_alias=_COCO_ALIAS,
+        obtain=_COCO_OBTAIN + ", then mmseg's tools/dataset_converters/coco_stuff164k.py",
+    ),
+    _Layout(
+        "ade20k-150",
+        "ADE20K (150 classes)",
+        False,
+        150,
+        "ade20k-150",
+        ("", "ADEChallengeData2016", "ade/ADEChallengeData2016"),
+        "images/{split}",
+        "annotations/{split}",
+        ".jpg",
+        ".png",
+        None,
+        reduce_zero_label=True,
+        split_alias={"val": "validation", "train": "training"},
+        obtain="ADEChallengeData2016.zip",
+    ),
+    _Layout(
+        "cityscapes",
+        "Cityscapes (19 classes)",
+        False,
+        19,
+        "cityscapes",
+        ("", "cityscapes"),
+        "leftImg8bit/{split}",
+        "gtFine/{split}",
+        "_leftImg8bit.png",
+        "_gtFine_labelTrainIds.png",
+        None,
+        recursive=True,
+        obtain="leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip, then cityscapesscripts' "
+        "createTrainIdLabelImgs",
+    ),
 )
 
 _EXTRA = ("coco-object-instances", "demo")
@@ -280,15 +397,18 @@ def dataset_names() -> list[str]:
 def _layout(name: str) -> _Layout:
     key = "coco-object" if name == "coco-object-instances" else name
     if key not in _LAYOUTS:
-        raise DataError(f"unknown dataset '{name}': {_suggest(name, dataset_names())}"
-                        f"known: {', '.join(dataset_names())}")
+        raise DataError(
+            f"unknown dataset '{name}': {_suggest(name, dataset_names())}known: {', '.join(dataset_names())}"
+        )
     return _LAYOUTS[key]
 
 
 def _find_root(layout: _Layout, root: Path) -> Path:
     if not root.exists():
-        raise DataError(f"{layout.name}: dataset root not found: {root}: pass the dataset folder or the "
-                        "data/ folder holding the mmseg tree")
+        raise DataError(
+            f"{layout.name}: dataset root not found: {root}: pass the dataset folder or the "
+            "data/ folder holding the mmseg tree"
+        )
     img_top = layout.img_dir.split("/")[0]
     ann_top = layout.ann_dir.split("/")[0]
     tried = []
@@ -297,8 +417,10 @@ def _find_root(layout: _Layout, root: Path) -> Path:
         tried.append(str(cand))
         if (cand / img_top).is_dir() and (cand / ann_top).is_dir():
             return cand
-    raise DataError(f"{layout.name}: no {img_top}/ and {ann_top}/ folders in {' or '.join(tried)}: pass the "
-                    f"folder of {layout.roots[-1] or layout.name} (from {layout.obtain})")
+    raise DataError(
+        f"{layout.name}: no {img_top}/ and {ann_top}/ folders in {' or '.join(tried)}: pass the "
+        f"folder of {layout.roots[-1] or layout.name} (from {layout.obtain})"
+    )
 
 
 def _label_lut(layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
@@ -326,8 +448,10 @@ def read_label_png(path: Path) -> np.ndarray:
 
     with Image.open(path) as im:
         if im.mode in ("RGB", "RGBA", "LA", "CMYK", "YCbCr"):
-            raise DataError(f"label map {path} is a {im.mode} colour image: expected a single-channel index "
-                            "PNG (palette or grayscale), e.g. VOC's SegmentationClass or *_labelTrainIds.png")
+            raise DataError(
+                f"label map {path} is a {im.mode} colour image: expected a single-channel index "
+                "PNG (palette or grayscale), e.g. VOC's SegmentationClass or *_labelTrainIds.png"
+            )
         return np.asarray(im)  # "P": palette indices; "L": values; "I;16"/"I": wider ints
 
 
@@ -351,15 +475,29 @@ class FileSegDataset(SegDataset):
         items = [(k, img_dir / f"{k}{layout.img_suffix}", ann_dir / f"{k}{layout.seg_suffix}") for k in keys]
         missing_img = [i for _, i, _ in items if not i.is_file()]
         if missing_img:
-            raise DataError(f"{layout.name}: {len(missing_img)} image(s) of the {split} split not found, "
-                            f"e.g. {missing_img[0]}: complete {img_dir} ({layout.obtain})")
+            raise DataError(
+                f"{layout.name}: {len(missing_img)} image(s) of the {split} split not found, "
+                f"e.g. {missing_img[0]}: complete {img_dir} ({layout.obtain})"
+            )
         missing = [(i, a) for _, i, a in items if not a.is_file()]
         if missing:
-            raise DataError(f"{layout.name}: {len(missing)} image(s) without a label file, e.g. "
-                            f"{missing[0][0]} (expected {missing[0][1]}): add the label maps "
-                            f"({layout.obtain})")
-        super().__init__(DatasetInfo(layout.name, layout.title, layout.has_background, layout.num_classes,
-                                     split, str(base), layout.reduce_zero_label, layout.class_key))
+            raise DataError(
+                f"{layout.name}: {len(missing)} image(s) without a label file, e.g. "
+                f"{missing[0][0]} (expected {missing[0][1]}): add the label maps "
+                f"({layout.obtain})"
+            )
+        super().__init__(
+            DatasetInfo(
+                layout.name,
+                layout.title,
+                layout.has_background,
+                layout.num_classes,
+                split,
+                str(base),
+                layout.reduce_zero_label,
+                layout.class_key,
+            )
+        )
         self.layout = layout
         self.items = items
         self._lut, self._valid = _label_lut(layout)
@@ -367,8 +505,10 @@ class FileSegDataset(SegDataset):
     @staticmethod
     def _read_split_file(layout: _Layout, path: Path) -> list[str]:
         if not path.is_file():
-            raise DataError(f"{layout.name}: split file not found: {path}: use a split that exists there "
-                            f"(e.g. split='val') or restore it from {layout.obtain}")
+            raise DataError(
+                f"{layout.name}: split file not found: {path}: use a split that exists there "
+                f"(e.g. split='val') or restore it from {layout.obtain}"
+            )
         keys = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
         if not keys:
             raise DataError(f"{layout.name}: split file {path} lists no images")
@@ -377,8 +517,10 @@ class FileSegDataset(SegDataset):
     @staticmethod
     def _scan_split_folder(layout: _Layout, img_dir: Path, split: str) -> list[str]:
         if not img_dir.is_dir():
-            raise DataError(f"{layout.name}: split folder not found: {img_dir}: use a split that exists "
-                            f"there (split='{split}') or add it from {layout.obtain}")
+            raise DataError(
+                f"{layout.name}: split folder not found: {img_dir}: use a split that exists "
+                f"there (split='{split}') or add it from {layout.obtain}"
+            )
         pattern = f"*{layout.img_suffix}"
         files = img_dir.rglob(pattern) if layout.recursive else img_dir.glob(pattern)
         keys = sorted(str(p.relative_to(img_dir))[: -len(layout.img_suffix)] for p in files if p.is_file())
@@ -414,9 +556,11 @@ class FileSegDataset(SegDataset):
     def _range_error(self, path: Path, values: np.ndarray) -> None:
         n = self.info.num_labels + int(self.info.reduce_zero_label)
         shown = ", ".join(str(int(v)) for v in values[:8])
-        raise DataError(f"{self.info.name}: label values {shown} out of range in {path}: expected 0..{n - 1} "
-                        f"and 255 (ignore); is this a {self.layout.title} label map"
-                        f"{' (' + self.layout.seg_suffix + ')' if self.layout.seg_suffix != '.png' else ''}?")
+        raise DataError(
+            f"{self.info.name}: label values {shown} out of range in {path}: expected 0..{n - 1} "
+            f"and 255 (ignore); is this a {self.layout.title} label map"
+            f"{' (' + self.layout.seg_suffix + ')' if self.layout.seg_suffix != '.png' else ''}?"
+        )
 
     def _load(self, key: str, img_path: Path, ann_path: Path) -> ValSample | None:
         from PIL import Image
@@ -433,9 +577,11 @@ class FileSegDataset(SegDataset):
             self._skip(str(ann_path), e)
             return None
         if raw.shape[:2] != image.shape[:2]:
-            raise DataError(f"{self.info.name}: label {ann_path} is {raw.shape[1]}x{raw.shape[0]} but its "
-                            f"image {img_path} is {image.shape[1]}x{image.shape[0]} (WxH): the label map "
-                            "must match its image")
+            raise DataError(
+                f"{self.info.name}: label {ann_path} is {raw.shape[1]}x{raw.shape[0]} but its "
+                f"image {img_path} is {image.shape[1]}x{image.shape[0]} (WxH): the label map "
+                "must match its image"
+            )
         return ValSample(key, image, self.canonical(raw, ann_path), self.classes, self.info.split)
 
     def __getitem__(self, i: int) -> ValSample:
@@ -483,19 +629,25 @@ class CocoInstancesDataset(SegDataset):
 
         root = Path(root)
         if not root.exists():
-            raise DataError(f"coco-object-instances: dataset root not found: {root}: pass the COCO 2017 "
-                            "folder holding annotations/instances_val2017.json and val2017/")
+            raise DataError(
+                f"coco-object-instances: dataset root not found: {root}: pass the COCO 2017 "
+                "folder holding annotations/instances_val2017.json and val2017/"
+            )
         split_name = _COCO_ALIAS.get(split, split)
         ann_name = f"annotations/instances_{split_name}.json"
         candidates = (root, root / "coco", root / "coco_stuff164k")
         base = next((c for c in candidates if (c / ann_name).is_file()), None)
         if base is None:
-            raise DataError(f"coco-object-instances: annotation file not found: {root / ann_name}: unpack "
-                            "annotations_trainval2017.zip into the COCO folder")
+            raise DataError(
+                f"coco-object-instances: annotation file not found: {root / ann_name}: unpack "
+                "annotations_trainval2017.zip into the COCO folder"
+            )
         img_dir = next((d for d in (base / split_name, base / "images" / split_name) if d.is_dir()), None)
         if img_dir is None:
-            raise DataError(f"coco-object-instances: image folder not found: {base / split_name} (or "
-                            f"{base / 'images' / split_name}): unpack {split_name}.zip there")
+            raise DataError(
+                f"coco-object-instances: image folder not found: {base / split_name} (or "
+                f"{base / 'images' / split_name}): unpack {split_name}.zip there"
+            )
         self.rasterizer = CocoInstanceRasterizer(base / ann_name, crowd=crowd)  # type: ignore[arg-type]
         self.ids = self.rasterizer.image_ids()
         if not self.ids:
@@ -504,11 +656,23 @@ class CocoInstancesDataset(SegDataset):
         missing = [img_dir / self.rasterizer.image_info(i)["file_name"] for i in self.ids]
         missing = [p for p in missing if not p.is_file()]
         if missing:
-            raise DataError(f"coco-object-instances: {len(missing)} annotated image(s) not found, e.g. "
-                            f"{missing[0]}: complete {img_dir}")
+            raise DataError(
+                f"coco-object-instances: {len(missing)} annotated image(s) not found, e.g. "
+                f"{missing[0]}: complete {img_dir}"
+            )
         layout = _LAYOUTS["coco-object"]
-        super().__init__(DatasetInfo("coco-object-instances", "COCO-Object from instance annotations", True,
-                                     layout.num_classes, split, str(base), False, layout.class_key))
+        super().__init__(
+            DatasetInfo(
+                "coco-object-instances",
+                "COCO-Object from instance annotations",
+                True,
+                layout.num_classes,
+                split,
+                str(base),
+                False,
+                layout.class_key,
+            )
+        )
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -530,9 +694,11 @@ class CocoInstancesDataset(SegDataset):
                 self._skip(str(path), e)
                 continue
             if image.shape[:2] != (int(info["height"]), int(info["width"])):
-                raise DataError(f"coco-object-instances: image {path} is {image.shape[1]}x{image.shape[0]} "
-                                f"but the annotations say {info['width']}x{info['height']} (WxH): use the "
-                                "images the annotation file was made for")
+                raise DataError(
+                    f"coco-object-instances: image {path} is {image.shape[1]}x{image.shape[0]} "
+                    f"but the annotations say {info['width']}x{info['height']} (WxH): use the "
+                    "images the annotation file was made for"
+                )
             yield ValSample(path.stem, image, self.rasterizer.label(image_id), self.classes, self.info.split)
 
 
@@ -558,15 +724,26 @@ class DemoDataset(SegDataset):
         splits = index.get("splits", {})
         entry = splits.get(split)
         if not isinstance(entry, dict) or not isinstance(entry.get("classes"), list):
-            labelled = [k for k, v in splits.items()
-                        if isinstance(v, dict) and isinstance(v.get("classes"), list)]
+            labelled = [
+                k for k, v in splits.items() if isinstance(v, dict) and isinstance(v.get("classes"), list)
+            ]
             choices = ", ".join(labelled) or "(none: build them with pgseg prep-shards --source demo)"
             raise DataError(f"demo: no labelled split '{split}' in {shard_dir}: use one of {choices}")
         self.shard_dir = Path(shard_dir)
         self._class_names = [str(c) for c in entry["classes"]]
         self._count = int(entry.get("count", 0))
-        super().__init__(DatasetInfo("demo", "pgseg demo validation composites", True, len(self._class_names),
-                                     split, str(shard_dir), False, ""))
+        super().__init__(
+            DatasetInfo(
+                "demo",
+                "pgseg demo validation composites",
+                True,
+                len(self._class_names),
+                split,
+                str(shard_dir),
+                False,
+                "",
+            )
+        )
 
     def __len__(self) -> int:
         return self._count

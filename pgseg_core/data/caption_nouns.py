@@ -21,8 +21,10 @@ import re
 
 __all__ = ["caption_nouns"]
 
-_LEAD = re.compile(r"^(?:a photo of|a photograph of|a picture of|a picture showing|an image of|an image with|"
-                   r"an image showing|there is|there are|this is)(?:\s+|$)")
+_LEAD = re.compile(
+    r"^(?:a photo of|a photograph of|a picture of|a picture showing|an image of|an image with|"
+    r"an image showing|there is|there are|this is)(?:\s+|$)"
+)
 _TRAIL = re.compile(r"\s+(?:in the picture|in the image|in the photo|in front of a background)$")
 _SPLIT = re.compile(r"\s*,\s*(?:and\s+)?|\s+(?:and|next to|beside|with)\s+")
 _ARTICLE = re.compile(r"^(?:(?:a|an|the|some|two|three)\s+)?(?:(?:bunch|pair|group|couple|lot)\s+of\s+)?")

@@ -32,28 +32,182 @@ from ..errors import DataError
 
 log = logging.getLogger("pgseg.data.coco_object")
 
-__all__ = ["COCO_THING_IDS", "COCO_THING_NAMES", "COCO_OBJECT_LUT", "INSTANCE_SUFFIX", "coco_object_label",
-           "convert_coco_object", "CocoInstanceRasterizer"]
+__all__ = [
+    "COCO_THING_IDS",
+    "COCO_THING_NAMES",
+    "COCO_OBJECT_LUT",
+    "INSTANCE_SUFFIX",
+    "coco_object_label",
+    "convert_coco_object",
+    "CocoInstanceRasterizer",
+]
 
 #: COCO category ids of the 80 thing classes, in COCO id order (= COCO-Object labels 1..80).
 COCO_THING_IDS: tuple[int, ...] = (
-    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28,
-    31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56,
-    57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86,
-    87, 88, 89, 90,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+    10,
+    11,
+    13,
+    14,
+    15,
+    16,
+    17,
+    18,
+    19,
+    20,
+    21,
+    22,
+    23,
+    24,
+    25,
+    27,
+    28,
+    31,
+    32,
+    33,
+    34,
+    35,
+    36,
+    37,
+    38,
+    39,
+    40,
+    41,
+    42,
+    43,
+    44,
+    46,
+    47,
+    48,
+    49,
+    50,
+    51,
+    52,
+    53,
+    54,
+    55,
+    56,
+    57,
+    58,
+    59,
+    60,
+    61,
+    62,
+    63,
+    64,
+    65,
+    67,
+    70,
+    72,
+    73,
+    74,
+    75,
+    76,
+    77,
+    78,
+    79,
+    80,
+    81,
+    82,
+    84,
+    85,
+    86,
+    87,
+    88,
+    89,
+    90,
 )
 
 #: The COCO names of those categories (same order).
 COCO_THING_NAMES: tuple[str, ...] = (
-    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat", "traffic light",
-    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
-    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
-    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
-    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
-    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch",
-    "potted plant", "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard",
-    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush",
+    "person",
+    "bicycle",
+    "car",
+    "motorcycle",
+    "airplane",
+    "bus",
+    "train",
+    "truck",
+    "boat",
+    "traffic light",
+    "fire hydrant",
+    "stop sign",
+    "parking meter",
+    "bench",
+    "bird",
+    "cat",
+    "dog",
+    "horse",
+    "sheep",
+    "cow",
+    "elephant",
+    "bear",
+    "zebra",
+    "giraffe",
+    "backpack",
+    "umbrella",
+    "handbag",
+    "tie",
+    "suitcase",
+    "frisbee",
+    "skis",
+    "snowboard",
+    "sports ball",
+    "kite",
+    "baseball bat",
+    "baseball glove",
+    "skateboard",
+    "surfboard",
+    "tennis racket",
+    "bottle",
+    "wine glass",
+    "cup",
+    "fork",
+    "knife",
+    "spoon",
+    "bowl",
+    "banana",
+    "apple",
+    "sandwich",
+    "orange",
+    "broccoli",
+    "carrot",
+    "hot dog",
+    "pizza",
+    "donut",
+    "cake",
+    "chair",
+    "couch",
+    "potted plant",
+    "bed",
+    "dining table",
+    "toilet",
+    "tv",
+    "laptop",
+    "mouse",
+    "remote",
+    "keyboard",
+    "cell phone",
+    "microwave",
+    "oven",
+    "toaster",
+    "sink",
+    "refrigerator",
+    "book",
+    "clock",
+    "vase",
+    "scissors",
+    "teddy bear",
+    "hair drier",
+    "toothbrush",
 )
 
 #: COCO-Stuff stuff category ids (92..182); raw PNG values 91..181.
@@ -134,23 +288,35 @@ def _convert_one(src: str) -> tuple[str, str]:
 
 
 def _raw_pngs(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.suffix.lower() == ".png" and "TrainIds" not in p.name and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() == ".png" and "TrainIds" not in p.name and not p.name.startswith(".")
+    )
 
 
 def _resolve_stuff_root(root: Path) -> Path:
     if not root.exists():
-        raise DataError(f"COCO-Stuff root not found: {root}: pass the coco_stuff164k folder (with "
-                        "annotations/val2017/*.png from stuffthingmaps_trainval2017.zip)")
+        raise DataError(
+            f"COCO-Stuff root not found: {root}: pass the coco_stuff164k folder (with "
+            "annotations/val2017/*.png from stuffthingmaps_trainval2017.zip)"
+        )
     for cand in (root, root / "coco_stuff164k"):
         if (cand / "annotations").is_dir():
             return cand
-    raise DataError(f"no annotations/ folder in {root} or {root / 'coco_stuff164k'}: pass the coco_stuff164k "
-                    "folder holding annotations/{train2017,val2017}/*.png (stuffthingmaps_trainval2017.zip)")
+    raise DataError(
+        f"no annotations/ folder in {root} or {root / 'coco_stuff164k'}: pass the coco_stuff164k "
+        "folder holding annotations/{train2017,val2017}/*.png (stuffthingmaps_trainval2017.zip)"
+    )
 
 
-def convert_coco_object(coco_stuff_root: str | Path, splits: Sequence[str] | None = None, *, workers: int = 0,
-                        progress: Callable[[int, int | None], None] | None = None) -> dict[str, Any]:
+def convert_coco_object(
+    coco_stuff_root: str | Path,
+    splits: Sequence[str] | None = None,
+    *,
+    workers: int = 0,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> dict[str, Any]:
     """Write COCO-Object label maps next to the raw COCO-Stuff-164k PNGs (GroupViT's converter).
 
     For every ``annotations/<split>2017/<name>.png`` (files with "TrainIds" in the name are skipped, as in
@@ -177,13 +343,15 @@ def convert_coco_object(coco_stuff_root: str | Path, splits: Sequence[str] | Non
         names = [s if s.endswith("2017") else f"{s}2017" for s in splits]
         for name in names:
             if not (ann / name).is_dir():
-                raise DataError(f"split folder not found: {ann / name}: unpack "
-                                f"stuffthingmaps_trainval2017.zip into {ann}")
+                raise DataError(
+                    f"split folder not found: {ann / name}: unpack stuffthingmaps_trainval2017.zip into {ann}"
+                )
     else:
         names = [n for n in ("train2017", "val2017") if (ann / n).is_dir()]
         if not names:
-            raise DataError(f"no train2017/ or val2017/ folder in {ann}: unpack "
-                            "stuffthingmaps_trainval2017.zip there")
+            raise DataError(
+                f"no train2017/ or val2017/ folder in {ann}: unpack stuffthingmaps_trainval2017.zip there"
+            )
     jobs: list[tuple[str, Path]] = [(n, p) for n in names for p in _raw_pngs(ann / n)]
     if not jobs:
         raise DataError(f"no raw COCO-Stuff PNGs in {', '.join(str(ann / n) for n in names)}")
@@ -213,12 +381,21 @@ def convert_coco_object(coco_stuff_root: str | Path, splits: Sequence[str] | Non
             _record(split, *_convert_one(str(path)))
             if progress:
                 progress(i, total)
-    per_split = {n: {"converted": c.converted, "existing": c.existing, "bad": c.bad, "bad_files": c.bad_files}
-                 for n, c in counts.items()}
-    summary = {"root": str(root), "splits": per_split,
-               **{k: sum(s[k] for s in per_split.values()) for k in ("converted", "existing", "bad")}}
-    log.info("COCO-Object: %d converted, %d already there, %d bad", summary["converted"], summary["existing"],
-             summary["bad"])
+    per_split = {
+        n: {"converted": c.converted, "existing": c.existing, "bad": c.bad, "bad_files": c.bad_files}
+        for n, c in counts.items()
+    }
+    summary = {
+        "root": str(root),
+        "splits": per_split,
+        **{k: sum(s[k] for s in per_split.values()) for k in ("converted", "existing", "bad")},
+    }
+    log.info(
+        "COCO-Object: %d converted, %d already there, %d bad",
+        summary["converted"],
+        summary["existing"],
+        summary["bad"],
+    )
     return summary
 
 
@@ -272,12 +449,16 @@ class CocoInstanceRasterizer:
         for cat in dataset["categories"]:
             cid, name = int(cat["id"]), str(cat.get("name", ""))
             if cid not in label_of_id:
-                raise DataError(f"unknown category id {cid} ('{name}') in {self.ann_file}: COCO-Object uses "
-                                "the 80 COCO thing categories (ids 1..90); is this a COCO instances file?")
+                raise DataError(
+                    f"unknown category id {cid} ('{name}') in {self.ann_file}: COCO-Object uses "
+                    "the 80 COCO thing categories (ids 1..90); is this a COCO instances file?"
+                )
             expected = COCO_THING_NAMES[label_of_id[cid] - 1]
             if name and name != expected:
-                raise DataError(f"category id {cid} is '{name}' in {self.ann_file} but '{expected}' in COCO: "
-                                "use the COCO 2017 instances file")
+                raise DataError(
+                    f"category id {cid} is '{name}' in {self.ann_file} but '{expected}' in COCO: "
+                    "use the COCO 2017 instances file"
+                )
             self.label_of_cat[cid] = label_of_id[cid]
 
     def image_ids(self) -> list[int]:
@@ -300,8 +481,10 @@ class CocoInstanceRasterizer:
         for ann in sorted(anns, key=lambda a: (-float(a.get("area", 0.0)), int(a.get("id", 0)))):
             cid = int(ann["category_id"])
             if cid not in self.label_of_cat:
-                raise DataError(f"annotation {ann.get('id')} of image {image_id} has category {cid}, which "
-                                f"{self.ann_file} does not list")
+                raise DataError(
+                    f"annotation {ann.get('id')} of image {image_id} has category {cid}, which "
+                    f"{self.ann_file} does not list"
+                )
             mask = self.coco.annToMask(ann).astype(bool)
             value = 255 if (ann.get("iscrowd", 0) and self.crowd == "ignore") else self.label_of_cat[cid]
             out[mask] = value

@@ -69,15 +69,43 @@ _INSTALL_HINT = {
 # Background photos. Photos that show a vocabulary class (chelsea = cat, flower.jpg, fruits, ...) are
 # left out so that unlabelled class instances do not sit in the "background".
 _SKIMAGE_PHOTOS = (
-    "astronaut.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg", "motorcycle_left.png",
-    "camera.png", "grass.png", "gravel.png",
+    "astronaut.png",
+    "coffee.png",
+    "rocket.jpg",
+    "hubble_deep_field.jpg",
+    "motorcycle_left.png",
+    "camera.png",
+    "grass.png",
+    "gravel.png",
 )
 _OPENCV_PHOTOS = (
-    "aero1", "aero3", "baboon", "board", "building", "home", "messi5", "stuff", "graf1", "graf3",
-    "starry_night", "pic1", "pic3", "pic5",
+    "aero1",
+    "aero3",
+    "baboon",
+    "board",
+    "building",
+    "home",
+    "messi5",
+    "stuff",
+    "graf1",
+    "graf3",
+    "starry_night",
+    "pic1",
+    "pic3",
+    "pic5",
 )
-_WALLPAPERS = ("BytheWater", "ColdRipple", "ColorfulCups", "EveningGlow", "FallenLeaf", "Grey", "Kite",
-               "OneStandsOut", "Path", "summer_1am")
+_WALLPAPERS = (
+    "BytheWater",
+    "ColdRipple",
+    "ColorfulCups",
+    "EveningGlow",
+    "FallenLeaf",
+    "Grey",
+    "Kite",
+    "OneStandsOut",
+    "Path",
+    "summer_1am",
+)
 
 # composition parameters (fractions of the image side)
 _SCALE_RANGE = (0.25, 0.60)  # longest side of a pasted object
@@ -89,12 +117,27 @@ _PLACE_TRIES = 8
 _MAX_SPRITE_PIXELS = 40_000_000  # a few OpenClipart PNGs are 10k x 16k; not worth decoding
 
 _TEMPLATES = {
-    1: ("a photo of {0}.", "{0}.", "a picture of {0}.", "there is {0} in the picture.",
-        "an image with {0}.", "{0} in front of a background."),
-    2: ("a photo of {0} and {1}.", "{0} and {1}.", "there is {0} next to {1}.",
-        "a picture of {0} with {1}.", "{0} beside {1}."),
-    3: ("a photo of {0}, {1} and {2}.", "{0}, {1} and {2}.", "there is {0} next to {1} and {2}.",
-        "a picture showing {0}, {1} and {2}."),
+    1: (
+        "a photo of {0}.",
+        "{0}.",
+        "a picture of {0}.",
+        "there is {0} in the picture.",
+        "an image with {0}.",
+        "{0} in front of a background.",
+    ),
+    2: (
+        "a photo of {0} and {1}.",
+        "{0} and {1}.",
+        "there is {0} next to {1}.",
+        "a picture of {0} with {1}.",
+        "{0} beside {1}.",
+    ),
+    3: (
+        "a photo of {0}, {1} and {2}.",
+        "{0}, {1} and {2}.",
+        "there is {0} next to {1} and {2}.",
+        "a picture showing {0}, {1} and {2}.",
+    ),
 }
 
 
@@ -235,7 +278,11 @@ def _prepare_sprite(img: Image.Image, cap: int, min_side: int, opaque_max: float
 
 
 def _load_png_items(
-    root: Path, source: str, specs: list[dict[str, Any]], exclude: list[str], cap: int,
+    root: Path,
+    source: str,
+    specs: list[dict[str, Any]],
+    exclude: list[str],
+    cap: int,
     stats: dict[str, int],
 ) -> dict[str, list[_Sprite]]:
     """Sprites per class name from a folder of PNGs matched by the class globs of ``source``."""
@@ -264,8 +311,9 @@ def _load_png_items(
                     log.debug("rejected %s item %s: %dx%d is too large", source, path, im.width, im.height)
                     continue
                 im.load()
-                sprite = _prepare_sprite(im, cap, min_side=48 if source == "tuxpaint" else 64,
-                                         opaque_max=0.97)
+                sprite = _prepare_sprite(
+                    im, cap, min_side=48 if source == "tuxpaint" else 64, opaque_max=0.97
+                )
         except Exception as e:  # any unreadable item is skipped and counted, never fatal
             stats["unreadable"] = stats.get("unreadable", 0) + 1
             log.warning("skipping %s item %s: %s", source, path, e)
@@ -293,8 +341,9 @@ def _emoji_names() -> dict[str, str]:
     return out
 
 
-def _load_emoji_items(font_path: Path, specs: list[dict[str, Any]], cap: int,
-                      stats: dict[str, int]) -> dict[str, list[_Sprite]]:
+def _load_emoji_items(
+    font_path: Path, specs: list[dict[str, Any]], cap: int, stats: dict[str, int]
+) -> dict[str, list[_Sprite]]:
     from PIL import ImageDraw, ImageFont
 
     names = _emoji_names()
@@ -338,12 +387,19 @@ def _package_file(package: str, rel: str, pip_name: str) -> Path:
 
 def _package_photos() -> list[tuple[str, str, Path]]:
     """(source, name, path) of the photos bundled in scikit-image, scikit-learn and matplotlib."""
-    out = [("scikit-image", Path(f).stem, _package_file("skimage", f"data/{f}", "scikit-image"))
-           for f in _SKIMAGE_PHOTOS]
+    out = [
+        ("scikit-image", Path(f).stem, _package_file("skimage", f"data/{f}", "scikit-image"))
+        for f in _SKIMAGE_PHOTOS
+    ]
     china = _package_file("sklearn", "datasets/images/china.jpg", "scikit-learn")
     out.append(("scikit-learn", "china", china))
-    out.append(("matplotlib", "grace_hopper",
-                _package_file("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "matplotlib")))
+    out.append(
+        (
+            "matplotlib",
+            "grace_hopper",
+            _package_file("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "matplotlib"),
+        )
+    )
     return out
 
 
@@ -441,7 +497,10 @@ def _scaled_sprite(rng: np.random.Generator, sprite: _Sprite, size: int) -> np.n
 
 
 def compose(
-    rng: np.random.Generator, classes: list[_Class], backgrounds: list[_Background], size: int,
+    rng: np.random.Generator,
+    classes: list[_Class],
+    backgrounds: list[_Background],
+    size: int,
     _attempt: int = 0,
 ) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """Make one composite.
@@ -546,12 +605,18 @@ def load_demo_sources(
     tux = _check_root(roots.tuxpaint, "tuxpaint")
     if tux is not None:
         per_source["tuxpaint"] = _load_png_items(
-            tux, "tuxpaint", all_specs, [p.lower() for p in spec["exclude"].get("tuxpaint", [])], cap, stats)
+            tux, "tuxpaint", all_specs, [p.lower() for p in spec["exclude"].get("tuxpaint", [])], cap, stats
+        )
     oca = _check_root(roots.openclipart, "openclipart")
     if oca is not None:
         per_source["openclipart"] = _load_png_items(
-            oca, "openclipart", all_specs, [p.lower() for p in spec["exclude"].get("openclipart", [])], cap,
-            stats)
+            oca,
+            "openclipart",
+            all_specs,
+            [p.lower() for p in spec["exclude"].get("openclipart", [])],
+            cap,
+            stats,
+        )
     font = _check_root(roots.emoji_font, "noto-emoji")
     if font is not None:
         per_source["noto-emoji"] = _load_emoji_items(font, all_specs, cap, stats)
@@ -579,8 +644,10 @@ def load_demo_sources(
         )
     backgrounds = _load_backgrounds(roots, img_size, stats)
     if not backgrounds:
-        raise DataError("no background photos for the demo: pip install 'pgseg[demo]' (scikit-image, "
-                        "scikit-learn, matplotlib) or pass DemoRoots(backgrounds=[...])")
+        raise DataError(
+            "no background photos for the demo: pip install 'pgseg[demo]' (scikit-image, "
+            "scikit-learn, matplotlib) or pass DemoRoots(backgrounds=[...])"
+        )
     sources = []
     for src, by_class in per_source.items():
         n = sum(len(v) for v in by_class.values())
@@ -602,8 +669,20 @@ def load_demo_sources(
 # Real photos exported for `pgseg segment` demos: here photos that *show* vocabulary classes are welcome.
 _EXPORT_SKIMAGE = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
 _EXPORT_SKLEARN = ("china.jpg", "flower.jpg")
-_EXPORT_OPENCV = ("fruits", "apple", "orange", "butterfly", "HappyFish", "squirrel_cls", "baboon", "messi5",
-                  "building", "home", "aero3", "starry_night")
+_EXPORT_OPENCV = (
+    "fruits",
+    "apple",
+    "orange",
+    "butterfly",
+    "HappyFish",
+    "squirrel_cls",
+    "baboon",
+    "messi5",
+    "building",
+    "home",
+    "aero3",
+    "starry_night",
+)
 
 
 def export_demo_photos(out_dir: str | Path, roots: DemoRoots | None = None) -> list[str]:
@@ -630,12 +709,21 @@ def export_demo_photos(out_dir: str | Path, roots: DemoRoots | None = None) -> l
     roots = roots or DemoRoots()
     files: list[tuple[str, str, Path]] = []
     if roots.package_photos:
-        files += [("scikit-image", Path(f).stem, _package_file("skimage", f"data/{f}", "scikit-image"))
-                  for f in _EXPORT_SKIMAGE]
-        files += [("scikit-learn", Path(f).stem,
-                   _package_file("sklearn", f"datasets/images/{f}", "scikit-learn")) for f in _EXPORT_SKLEARN]
-        files.append(("matplotlib", "grace_hopper",
-                      _package_file("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "matplotlib")))
+        files += [
+            ("scikit-image", Path(f).stem, _package_file("skimage", f"data/{f}", "scikit-image"))
+            for f in _EXPORT_SKIMAGE
+        ]
+        files += [
+            ("scikit-learn", Path(f).stem, _package_file("sklearn", f"datasets/images/{f}", "scikit-learn"))
+            for f in _EXPORT_SKLEARN
+        ]
+        files.append(
+            (
+                "matplotlib",
+                "grace_hopper",
+                _package_file("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", "matplotlib"),
+            )
+        )
     if roots.opencv_doc is not None and Path(roots.opencv_doc).is_dir():
         for stem in _EXPORT_OPENCV:
             candidates = (Path(roots.opencv_doc) / f"{stem}{ext}" for ext in (".jpg", ".png"))
@@ -662,11 +750,14 @@ def export_demo_photos(out_dir: str | Path, roots: DemoRoots | None = None) -> l
         dest = out / f"{source}-{name}.jpg"
         img.save(dest, format="JPEG", quality=95)
         written.append(str(dest))
-        listing.append({"file": dest.name, "source": source, "licence": LICENCES[source],
-                        "original": str(path)})
+        listing.append(
+            {"file": dest.name, "source": source, "licence": LICENCES[source], "original": str(path)}
+        )
     if not written:
-        raise DataError("no demo photos found to export: pip install 'pgseg[demo]' (scikit-image, "
-                        "scikit-learn, matplotlib)")
+        raise DataError(
+            "no demo photos found to export: pip install 'pgseg[demo]' (scikit-image, "
+            "scikit-learn, matplotlib)"
+        )
     write_json_atomic(out / "photos.json", {"photos": listing})
     return sorted(written)
 
@@ -723,8 +814,13 @@ def build_demo_shards(
     t0 = time.perf_counter()
     src = load_demo_sources(roots, img_size, vocab)
     train_bgs, val_only_bgs = _split_backgrounds(src["backgrounds"])
-    log.info("demo sources loaded in %.1fs: %d caption classes, %d held-out, %d backgrounds",
-             time.perf_counter() - t0, len(src["caption"]), len(src["heldout"]), len(src["backgrounds"]))
+    log.info(
+        "demo sources loaded in %.1fs: %d caption classes, %d held-out, %d backgrounds",
+        time.perf_counter() - t0,
+        len(src["caption"]),
+        len(src["heldout"]),
+        len(src["backgrounds"]),
+    )
     plan = [
         ("train", n_train, src["caption"], train_bgs),
         ("val-caption", n_val, src["caption"], src["backgrounds"]),
@@ -751,8 +847,12 @@ def build_demo_shards(
                     sample["json"] = {"classes": present}
                 else:
                     sample["png"] = _encode(label, "PNG")
-                    sample["json"] = {"classes": names, "split": split, "present": present,
-                                      "caption": caption}
+                    sample["json"] = {
+                        "classes": names,
+                        "split": split,
+                        "present": present,
+                        "caption": caption,
+                    }
                 writer.write(sample)
                 done += 1
                 if progress is not None:

@@ -220,7 +220,7 @@ def read_index(path_or_dir: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DataError(f"cannot read shard index {path}: {e}; rebuild the shards") from e
     if not isinstance(index, dict) or index.get("kind") != KIND:
-        raise DataError(f"{path} is not a pgseg shard index (expected \"kind\": \"{KIND}\")")
+        raise DataError(f'{path} is not a pgseg shard index (expected "kind": "{KIND}")')
     schema = index.get("schema")
     if schema != SCHEMA:
         raise DataError(
@@ -229,7 +229,7 @@ def read_index(path_or_dir: str | Path) -> dict[str, Any]:
         )
     splits = index.get("splits")
     if not isinstance(splits, dict) or not splits:
-        raise DataError(f"{path}: \"splits\" must be a non-empty mapping; rebuild the shards")
+        raise DataError(f'{path}: "splits" must be a non-empty mapping; rebuild the shards')
     for name, entry in splits.items():
         ok = (
             isinstance(entry, dict)
@@ -240,7 +240,7 @@ def read_index(path_or_dir: str | Path) -> dict[str, Any]:
         )
         if not ok:
             raise DataError(
-                f"{path}: split '{name}' needs \"shards\" (list of file names) and \"count\" (int); "
+                f'{path}: split \'{name}\' needs "shards" (list of file names) and "count" (int); '
                 "rebuild the shards"
             )
     return index
@@ -389,8 +389,8 @@ def _read_caption_table(path: Path) -> list[tuple[str, str]]:
             caption = next((obj[k] for k in ("caption", "text") if k in obj), None)
             if not isinstance(image, str) or not isinstance(caption, str):
                 raise DataError(
-                    f"{path}:{n}: each line needs \"image\" (or \"file\"/\"path\") and \"caption\" "
-                    "(or \"text\") strings"
+                    f'{path}:{n}: each line needs "image" (or "file"/"path") and "caption" '
+                    '(or "text") strings'
                 )
             rows.append((image, caption))
         return rows
@@ -563,18 +563,20 @@ def write_folder_shards(
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=int(jpeg_quality))
             key = f"{writer.count:09d}"
-            writer.write({
-                "__key__": key,
-                "jpg": buf.getvalue(),
-                "txt": caption,
-                "json": {
-                    "key": key,
-                    "caption": caption,
-                    "width": img.width,
-                    "height": img.height,
-                    "original_path": path.relative_to(image_dir).as_posix(),
-                },
-            })
+            writer.write(
+                {
+                    "__key__": key,
+                    "jpg": buf.getvalue(),
+                    "txt": caption,
+                    "json": {
+                        "key": key,
+                        "caption": caption,
+                        "width": img.width,
+                        "height": img.height,
+                        "original_path": path.relative_to(image_dir).as_posix(),
+                    },
+                }
+            )
             if progress is not None:
                 progress(i + 1, total)
         shards = writer.close()

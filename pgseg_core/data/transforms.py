@@ -113,8 +113,10 @@ def train_transform(img_size: int, crop_scale: Sequence[float] = (0.08, 1.0), hf
 
     steps: list = [
         T.RandomResizedCrop(
-            img_size, scale=(float(crop_scale[0]), float(crop_scale[1])),
-            interpolation=T.InterpolationMode.BILINEAR, antialias=True,
+            img_size,
+            scale=(float(crop_scale[0]), float(crop_scale[1])),
+            interpolation=T.InterpolationMode.BILINEAR,
+            antialias=True,
         )
     ]
     if hflip:
@@ -230,9 +232,11 @@ def load_image_rgb(path: str | Path, background: tuple[int, int, int] = _WHITE) 
     except UnidentifiedImageError:
         kind = _sniff_format(path)
         if kind is not None:
-            raise DataError(f"unsupported image mode in {path}: PIL cannot decode this {kind} pixel layout (e.g. "
-                            "float RGB or an unusual number of samples) or the file is corrupt; convert it to 8-bit "
-                            "RGB") from None
+            raise DataError(
+                f"unsupported image mode in {path}: PIL cannot decode this {kind} pixel layout (e.g. "
+                "float RGB or an unusual number of samples) or the file is corrupt; convert it to 8-bit "
+                "RGB"
+            ) from None
         raise DataError(f"{path} is not a readable image (unknown or corrupt format)") from None
     except (OSError, SyntaxError, ValueError) as e:
         if "mode" in str(e).lower() and "truncated" not in str(e).lower():

@@ -266,9 +266,19 @@ def evaluate_samples(
             (the message names the sample key).
     """
     spec = ClassSpec.from_names(class_names)
-    return evaluate_stream(model, samples, spec, eval_cfg, device, with_background=True, cache=cache,
-                           key_prefix=key_prefix, sweep=sweep, max_images=max_images, on_image=on_image)
-
+    return evaluate_stream(
+        model,
+        samples,
+        spec,
+        eval_cfg,
+        device,
+        with_background=True,
+        cache=cache,
+        key_prefix=key_prefix,
+        sweep=sweep,
+        max_images=max_images,
+        on_image=on_image,
+    )
 
 
 def _ticker(progress: Callable[[int, int | None], None] | None, total: int | None) -> Callable[[], None]:
@@ -437,14 +447,45 @@ def evaluate_dataset(
         model.eval()
     tick = _ticker(progress, total)
 
-    logger.info("evaluating %s/%s: %d images, %d classes%s", name, split_name, total, len(spec),
-                " + background" if with_bg else "")
-    metrics = evaluate_stream(model, iter(dataset), spec, eval_cfg, device, with_background=with_bg, cache=cache,
-                              sweep=sweep, max_images=max_images, on_image=tick, skip_bad=True)
-    logger.info("%s: mIoU %.2f, mAcc %.2f, aAcc %.2f over %d images (%d skipped)", name, metrics["mIoU"],
-                metrics["mAcc"], metrics["aAcc"], metrics["num_images"], metrics["skipped"]["count"])
+    logger.info(
+        "evaluating %s/%s: %d images, %d classes%s",
+        name,
+        split_name,
+        total,
+        len(spec),
+        " + background" if with_bg else "",
+    )
+    metrics = evaluate_stream(
+        model,
+        iter(dataset),
+        spec,
+        eval_cfg,
+        device,
+        with_background=with_bg,
+        cache=cache,
+        sweep=sweep,
+        max_images=max_images,
+        on_image=tick,
+        skip_bad=True,
+    )
+    logger.info(
+        "%s: mIoU %.2f, mAcc %.2f, aAcc %.2f over %d images (%d skipped)",
+        name,
+        metrics["mIoU"],
+        metrics["mAcc"],
+        metrics["aAcc"],
+        metrics["num_images"],
+        metrics["skipped"]["count"],
+    )
     cfg_dict = asdict(eval_cfg) if hasattr(eval_cfg, "__dataclass_fields__") else dict(vars(eval_cfg))
-    ds = {"name": name, "split": split_name, "has_background": with_bg, "num_classes": len(spec),
-          "num_images": metrics["num_images"], "dataset_size": len(dataset),
-          "skipped": metrics["skipped"]["count"], "class_names": class_names}
+    ds = {
+        "name": name,
+        "split": split_name,
+        "has_background": with_bg,
+        "num_classes": len(spec),
+        "num_images": metrics["num_images"],
+        "dataset_size": len(dataset),
+        "skipped": metrics["skipped"]["count"],
+        "class_names": class_names,
+    }
     return EvalResult(splits={split_name: metrics}, eval_config=cfg_dict, dataset=ds)

@@ -108,7 +108,9 @@ class ConfusionAccumulator:
             ValueError: shapes differ or a prediction is out of range. DataError: a bad ground-truth value.
         """
         if tuple(pred.shape) != tuple(gt.shape):
-            raise ValueError(f"prediction shape {tuple(pred.shape)} differs from ground-truth shape {tuple(gt.shape)}")
+            raise ValueError(
+                f"prediction shape {tuple(pred.shape)} differs from ground-truth shape {tuple(gt.shape)}"
+            )
         p = _as_long_tensor(pred, self.device)
         g = _as_long_tensor(gt, self.device)
         self.counts += _confusion_counts(p, g, self.num_classes, self.ignore_index)

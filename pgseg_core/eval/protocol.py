@@ -32,8 +32,14 @@ from typing import Any
 from ..config import EvalConfig, _parse_scalar, _suggest, from_dict
 from ..errors import ConfigError
 
-__all__ = ["PROTOCOL_DIR", "list_protocols", "load_protocol", "resolve_protocol", "model_family",
-           "ResolvedProtocol"]
+__all__ = [
+    "PROTOCOL_DIR",
+    "list_protocols",
+    "load_protocol",
+    "resolve_protocol",
+    "model_family",
+    "ResolvedProtocol",
+]
 
 PROTOCOL_DIR = Path(__file__).parent / "protocols"
 FAMILIES = ("groupvit", "pgseg")
@@ -92,8 +98,14 @@ class ResolvedProtocol:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "dataset": self.dataset, "family": self.family,
-                "class_names": self.class_names, "notes": list(self.notes), "eval": asdict(self.eval_cfg)}
+        return {
+            "name": self.name,
+            "dataset": self.dataset,
+            "family": self.family,
+            "class_names": self.class_names,
+            "notes": list(self.notes),
+            "eval": asdict(self.eval_cfg),
+        }
 
 
 def _strip_eval_prefix(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -103,14 +115,17 @@ def _strip_eval_prefix(overrides: dict[str, Any]) -> dict[str, Any]:
         if "." in key:
             section, rest = key.split(".", 1)
             if section != "eval":
-                raise ConfigError(f"'--{key}' is not an eval setting: evaluation accepts --eval.KEY overrides only")
+                raise ConfigError(
+                    f"'--{key}' is not an eval setting: evaluation accepts --eval.KEY overrides only"
+                )
             key = rest
         out[key] = _parse_scalar(value) if isinstance(value, str) else value
     return out
 
 
-def resolve_protocol(name: str, dataset: str = "", family: str = "groupvit",
-                     overrides: dict[str, Any] | None = None) -> ResolvedProtocol:
+def resolve_protocol(
+    name: str, dataset: str = "", family: str = "groupvit", overrides: dict[str, Any] | None = None
+) -> ResolvedProtocol:
     """Eval settings of protocol ``name`` on ``dataset`` for a checkpoint of ``family``, plus overrides.
 
     Args:
@@ -139,8 +154,10 @@ def resolve_protocol(name: str, dataset: str = "", family: str = "groupvit",
     if isinstance(table, dict) and family in table:
         settings["bg_thresh"] = table[family]
         who = "PGSeg" if family == "pgseg" else "GroupViT"
-        notes.append(f"bg_thresh {table[family]} ({who} release value for {dataset}; the checkpoint "
-                     f"{'has' if family == 'pgseg' else 'has no'} NPR)")
+        notes.append(
+            f"bg_thresh {table[family]} ({who} release value for {dataset}; the checkpoint "
+            f"{'has' if family == 'pgseg' else 'has no'} NPR)"
+        )
     user = _strip_eval_prefix(overrides or {})
     if user:
         notes.append("overrides: " + ", ".join(f"{k}={v}" for k, v in user.items()))

@@ -4,5 +4,10 @@ from .contrastive import image_text_contrastive
 from .multi_label import multi_label_contrastive
 from .prototype import hrs_mask, hungarian_match, prototype_group_loss
 
-__all__ = ["image_text_contrastive", "multi_label_contrastive", "hungarian_match", "hrs_mask",
-           "prototype_group_loss"]
+__all__ = [
+    "image_text_contrastive",
+    "multi_label_contrastive",
+    "hungarian_match",
+    "hrs_mask",
+    "prototype_group_loss",
+]

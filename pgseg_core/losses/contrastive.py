@@ -18,8 +18,9 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(parts, dim=0), x.shape[0] * torch.distributed.get_rank()
 
 
-def image_text_contrastive(image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor,
-                           max_scale: float = 100.0) -> torch.Tensor:
+def image_text_contrastive(
+    image_emb: torch.Tensor, text_emb: torch.Tensor, logit_scale: torch.Tensor, max_scale: float = 100.0
+) -> torch.Tensor:
     """L_itc = ½ [CE(s·I·Tᵀ, y) + CE(s·T·Iᵀ, y)] with s = min(exp(logit_scale), 100).
 
     Args:
@@ -36,4 +37,6 @@ def image_text_contrastive(image_emb: torch.Tensor, text_emb: torch.Tensor, logi
     all_img, offset = gather_with_grad(img)
     all_txt, _ = gather_with_grad(txt)
     target = torch.arange(img.shape[0], device=img.device) + offset
-    return 0.5 * (F.cross_entropy(s * img @ all_txt.t(), target) + F.cross_entropy(s * txt @ all_img.t(), target))
+    return 0.5 * (
+        F.cross_entropy(s * img @ all_txt.t(), target) + F.cross_entropy(s * txt @ all_img.t(), target)
+    )

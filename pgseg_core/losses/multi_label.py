@@ -29,8 +29,13 @@ def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.sum(-target * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
-def multi_label_contrastive(image_emb: torch.Tensor, prompt_emb: torch.Tensor, targets: torch.Tensor,
-                            logit_scale: torch.Tensor, max_scale: float = 100.0) -> torch.Tensor:
+def multi_label_contrastive(
+    image_emb: torch.Tensor,
+    prompt_emb: torch.Tensor,
+    targets: torch.Tensor,
+    logit_scale: torch.Tensor,
+    max_scale: float = 100.0,
+) -> torch.Tensor:
     """L_ml = ½ [SoftCE(s·I·Pᵀ, row-normalised T) + SoftCE(s·P·Iᵀ, row-normalised Tᵀ)].
 
     s = min(exp(logit_scale), 100); pgseg_method.md §2.2.
@@ -50,8 +55,10 @@ def multi_label_contrastive(image_emb: torch.Tensor, prompt_emb: torch.Tensor, t
         ValueError: shapes that do not match, or an empty row / column in ``targets``.
     """
     if prompt_emb.dim() != 2 or targets.shape != (image_emb.shape[0], prompt_emb.shape[0]):
-        raise ValueError(f"multi-label loss: targets must be [B, P] = [{image_emb.shape[0]}, "
-                         f"{prompt_emb.shape[0]}], got {tuple(targets.shape)}")
+        raise ValueError(
+            f"multi-label loss: targets must be [B, P] = [{image_emb.shape[0]}, "
+            f"{prompt_emb.shape[0]}], got {tuple(targets.shape)}"
+        )
     t = targets.float()
     if bool((t.sum(1) == 0).any()) or bool((t.sum(0) == 0).any()):
         raise ValueError("multi-label loss: every image needs a prompt and every prompt an image")

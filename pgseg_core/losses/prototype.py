@@ -33,7 +33,7 @@ def hungarian_match(groups: torch.Tensor, prototypes: torch.Tensor, maximize: bo
     Returns:
         LongTensor [B, K]: ``perm[b, k]`` is the prototype index matched to group k.
     """
-    sim = (F.normalize(groups.float(), dim=-1) @ F.normalize(prototypes.float(), dim=-1).transpose(1, 2))
+    sim = F.normalize(groups.float(), dim=-1) @ F.normalize(prototypes.float(), dim=-1).transpose(1, 2)
     sim_np = sim.cpu().numpy().astype(np.float64)
     perm = np.stack([linear_sum_assignment(m, maximize=maximize)[1] for m in sim_np])
     return torch.from_numpy(perm).to(groups.device, torch.long)
@@ -63,9 +63,14 @@ def hrs_mask(sim: torch.Tensor, threshold: float = 0.1, released_code: bool = Fa
     return picked > threshold
 
 
-def prototype_group_loss(groups: torch.Tensor, prototypes: torch.Tensor, logit_scale: torch.Tensor,
-                         threshold: float = 0.1, released_code: bool = False, max_scale: float = 100.0
-                         ) -> torch.Tensor:
+def prototype_group_loss(
+    groups: torch.Tensor,
+    prototypes: torch.Tensor,
+    logit_scale: torch.Tensor,
+    threshold: float = 0.1,
+    released_code: bool = False,
+    max_scale: float = 100.0,
+) -> torch.Tensor:
     """L_PG between group centres and their matched prototypes (sum of both directions).
 
     Args:

@@ -28,8 +28,17 @@ from ..config import ModelConfig, NPRConfig, TextConfig, VisionConfig
 from ..errors import CheckpointError
 
 __all__ = [
-    "FORMATS", "detect_format", "state_dict_of", "official_to_pgseg", "pgseg_to_official", "hf_to_pgseg",
-    "pgseg_to_hf", "config_from_official", "config_from_hf", "config_from_state", "hf_config_from_model_config",
+    "FORMATS",
+    "detect_format",
+    "state_dict_of",
+    "official_to_pgseg",
+    "pgseg_to_official",
+    "hf_to_pgseg",
+    "pgseg_to_hf",
+    "config_from_official",
+    "config_from_hf",
+    "config_from_state",
+    "hf_config_from_model_config",
     "convert_state",
 ]
 
@@ -55,7 +64,7 @@ def _describe(obj: Any) -> str:
 def _strip_prefix(state: dict[str, Any]) -> dict[str, Any]:
     """Drop a DistributedDataParallel ``module.`` prefix present on every key."""
     if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
-        return {k[len("module."):]: v for k, v in state.items()}
+        return {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -68,25 +77,34 @@ def state_dict_of(obj: Any) -> dict[str, torch.Tensor] | None:
         inner = obj.get(key)
         if isinstance(inner, dict) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
             return _strip_prefix(dict(inner))
-    if obj and all(isinstance(k, str) for k in obj) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if (
+        obj
+        and all(isinstance(k, str) for k in obj)
+        and all(isinstance(v, torch.Tensor) for v in obj.values())
+    ):
         return _strip_prefix(dict(obj))
     return None
 
 
 def _is_hf(keys: list[str]) -> bool:
-    keys = [k[len("groupvit."):] if k.startswith("groupvit.") else k for k in keys]
+    keys = [k[len("groupvit.") :] if k.startswith("groupvit.") else k for k in keys]
     return any(k.startswith("vision_model.") for k in keys) and (
-        any(k.startswith(("text_model.", "visual_projection.")) for k in keys))
+        any(k.startswith(("text_model.", "visual_projection.")) for k in keys)
+    )
 
 
 def _is_official(keys: list[str]) -> bool:
     return any(k.startswith("img_encoder.") for k in keys) and any(
-        k.startswith(("text_encoder.", "img_projector.", "text_projector.")) or k == "logit_scale" for k in keys)
+        k.startswith(("text_encoder.", "img_projector.", "text_projector.")) or k == "logit_scale"
+        for k in keys
+    )
 
 
 def _has_npr(keys: list[str]) -> bool:
-    return any(".downsample_spatial." in k or k in ("img_encoder.logit_scale", _OFFICIAL_TEXT_MU, _OUR_TEXT_MU)
-               for k in keys)
+    return any(
+        ".downsample_spatial." in k or k in ("img_encoder.logit_scale", _OFFICIAL_TEXT_MU, _OUR_TEXT_MU)
+        for k in keys
+    )
 
 
 def detect_format(obj: Any) -> str:
@@ -114,16 +132,18 @@ def detect_format(obj: Any) -> str:
         found = f"{_describe(obj)}; 'model' holds {len(obj['model'])} entries and no GroupViT weights"
     else:
         found = _describe(obj)
-    raise CheckpointError(f"not a pgseg checkpoint, nor an NVlabs GroupViT / PGSeg or Hugging Face GroupViT one "
-                          f"(found {found})")
+    raise CheckpointError(
+        f"not a pgseg checkpoint, nor an NVlabs GroupViT / PGSeg or Hugging Face GroupViT one (found {found})"
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------
 # official (NVlabs / Ferenas) <-> ours
 
 
-def official_to_pgseg(state: dict[str, torch.Tensor], *, keep_mapping_text: bool = False
-                      ) -> tuple[dict[str, torch.Tensor], list[str]]:
+def official_to_pgseg(
+    state: dict[str, torch.Tensor], *, keep_mapping_text: bool = False
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename an official GroupViT / PGSeg state dict (``checkpoint["model"]``) to ours.
 
     Args:
@@ -142,24 +162,30 @@ def official_to_pgseg(state: dict[str, torch.Tensor], *, keep_mapping_text: bool
         if key == _OFFICIAL_TEXT_MU:
             out[_OUR_TEXT_MU] = value
             if value.shape[-1] == 1:
-                notes.append("text_encoder.Atten.mu -> text_npr.mu (the released 1-d text prototypes; needs "
-                             "model.npr.released_code=true)")
+                notes.append(
+                    "text_encoder.Atten.mu -> text_npr.mu (the released 1-d text prototypes; needs "
+                    "model.npr.released_code=true)"
+                )
         elif key.startswith("img_encoder.mapping_text."):
             if keep_mapping_text:
                 out[key] = value
             else:
                 dropped_mt.append(key)
         elif key == "multi_label_logit_scale":
-            notes.append("dropped multi_label_logit_scale (a training-only scale of the multi-label loss; "
-                         "inference does not use it; set model.multi_label to train with that loss)")
+            notes.append(
+                "dropped multi_label_logit_scale (a training-only scale of the multi-label loss; "
+                "inference does not use it; set model.multi_label to train with that loss)"
+            )
         elif key == "text_encoder.attn_mask":
             pass  # the causal mask is rebuilt, never stored
         else:
             out[key] = value
     if dropped_mt:
         n = sum(state[k].numel() for k in dropped_mt)
-        notes.append(f"dropped img_encoder.mapping_text.* ({len(dropped_mt)} tensors, {n:,} values): the released "
-                     "PGSeg builds this head but never uses it")
+        notes.append(
+            f"dropped img_encoder.mapping_text.* ({len(dropped_mt)} tensors, {n:,} values): the released "
+            "PGSeg builds this head but never uses it"
+        )
     return out, notes
 
 
@@ -181,13 +207,23 @@ _HF_RULES: list[tuple[str, str]] = [
     ("img_encoder.patch_embed.norm.{p}", "vision_model.embeddings.layernorm.{p}"),
     ("img_encoder.pos_embed", "vision_model.embeddings.position_embeddings"),
     ("img_encoder.norm.{p}", "vision_model.layernorm.{p}"),
-    ("img_encoder.layers.{s}.blocks.{i}.norm1.{p}", "vision_model.encoder.stages.{s}.layers.{i}.layer_norm1.{p}"),
-    ("img_encoder.layers.{s}.blocks.{i}.norm2.{p}", "vision_model.encoder.stages.{s}.layers.{i}.layer_norm2.{p}"),
-    ("img_encoder.layers.{s}.blocks.{i}.attn.proj.{p}",
-     "vision_model.encoder.stages.{s}.layers.{i}.self_attn.out_proj.{p}"),
+    (
+        "img_encoder.layers.{s}.blocks.{i}.norm1.{p}",
+        "vision_model.encoder.stages.{s}.layers.{i}.layer_norm1.{p}",
+    ),
+    (
+        "img_encoder.layers.{s}.blocks.{i}.norm2.{p}",
+        "vision_model.encoder.stages.{s}.layers.{i}.layer_norm2.{p}",
+    ),
+    (
+        "img_encoder.layers.{s}.blocks.{i}.attn.proj.{p}",
+        "vision_model.encoder.stages.{s}.layers.{i}.self_attn.out_proj.{p}",
+    ),
     ("img_encoder.layers.{s}.blocks.{i}.mlp.{p}", "vision_model.encoder.stages.{s}.layers.{i}.mlp.{p}"),
-    ("img_encoder.layers.{s}.downsample.pre_assign_attn.attn.proj.{p}",
-     "vision_model.encoder.stages.{s}.downsample.pre_assign_attn.attn.out_proj.{p}"),
+    (
+        "img_encoder.layers.{s}.downsample.pre_assign_attn.attn.proj.{p}",
+        "vision_model.encoder.stages.{s}.downsample.pre_assign_attn.attn.out_proj.{p}",
+    ),
     ("img_encoder.layers.{s}.downsample.{p}", "vision_model.encoder.stages.{s}.downsample.{p}"),
     ("img_encoder.layers.{s}.group_token", "vision_model.encoder.stages.{s}.group_token"),
     ("img_encoder.layers.{s}.group_projector.{p}", "vision_model.encoder.stages.{s}.group_projector.{p}"),
@@ -197,8 +233,10 @@ _HF_RULES: list[tuple[str, str]] = [
     ("text_encoder.transformer.resblocks.{i}.ln_2.{p}", "text_model.encoder.layers.{i}.layer_norm2.{p}"),
     ("text_encoder.transformer.resblocks.{i}.mlp.c_fc.{p}", "text_model.encoder.layers.{i}.mlp.fc1.{p}"),
     ("text_encoder.transformer.resblocks.{i}.mlp.c_proj.{p}", "text_model.encoder.layers.{i}.mlp.fc2.{p}"),
-    ("text_encoder.transformer.resblocks.{i}.attn.out_proj.{p}",
-     "text_model.encoder.layers.{i}.self_attn.out_proj.{p}"),
+    (
+        "text_encoder.transformer.resblocks.{i}.attn.out_proj.{p}",
+        "text_model.encoder.layers.{i}.self_attn.out_proj.{p}",
+    ),
     ("text_encoder.ln_final.{p}", "text_model.final_layer_norm.{p}"),
     ("img_projector.linear_hidden.0.{p}", "visual_projection.0.{p}"),
     ("img_projector.linear_hidden.1.{p}", "visual_projection.1.{p}"),
@@ -210,13 +248,21 @@ _HF_RULES: list[tuple[str, str]] = [
 ]
 # fused q/k/v (rows stacked q, k, v) <-> separate projections
 _HF_FUSED: list[tuple[str, str]] = [
-    ("img_encoder.layers.{s}.blocks.{i}.attn.qkv.{p}",
-     "vision_model.encoder.stages.{s}.layers.{i}.self_attn.{x}_proj.{p}"),
-    ("text_encoder.transformer.resblocks.{i}.attn.in_proj_{p}",
-     "text_model.encoder.layers.{i}.self_attn.{x}_proj.{p}"),
+    (
+        "img_encoder.layers.{s}.blocks.{i}.attn.qkv.{p}",
+        "vision_model.encoder.stages.{s}.layers.{i}.self_attn.{x}_proj.{p}",
+    ),
+    (
+        "text_encoder.transformer.resblocks.{i}.attn.in_proj_{p}",
+        "text_model.encoder.layers.{i}.self_attn.{x}_proj.{p}",
+    ),
 ]
-_CONV1D_PREFIXES = ("img_projector.linear_hidden.0.", "img_projector.linear_out.",
-                    "text_projector.linear_hidden.0.", "text_projector.linear_out.")
+_CONV1D_PREFIXES = (
+    "img_projector.linear_hidden.0.",
+    "img_projector.linear_out.",
+    "text_projector.linear_hidden.0.",
+    "text_projector.linear_out.",
+)
 
 
 def _template_regex(template: str) -> re.Pattern:
@@ -248,8 +294,9 @@ def _translate(key: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
     return None
 
 
-def hf_to_pgseg(state: dict[str, torch.Tensor], cfg: ModelConfig | None = None
-                ) -> tuple[dict[str, torch.Tensor], list[str]]:
+def hf_to_pgseg(
+    state: dict[str, torch.Tensor], cfg: ModelConfig | None = None
+) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Rename a transformers ``GroupViTModel`` state dict to ours.
 
     q/k/v projections are fused into ``attn.qkv`` / ``attn.in_proj_*`` (rows q, k, v), Linear projection
@@ -264,10 +311,11 @@ def hf_to_pgseg(state: dict[str, torch.Tensor], cfg: ModelConfig | None = None
     """
     state = _strip_prefix(dict(state))
     if state and all(k.startswith("groupvit.") for k in state):
-        state = {k[len("groupvit."):]: v for k, v in state.items()}
+        state = {k[len("groupvit.") :]: v for k, v in state.items()}
     if cfg is not None and cfg.proj_layers != 2:
-        raise CheckpointError(f"HF GroupViT has two-layer projection heads; the target config has "
-                              f"proj_layers={cfg.proj_layers}")
+        raise CheckpointError(
+            f"HF GroupViT has two-layer projection heads; the target config has proj_layers={cfg.proj_layers}"
+        )
     out: dict[str, torch.Tensor] = {}
     notes: list[str] = []
     fused: dict[str, dict[str, torch.Tensor]] = {}
@@ -293,12 +341,16 @@ def hf_to_pgseg(state: dict[str, torch.Tensor], cfg: ModelConfig | None = None
             value = value.unsqueeze(-1)  # Linear [out, in] -> Conv1d k=1 [out, in, 1]
         out[ours] = value
     if unknown:
-        raise CheckpointError(f"HF GroupViT state dict has {len(unknown)} keys without a pgseg counterpart "
-                              f"(e.g. {', '.join(unknown[:3])}); is it a GroupViTModel?")
+        raise CheckpointError(
+            f"HF GroupViT state dict has {len(unknown)} keys without a pgseg counterpart "
+            f"(e.g. {', '.join(unknown[:3])}); is it a GroupViTModel?"
+        )
     for ours, parts in fused.items():
         if set(parts) != {"q", "k", "v"}:
-            raise CheckpointError(f"HF GroupViT state dict is incomplete: {ours} needs q, k and v projections, "
-                                  f"found {''.join(sorted(parts))}")
+            raise CheckpointError(
+                f"HF GroupViT state dict is incomplete: {ours} needs q, k and v projections, "
+                f"found {''.join(sorted(parts))}"
+            )
         out[ours] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     return out, notes
 
@@ -332,11 +384,17 @@ def pgseg_to_hf(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             value = value.squeeze(-1)  # Conv1d k=1 -> Linear
         out[hf] = value
     if unknown:
-        npr = any(".downsample_spatial." in k or k in ("img_encoder.logit_scale", _OUR_TEXT_MU) for k in unknown)
-        why = ("PGSeg's NPR modules are part of its inference path and HF GroupViT has none" if npr else
-               "HF GroupViT has no counterpart for them")
-        raise CheckpointError(f"cannot export to HF GroupViT: {len(unknown)} keys such as {', '.join(unknown[:3])} "
-                              f"({why})")
+        npr = any(
+            ".downsample_spatial." in k or k in ("img_encoder.logit_scale", _OUR_TEXT_MU) for k in unknown
+        )
+        why = (
+            "PGSeg's NPR modules are part of its inference path and HF GroupViT has none"
+            if npr
+            else "HF GroupViT has no counterpart for them"
+        )
+        raise CheckpointError(
+            f"cannot export to HF GroupViT: {len(unknown)} keys such as {', '.join(unknown[:3])} ({why})"
+        )
     return out
 
 
@@ -358,8 +416,12 @@ def _projector_dims(state: dict[str, torch.Tensor], prefix: str) -> tuple[int, i
     return int(hidden), int(out_w.shape[0]), len(convs) + 1
 
 
-def config_from_state(state: dict[str, torch.Tensor], notes: list[str] | None = None,
-                      num_heads: list[int] | None = None, text_heads: int | None = None) -> ModelConfig:
+def config_from_state(
+    state: dict[str, torch.Tensor],
+    notes: list[str] | None = None,
+    num_heads: list[int] | None = None,
+    text_heads: int | None = None,
+) -> ModelConfig:
     """Infer a :class:`ModelConfig` from the shapes of a state dict in *our* names.
 
     Head counts are not stored in weights: unless given, vision heads are C / 64 (GroupViT-S: 6) and text
@@ -375,14 +437,21 @@ def config_from_state(state: dict[str, torch.Tensor], notes: list[str] | None = 
         n = int(pos.shape[1])
         grid = math.isqrt(n)
         if grid * grid != n:
-            raise CheckpointError(f"img_encoder.pos_embed has {n} positions, not a square grid; cannot infer the "
-                                  "image size")
+            raise CheckpointError(
+                f"img_encoder.pos_embed has {n} positions, not a square grid; cannot infer the image size"
+            )
         stages = _count(state, r"img_encoder\.layers\.(\d+)\.")
         depths = [_count(state, rf"img_encoder\.layers\.{s}\.blocks\.(\d+)\.") for s in range(stages)]
-        group_tokens = [int(state[f"img_encoder.layers.{s}.group_token"].shape[1])
-                        if f"img_encoder.layers.{s}.group_token" in state else 0 for s in range(stages)]
-        out_groups = [int(state[f"img_encoder.layers.{s}.downsample.mlp_inter.fc2.weight"].shape[0])
-                      for s in range(stages - 1)]
+        group_tokens = [
+            int(state[f"img_encoder.layers.{s}.group_token"].shape[1])
+            if f"img_encoder.layers.{s}.group_token" in state
+            else 0
+            for s in range(stages)
+        ]
+        out_groups = [
+            int(state[f"img_encoder.layers.{s}.downsample.mlp_inter.fc2.weight"].shape[0])
+            for s in range(stages - 1)
+        ]
         fc1 = state["img_encoder.layers.0.blocks.0.mlp.fc1.weight"]
         hybrid = any(k.startswith("img_encoder.hybrid.") for k in state)
         if hybrid:
@@ -393,20 +462,38 @@ def config_from_state(state: dict[str, torch.Tensor], notes: list[str] | None = 
         if num_heads is None:
             num_heads = [max(1, C // 64)] * stages
             if C != 384 and notes is not None:
-                notes.append("vision heads are not stored in the weights; assumed head width 64 "
-                             f"({num_heads[0]} heads)")
-        vision = VisionConfig(stem=stem, img_size=grid * patch, patch_size=patch, in_chans=in_chans, embed_dim=C,
-                              depths=depths, num_heads=list(num_heads), num_group_tokens=group_tokens,
-                              num_output_groups=out_groups, mlp_ratio=fc1.shape[0] / C,
-                              qkv_bias="img_encoder.layers.0.blocks.0.attn.qkv.bias" in state)
+                notes.append(
+                    "vision heads are not stored in the weights; assumed head width 64 "
+                    f"({num_heads[0]} heads)"
+                )
+        vision = VisionConfig(
+            stem=stem,
+            img_size=grid * patch,
+            patch_size=patch,
+            in_chans=in_chans,
+            embed_dim=C,
+            depths=depths,
+            num_heads=list(num_heads),
+            num_group_tokens=group_tokens,
+            num_output_groups=out_groups,
+            mlp_ratio=fc1.shape[0] / C,
+            qkv_bias="img_encoder.layers.0.blocks.0.attn.qkv.bias" in state,
+        )
         if "text_encoder.token_embedding.weight" in state:
             tok = state["text_encoder.token_embedding.weight"]
             W = int(tok.shape[1])
             layers = _count(state, r"text_encoder\.transformer\.resblocks\.(\d+)\.")
             c_fc = state["text_encoder.transformer.resblocks.0.mlp.c_fc.weight"]
             ctx = int(state["text_encoder.positional_embedding"].shape[0])
-            text = TextConfig(tower="transformer", context_length=ctx, vocab_size=int(tok.shape[0]), width=W, layers=layers,
-                              heads=text_heads or max(1, W // 64), mlp_ratio=c_fc.shape[0] / W)
+            text = TextConfig(
+                tower="transformer",
+                context_length=ctx,
+                vocab_size=int(tok.shape[0]),
+                width=W,
+                layers=layers,
+                heads=text_heads or max(1, W // 64),
+                mlp_ratio=c_fc.shape[0] / W,
+            )
         else:
             text = TextConfig(tower="minilm")
         hidden, D, proj_layers = _projector_dims(state, "img_projector")
@@ -414,13 +501,18 @@ def config_from_state(state: dict[str, torch.Tensor], notes: list[str] | None = 
         if _has_npr(list(state)):
             mapping = state.get("img_encoder.layers.0.downsample_spatial.mapping_x.linear_hidden.0.weight")
             mu_t = state.get(_OUR_TEXT_MU)
-            npr = NPRConfig(enabled=True, mapping_hidden=int(mapping.shape[0]) if mapping is not None else 4096,
-                            text_prototypes=int(mu_t.shape[1]) if mu_t is not None else 8,
-                            released_code=mu_t is None or int(mu_t.shape[-1]) == 1,
-                            with_mapping_text=any(k.startswith("img_encoder.mapping_text.") for k in state))
+            npr = NPRConfig(
+                enabled=True,
+                mapping_hidden=int(mapping.shape[0]) if mapping is not None else 4096,
+                text_prototypes=int(mu_t.shape[1]) if mu_t is not None else 8,
+                released_code=mu_t is None or int(mu_t.shape[-1]) == 1,
+                with_mapping_text=any(k.startswith("img_encoder.mapping_text.") for k in state),
+            )
     except KeyError as e:
         raise CheckpointError(f"weights lack {e.args[0]}; not a GroupViT / PGSeg model") from e
-    return ModelConfig(vision=vision, text=text, npr=npr, embed_dim=D, proj_hidden=hidden, proj_layers=proj_layers)
+    return ModelConfig(
+        vision=vision, text=text, npr=npr, embed_dim=D, proj_hidden=hidden, proj_layers=proj_layers
+    )
 
 
 def config_from_official(state: dict[str, torch.Tensor], notes: list[str] | None = None) -> ModelConfig:
@@ -439,20 +531,44 @@ def config_from_official(state: dict[str, torch.Tensor], notes: list[str] | None
 
 
 # transformers' GroupViT config defaults (configuration_groupvit.py), used for keys a config.json leaves out
-_HF_VISION_DEFAULTS = {"hidden_size": 384, "intermediate_size": 1536, "depths": [6, 3, 3],
-                       "num_group_tokens": [64, 8, 0], "num_output_groups": [64, 8, 8], "num_attention_heads": 6,
-                       "image_size": 224, "patch_size": 16, "num_channels": 3, "hidden_act": "gelu",
-                       "layer_norm_eps": 1e-5, "assign_eps": 1.0, "assign_mlp_ratio": [0.5, 4]}
-_HF_TEXT_DEFAULTS = {"vocab_size": 49408, "hidden_size": 256, "intermediate_size": 1024, "num_hidden_layers": 12,
-                     "num_attention_heads": 4, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
-                     "layer_norm_eps": 1e-5}
-_HF_TOP_DEFAULTS = {"projection_dim": 256, "projection_intermediate_dim": 4096, "logit_scale_init_value": 2.6592}
+_HF_VISION_DEFAULTS = {
+    "hidden_size": 384,
+    "intermediate_size": 1536,
+    "depths": [6, 3, 3],
+    "num_group_tokens": [64, 8, 0],
+    "num_output_groups": [64, 8, 8],
+    "num_attention_heads": 6,
+    "image_size": 224,
+    "patch_size": 16,
+    "num_channels": 3,
+    "hidden_act": "gelu",
+    "layer_norm_eps": 1e-5,
+    "assign_eps": 1.0,
+    "assign_mlp_ratio": [0.5, 4],
+}
+_HF_TEXT_DEFAULTS = {
+    "vocab_size": 49408,
+    "hidden_size": 256,
+    "intermediate_size": 1024,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
+_HF_TOP_DEFAULTS = {
+    "projection_dim": 256,
+    "projection_intermediate_dim": 4096,
+    "logit_scale_init_value": 2.6592,
+}
 
 
 def _pair(v: Any) -> int:
     if isinstance(v, (list, tuple)):
         if len(set(v)) != 1:
-            raise CheckpointError(f"HF GroupViT config has a non-square size {v}; only square sizes are supported")
+            raise CheckpointError(
+                f"HF GroupViT config has a non-square size {v}; only square sizes are supported"
+            )
         return int(v[0])
     return int(v)
 
@@ -493,26 +609,49 @@ def config_from_hf(hf_config: Any) -> ModelConfig:
         problems.append(f"depths {depths} / num_group_tokens {tokens} / num_output_groups {outs} disagree")
     else:
         if tokens[-1] != 0 or any(x <= 0 for x in tokens[:-1]):
-            problems.append(f"num_group_tokens {tokens}: pgseg needs group tokens in every stage but the last")
+            problems.append(
+                f"num_group_tokens {tokens}: pgseg needs group tokens in every stage but the last"
+            )
         for i in range(1, n - 1):
             if outs[i - 1] != tokens[i - 1]:
-                problems.append(f"stage {i}'s group projector takes {outs[i - 1]} tokens but stage {i - 1} has "
-                                f"{tokens[i - 1]} group tokens")
+                problems.append(
+                    f"stage {i}'s group projector takes {outs[i - 1]} tokens but stage {i - 1} has "
+                    f"{tokens[i - 1]} group tokens"
+                )
     if problems:
         raise CheckpointError("HF GroupViT config not supported: " + "; ".join(problems))
     C = int(v["hidden_size"])
     W = int(t["hidden_size"])
-    vision = VisionConfig(img_size=_pair(v["image_size"]), patch_size=_pair(v["patch_size"]),
-                          in_chans=int(v["num_channels"]), embed_dim=C, depths=depths,
-                          num_heads=[int(v["num_attention_heads"])] * n, num_group_tokens=tokens,
-                          num_output_groups=outs[: n - 1], mlp_ratio=int(v["intermediate_size"]) / C,
-                          assign_eps=float(v["assign_eps"]))
-    text = TextConfig(tower="transformer", context_length=int(t["max_position_embeddings"]),
-                      vocab_size=int(t["vocab_size"]), width=W, layers=int(t["num_hidden_layers"]),
-                      heads=int(t["num_attention_heads"]), mlp_ratio=int(t["intermediate_size"]) / W)
-    return ModelConfig(vision=vision, text=text, npr=NPRConfig(enabled=False), embed_dim=int(top["projection_dim"]),
-                       proj_hidden=int(top["projection_intermediate_dim"]), proj_layers=2,
-                       contrast_temperature=math.exp(-float(top["logit_scale_init_value"])))
+    vision = VisionConfig(
+        img_size=_pair(v["image_size"]),
+        patch_size=_pair(v["patch_size"]),
+        in_chans=int(v["num_channels"]),
+        embed_dim=C,
+        depths=depths,
+        num_heads=[int(v["num_attention_heads"])] * n,
+        num_group_tokens=tokens,
+        num_output_groups=outs[: n - 1],
+        mlp_ratio=int(v["intermediate_size"]) / C,
+        assign_eps=float(v["assign_eps"]),
+    )
+    text = TextConfig(
+        tower="transformer",
+        context_length=int(t["max_position_embeddings"]),
+        vocab_size=int(t["vocab_size"]),
+        width=W,
+        layers=int(t["num_hidden_layers"]),
+        heads=int(t["num_attention_heads"]),
+        mlp_ratio=int(t["intermediate_size"]) / W,
+    )
+    return ModelConfig(
+        vision=vision,
+        text=text,
+        npr=NPRConfig(enabled=False),
+        embed_dim=int(top["projection_dim"]),
+        proj_hidden=int(top["projection_intermediate_dim"]),
+        proj_layers=2,
+        contrast_temperature=math.exp(-float(top["logit_scale_init_value"])),
+    )
 
 
 def hf_config_from_model_config(cfg: ModelConfig) -> dict[str, Any]:
@@ -523,28 +662,46 @@ def hf_config_from_model_config(cfg: ModelConfig) -> dict[str, Any]:
     """
     v, t = cfg.vision, cfg.text
     if cfg.npr.enabled or v.stem != "patch" or t.tower != "transformer" or cfg.proj_layers != 2:
-        raise CheckpointError("only plain GroupViT models (patch stem, transformer text tower, two-layer heads, "
-                              "no NPR) have an HF GroupViT equivalent")
+        raise CheckpointError(
+            "only plain GroupViT models (patch stem, transformer text tower, two-layer heads, "
+            "no NPR) have an HF GroupViT equivalent"
+        )
     if len(set(v.num_heads)) != 1:
         raise CheckpointError(f"HF GroupViT uses one head count for all stages; got {v.num_heads}")
     n = len(v.depths)
     outs = list(v.num_output_groups) + [v.num_output_groups[-1] if v.num_output_groups else 0]
     return {
-        "model_type": "groupvit", "projection_dim": cfg.embed_dim, "projection_intermediate_dim": cfg.proj_hidden,
+        "model_type": "groupvit",
+        "projection_dim": cfg.embed_dim,
+        "projection_intermediate_dim": cfg.proj_hidden,
         "logit_scale_init_value": math.log(1.0 / cfg.contrast_temperature),
-        "vision_config": {"hidden_size": v.embed_dim, "intermediate_size": int(v.embed_dim * v.mlp_ratio),
-                          "depths": list(v.depths), "num_hidden_layers": sum(v.depths),
-                          "num_group_tokens": list(v.num_group_tokens), "num_output_groups": outs[:n],
-                          "num_attention_heads": v.num_heads[0], "image_size": v.img_size,
-                          "patch_size": v.patch_size, "num_channels": v.in_chans, "assign_eps": v.assign_eps},
-        "text_config": {"vocab_size": t.vocab_size, "hidden_size": t.width,
-                        "intermediate_size": int(t.width * t.mlp_ratio), "num_hidden_layers": t.layers, "num_attention_heads": t.heads,
-                        "max_position_embeddings": t.context_length},
+        "vision_config": {
+            "hidden_size": v.embed_dim,
+            "intermediate_size": int(v.embed_dim * v.mlp_ratio),
+            "depths": list(v.depths),
+            "num_hidden_layers": sum(v.depths),
+            "num_group_tokens": list(v.num_group_tokens),
+            "num_output_groups": outs[:n],
+            "num_attention_heads": v.num_heads[0],
+            "image_size": v.img_size,
+            "patch_size": v.patch_size,
+            "num_channels": v.in_chans,
+            "assign_eps": v.assign_eps,
+        },
+        "text_config": {
+            "vocab_size": t.vocab_size,
+            "hidden_size": t.width,
+            "intermediate_size": int(t.width * t.mlp_ratio),
+            "num_hidden_layers": t.layers,
+            "num_attention_heads": t.heads,
+            "max_position_embeddings": t.context_length,
+        },
     }
 
 
-def convert_state(obj: Any, fmt: str, *, keep_mapping_text: bool = False,
-                  hf_config: dict | None = None) -> tuple[dict[str, torch.Tensor], ModelConfig | None, list[str]]:
+def convert_state(
+    obj: Any, fmt: str, *, keep_mapping_text: bool = False, hf_config: dict | None = None
+) -> tuple[dict[str, torch.Tensor], ModelConfig | None, list[str]]:
     """Weights of a detected foreign checkpoint in our names, the inferred config and notes.
 
     For ``fmt == "pgseg"`` the config is ``None`` (the checkpoint carries its own).
@@ -570,4 +727,3 @@ def convert_state(obj: Any, fmt: str, *, keep_mapping_text: bool = False,
             notes.append("no config.json next to the weights: the config was inferred from tensor shapes")
         return ours, cfg, notes
     raise CheckpointError(f"unknown checkpoint format {fmt!r}; expected one of {', '.join(FORMATS)}")
-

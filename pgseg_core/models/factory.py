@@ -35,13 +35,23 @@ import torch
 
 from ..config import ModelConfig, RunConfig, from_dict, load_config
 from ..errors import CheckpointError
-from .convert import convert_state, detect_format, state_dict_of
+from .convert import convert_state, detect_format
 from .pgseg import PGSeg
 from .vision import interpolate_pos_embed
 
-__all__ = ["create_model", "load_checkpoint", "CheckpointInfo", "CHECKPOINT_FORMAT", "CHECKPOINT_SCHEMA",
-           "read_checkpoint_file", "trainable_state_dict", "init_from", "convert_checkpoint", "read_any_checkpoint",
-           "LoadedCheckpoint"]
+__all__ = [
+    "create_model",
+    "load_checkpoint",
+    "CheckpointInfo",
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_SCHEMA",
+    "read_checkpoint_file",
+    "trainable_state_dict",
+    "init_from",
+    "convert_checkpoint",
+    "read_any_checkpoint",
+    "LoadedCheckpoint",
+]
 
 _log = logging.getLogger("pgseg.models.factory")
 
@@ -75,13 +85,14 @@ def trainable_state_dict(model: PGSeg) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if not (prefixes and k.startswith(prefixes))}
 
 
-
 # ----------------------------------------------------------------------------------------------------------
 # reading files
 
-_PICKLE_HELP = ("only tensors and an OmegaConf training config (as in the official GroupViT / PGSeg releases) load "
-                "safely; if you trust the file, convert it once with 'pgseg convert SRC DST --trust-pickle' "
-                "and load DST")
+_PICKLE_HELP = (
+    "only tensors and an OmegaConf training config (as in the official GroupViT / PGSeg releases) load "
+    "safely; if you trust the file, convert it once with 'pgseg convert SRC DST --trust-pickle' "
+    "and load DST"
+)
 
 
 def _pickle_refused(e: BaseException) -> bool:
@@ -111,8 +122,10 @@ def read_checkpoint_file(path: str | Path) -> dict[str, Any]:
                 path = path / name
                 break
         else:
-            raise CheckpointError(f"{path} is a directory without last.pt (nor an HF GroupViT directory with "
-                                  "config.json and model.safetensors); pass the checkpoint file")
+            raise CheckpointError(
+                f"{path} is a directory without last.pt (nor an HF GroupViT directory with "
+                "config.json and model.safetensors); pass the checkpoint file"
+            )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # zip, EOF, runtime and several pickle error types
@@ -121,27 +134,45 @@ def read_checkpoint_file(path: str | Path) -> dict[str, Any]:
             if obj is not None:
                 return obj
             what = f" (GLOBAL {', '.join(foreign)})" if foreign else _refused_global(e)
-            raise CheckpointError(f"{path} needs arbitrary code to unpickle and was refused (weights_only=True)"
-                                  f"{what}; {_PICKLE_HELP}") from e
+            raise CheckpointError(
+                f"{path} needs arbitrary code to unpickle and was refused (weights_only=True)"
+                f"{what}; {_PICKLE_HELP}"
+            ) from e
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         if isinstance(e, (zipfile.BadZipFile, EOFError, RuntimeError, pickle.UnpicklingError)):
-            raise CheckpointError(f"cannot read checkpoint {path}: file is truncated or corrupt ({msg})") from e
+            raise CheckpointError(
+                f"cannot read checkpoint {path}: file is truncated or corrupt ({msg})"
+            ) from e
         raise CheckpointError(f"cannot read checkpoint {path}: {type(e).__name__}: {msg}") from e
 
 
 # Globals that a pickled training config (OmegaConf's DictConfig, as in the official NVlabs GroupViT / PGSeg
 # releases) refers to. They are replaced by inert stand-ins, so reading such a file runs none of their code.
 _CONFIG_MODULES = ("omegaconf",)
-_CONFIG_GLOBALS = frozenset({
-    "typing.Any", "builtins.dict", "builtins.list", "builtins.tuple", "builtins.set", "builtins.int",
-    "builtins.float", "builtins.str", "builtins.bool", "builtins.NoneType", "collections.defaultdict",
-    "collections.OrderedDict", "enum.Enum",
-})
+_CONFIG_GLOBALS = frozenset(
+    {
+        "typing.Any",
+        "builtins.dict",
+        "builtins.list",
+        "builtins.tuple",
+        "builtins.set",
+        "builtins.int",
+        "builtins.float",
+        "builtins.str",
+        "builtins.bool",
+        "builtins.NoneType",
+        "collections.defaultdict",
+        "collections.OrderedDict",
+        "enum.Enum",
+    }
+)
 
 
 def _is_config_global(full_name: str) -> bool:
     module = full_name.rsplit(".", 1)[0]
-    return full_name in _CONFIG_GLOBALS or any(module == m or module.startswith(m + ".") for m in _CONFIG_MODULES)
+    return full_name in _CONFIG_GLOBALS or any(
+        module == m or module.startswith(m + ".") for m in _CONFIG_MODULES
+    )
 
 
 class _InertConfigObject:
@@ -185,16 +216,22 @@ def _read_with_inert_config(path: Path) -> tuple[Any | None, list[str]]:
     foreign = sorted(n for n in names if not _is_config_global(n))
     if not names or foreign:
         return None, foreign
-    stand_ins = [(type(n.rsplit(".", 1)[1], (_InertConfigObject,), {"__module__": "pgseg_inert." + n}), n)
-                 for n in names]
+    stand_ins = [
+        (type(n.rsplit(".", 1)[1], (_InertConfigObject,), {"__module__": "pgseg_inert." + n}), n)
+        for n in names
+    ]
     try:
         with torch.serialization.safe_globals(stand_ins):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         _log.debug("inert-config read of %s failed: %s", path, e)
         return None, []
-    _log.info("%s: its pickled training config (%s) was read as inert data and ignored; the weights loaded "
-              "safely (weights_only=True)", path, ", ".join(sorted({n.split(".")[0] for n in names})))
+    _log.info(
+        "%s: its pickled training config (%s) was read as inert data and ignored; the weights loaded "
+        "safely (weights_only=True)",
+        path,
+        ", ".join(sorted({n.split(".")[0] for n in names})),
+    )
     return obj, []
 
 
@@ -233,8 +270,10 @@ def _read_trusted(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LenientPickle)
     except Exception as e:
-        raise CheckpointError(f"cannot read checkpoint {path} even with --trust-pickle: {type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}") from e
+        raise CheckpointError(
+            f"cannot read checkpoint {path} even with --trust-pickle: {type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}"
+        ) from e
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
@@ -298,7 +337,10 @@ def _read_object(path: str | Path, trust_pickle: bool = False) -> tuple[Any, dic
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.is_dir():
-        if not any((path / n).exists() for n in ("last.pt", "checkpoint.pt")) and (path / "config.json").exists():
+        if (
+            not any((path / n).exists() for n in ("last.pt", "checkpoint.pt"))
+            and (path / "config.json").exists()
+        ):
             state = _hf_weights(path)
             if state is not None:
                 return state, _read_json(path / "config.json"), path
@@ -308,11 +350,15 @@ def _read_object(path: str | Path, trust_pickle: bool = False) -> tuple[Any, dic
         if data.get("model_type") == "groupvit":
             state = _hf_weights(path.parent)
             if state is None:
-                raise CheckpointError(f"{path.parent} has an HF GroupViT config.json but no model.safetensors or "
-                                      "pytorch_model.bin")
+                raise CheckpointError(
+                    f"{path.parent} has an HF GroupViT config.json but no model.safetensors or "
+                    "pytorch_model.bin"
+                )
             return state, data, path.parent
         if data.get("format") == CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{path} names weights {path.with_suffix('.safetensors').name}, which is missing")
+            raise CheckpointError(
+                f"{path} names weights {path.with_suffix('.safetensors').name}, which is missing"
+            )
         raise CheckpointError(f"{path} is a JSON file, not a checkpoint")
     hf_cfg = None
     if (path.parent / "config.json").exists() and path.name in ("model.safetensors", "pytorch_model.bin"):
@@ -358,8 +404,9 @@ class LoadedCheckpoint:
     metrics: dict[str, Any] = field(default_factory=dict)
 
 
-def read_any_checkpoint(path: str | Path, *, trust_pickle: bool = False,
-                        keep_mapping_text: bool = False) -> LoadedCheckpoint:
+def read_any_checkpoint(
+    path: str | Path, *, trust_pickle: bool = False, keep_mapping_text: bool = False
+) -> LoadedCheckpoint:
     """Read and auto-detect a checkpoint, returning its weights in our names and its (inferred) config.
 
     Args:
@@ -378,8 +425,10 @@ def read_any_checkpoint(path: str | Path, *, trust_pickle: bool = False,
         raise CheckpointError(f"{path}: {e}") from None
     if fmt == "pgseg":
         if obj.get("schema", 0) > CHECKPOINT_SCHEMA:
-            raise CheckpointError(f"{path} has checkpoint schema {obj.get('schema')}, newer than this pgseg "
-                                  f"supports ({CHECKPOINT_SCHEMA}); upgrade pgseg")
+            raise CheckpointError(
+                f"{path} has checkpoint schema {obj.get('schema')}, newer than this pgseg "
+                f"supports ({CHECKPOINT_SCHEMA}); upgrade pgseg"
+            )
         try:
             cfg = from_dict(RunConfig, obj["config"])
         except Exception as e:
@@ -390,9 +439,16 @@ def read_any_checkpoint(path: str | Path, *, trust_pickle: bool = False,
         notes = [str(n) for n in obj.get("notes", [])]
         if obj.get("source_format") and obj.get("source_format") != "pgseg":
             notes.insert(0, f"converted from {obj['source_format']} ({obj.get('source', '?')})")
-        return LoadedCheckpoint(path=os.fspath(path), source_format="pgseg", state=state, config=cfg, notes=notes,
-                                step=int(obj.get("step", 0)), pgseg_version=str(obj.get("pgseg_version", "")),
-                                metrics=obj.get("metrics", {}) or {})
+        return LoadedCheckpoint(
+            path=os.fspath(path),
+            source_format="pgseg",
+            state=state,
+            config=cfg,
+            notes=notes,
+            step=int(obj.get("step", 0)),
+            pgseg_version=str(obj.get("pgseg_version", "")),
+            metrics=obj.get("metrics", {}) or {},
+        )
     state, mcfg, notes = convert_state(obj, fmt, keep_mapping_text=keep_mapping_text, hf_config=hf_cfg)
     cfg = RunConfig(name=f"{fmt}:{Path(read_path).stem}", model=mcfg)
     return LoadedCheckpoint(path=os.fspath(path), source_format=fmt, state=state, config=cfg, notes=notes)
@@ -409,8 +465,9 @@ def _fit_pos_embed(state: dict[str, torch.Tensor], model: PGSeg, notes: list[str
     n = src.shape[1]
     side = math.isqrt(n)
     if side * side != n:
-        raise CheckpointError(f"{key} has {n} positions, not a square grid; cannot resize it to "
-                              f"{model.img_encoder.grid}")
+        raise CheckpointError(
+            f"{key} has {n} positions, not a square grid; cannot resize it to {model.img_encoder.grid}"
+        )
     new = model.img_encoder.grid
     notes.append(f"{key} resized bicubically from {side}x{side} to {new[0]}x{new[1]}")
     return {**state, key: interpolate_pos_embed(src, (side, side), new)}
@@ -419,11 +476,15 @@ def _fit_pos_embed(state: dict[str, torch.Tensor], model: PGSeg, notes: list[str
 def _load_weights(model: PGSeg, state: dict[str, torch.Tensor], path: str) -> tuple[list[str], list[str]]:
     """Non-strict load with readable shape errors; returns (missing non-frozen keys, unexpected keys)."""
     own = model.state_dict()
-    bad = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
-           if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    bad = [
+        f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and tuple(v.shape) != tuple(own[k].shape)
+    ]
     if bad:
-        raise CheckpointError(f"{path}: weights do not match the model (size mismatch for {len(bad)} tensors, e.g. "
-                              f"{bad[0]})")
+        raise CheckpointError(
+            f"{path}: weights do not match the model (size mismatch for {len(bad)} tensors, e.g. {bad[0]})"
+        )
     _, unexpected = model.load_state_dict(state, strict=False)
     frozen = tuple(model.frozen_prefixes())
     # computed directly: load_state_dict does not report a missing BatchNorm num_batches_tracked
@@ -461,19 +522,31 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         raise
     if loaded.source_format == "pgseg":
         if missing or unexpected:
-            raise CheckpointError(f"{path}: weights do not match the stored config ({len(missing)} missing, e.g. "
-                                  f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})")
+            raise CheckpointError(
+                f"{path}: weights do not match the stored config ({len(missing)} missing, e.g. "
+                f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})"
+            )
     else:
         if unexpected:
-            raise CheckpointError(f"{path}: {len(unexpected)} {loaded.source_format} weights have no place in the "
-                                  f"inferred model, e.g. {unexpected[:3]}")
+            raise CheckpointError(
+                f"{path}: {len(unexpected)} {loaded.source_format} weights have no place in the "
+                f"inferred model, e.g. {unexpected[:3]}"
+            )
         if missing:
-            notes.append(f"{len(missing)} new keys initialised at random: {', '.join(missing[:8])}"
-                         + (" ..." if len(missing) > 8 else ""))
+            notes.append(
+                f"{len(missing)} new keys initialised at random: {', '.join(missing[:8])}"
+                + (" ..." if len(missing) > 8 else "")
+            )
     model.to(device).eval()
-    info = CheckpointInfo(path=os.fspath(path), config=loaded.config, step=loaded.step,
-                          source_format=loaded.source_format, pgseg_version=loaded.pgseg_version,
-                          notes=notes, metrics=loaded.metrics)
+    info = CheckpointInfo(
+        path=os.fspath(path),
+        config=loaded.config,
+        step=loaded.step,
+        source_format=loaded.source_format,
+        pgseg_version=loaded.pgseg_version,
+        notes=notes,
+        metrics=loaded.metrics,
+    )
     for note in notes:
         _log.info("%s: %s", path, note)
     return model, info
@@ -498,10 +571,24 @@ def init_from(model: PGSeg, path: str | Path) -> dict[str, Any]:
     state = _fit_pos_embed(loaded.state, model, notes)
     missing, unexpected = _load_weights(model, state, os.fspath(path))
     loaded_keys = [k for k in state if k not in set(unexpected)]
-    report = {"path": os.fspath(path), "source_format": loaded.source_format, "loaded": loaded_keys,
-              "new_keys": missing, "ignored_keys": unexpected, "notes": notes}
-    _log.info("initialised from %s (%s): %d tensors loaded, %d new keys %s, %d ignored keys %s", path,
-              loaded.source_format, len(loaded_keys), len(missing), missing[:8], len(unexpected), unexpected[:4])
+    report = {
+        "path": os.fspath(path),
+        "source_format": loaded.source_format,
+        "loaded": loaded_keys,
+        "new_keys": missing,
+        "ignored_keys": unexpected,
+        "notes": notes,
+    }
+    _log.info(
+        "initialised from %s (%s): %d tensors loaded, %d new keys %s, %d ignored keys %s",
+        path,
+        loaded.source_format,
+        len(loaded_keys),
+        len(missing),
+        missing[:8],
+        len(unexpected),
+        unexpected[:4],
+    )
     for note in notes:
         _log.info("%s: %s", path, note)
     return report
@@ -536,23 +623,43 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, trust_pickle: bool =
     state = _fit_pos_embed(loaded.state, model, notes)
     missing, unexpected = _load_weights(model, state, os.fspath(src))
     if unexpected or (missing and loaded.source_format == "pgseg"):
-        raise CheckpointError(f"{src}: weights do not match their config ({len(missing)} missing, e.g. "
-                              f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})")
+        raise CheckpointError(
+            f"{src}: weights do not match their config ({len(missing)} missing, e.g. "
+            f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})"
+        )
     if missing:
-        notes.append(f"{len(missing)} new keys initialised at random: {', '.join(missing[:8])}"
-                     + (" ..." if len(missing) > 8 else ""))
+        notes.append(
+            f"{len(missing)} new keys initialised at random: {', '.join(missing[:8])}"
+            + (" ..." if len(missing) > 8 else "")
+        )
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in trainable_state_dict(model).items()}
     dst = Path(dst)
     if dst.suffix in (".safetensors", ".json"):
         dst = dst.with_suffix("")
     dst.parent.mkdir(parents=True, exist_ok=True)
     weights, meta_path = Path(f"{dst}.safetensors"), Path(f"{dst}.json")
-    meta = {"format": CHECKPOINT_FORMAT, "schema": CHECKPOINT_SCHEMA, "pgseg_version": __version__,
-            "torch_version": str(torch.__version__), "weights": weights.name, "config": loaded.config.to_dict(),
-            "frozen_prefixes": model.frozen_prefixes(), "step": loaded.step, "metrics": loaded.metrics,
-            "source_format": loaded.source_format, "source": os.fspath(src), "notes": notes}
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "schema": CHECKPOINT_SCHEMA,
+        "pgseg_version": __version__,
+        "torch_version": str(torch.__version__),
+        "weights": weights.name,
+        "config": loaded.config.to_dict(),
+        "frozen_prefixes": model.frozen_prefixes(),
+        "step": loaded.step,
+        "metrics": loaded.metrics,
+        "source_format": loaded.source_format,
+        "source": os.fspath(src),
+        "notes": notes,
+    }
     atomic_write(weights, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     atomic_write_json(meta_path, meta)
     params = sum(v.numel() for k, v in model.named_parameters() if k in tensors)
-    return {"weights": os.fspath(weights), "config": os.fspath(meta_path), "source_format": loaded.source_format,
-            "tensors": len(tensors), "parameters": params, "notes": notes}
+    return {
+        "weights": os.fspath(weights),
+        "config": os.fspath(meta_path),
+        "source_format": loaded.source_format,
+        "tensors": len(tensors),
+        "parameters": params,
+        "notes": notes,
+    }

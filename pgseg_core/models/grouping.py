@@ -44,8 +44,15 @@ class AssignAttention(nn.Module):
     is divided by (tokens per group + ``assign_eps``) so each group takes the mean of its tokens.
     """
 
-    def __init__(self, dim: int, qkv_bias: bool = True, hard: bool = True, gumbel: bool = True,
-                 gumbel_tau: float = 1.0, assign_eps: float = 1.0):
+    def __init__(
+        self,
+        dim: int,
+        qkv_bias: bool = True,
+        hard: bool = True,
+        gumbel: bool = True,
+        gumbel_tau: float = 1.0,
+        assign_eps: float = 1.0,
+    ):
         super().__init__()
         self.scale = dim**-0.5
         self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
@@ -60,8 +67,9 @@ class AssignAttention(nn.Module):
     def extra_repr(self) -> str:
         return f"hard={self.hard}, gumbel={self.gumbel}, gumbel_tau={self.gumbel_tau}, assign_eps={self.assign_eps}"
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Assign tokens to groups.
 
         Args:
@@ -103,9 +111,18 @@ class GroupingBlock(nn.Module):
     4. ``x + MLP(LN(x))`` over channels.
     """
 
-    def __init__(self, dim: int, num_heads: int, num_group_token: int, num_output_group: int,
-                 mlp_ratio: tuple[float, float] = (0.5, 4.0), hard: bool = True, gumbel: bool = True,
-                 gumbel_tau: float = 1.0, assign_eps: float = 1.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        num_group_token: int,
+        num_output_group: int,
+        mlp_ratio: tuple[float, float] = (0.5, 4.0),
+        hard: bool = True,
+        gumbel: bool = True,
+        gumbel_tau: float = 1.0,
+        assign_eps: float = 1.0,
+    ):
         super().__init__()
         self.num_output_group = num_output_group
         self.norm_tokens = nn.LayerNorm(dim)
@@ -113,8 +130,9 @@ class GroupingBlock(nn.Module):
         self.norm_post_tokens = nn.LayerNorm(dim)
         self.norm_x = nn.LayerNorm(dim)
         self.pre_assign_attn = CrossAttnBlock(dim, num_heads, mlp_ratio=4.0, qkv_bias=True)
-        self.assign = AssignAttention(dim, qkv_bias=True, hard=hard, gumbel=gumbel, gumbel_tau=gumbel_tau,
-                                      assign_eps=assign_eps)
+        self.assign = AssignAttention(
+            dim, qkv_bias=True, hard=hard, gumbel=gumbel, gumbel_tau=gumbel_tau, assign_eps=assign_eps
+        )
         self.norm_new_x = nn.LayerNorm(dim)
         self.mlp_channels = Mlp(dim, int(mlp_ratio[1] * dim), dim)
 
@@ -129,4 +147,3 @@ class GroupingBlock(nn.Module):
         new = out + centres
         new = new + self.mlp_channels(self.norm_new_x(new))
         return GroupingOutput(tokens=new, centres=centres, hard=hard, soft=soft, logits=logits)
-

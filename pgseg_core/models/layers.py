@@ -23,8 +23,9 @@ class Attention(nn.Module):
         num_heads: heads; head width C / num_heads, softmax scaled by head_width^-0.5.
     """
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0):
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -39,16 +40,18 @@ class Attention(nn.Module):
         B, N, C = x.shape
         # [3, B, heads, N, C/heads] <- [B, N, 3C]
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2],
-                                             dropout_p=self.attn_drop if self.training else 0.0)
+        out = F.scaled_dot_product_attention(
+            qkv[0], qkv[1], qkv[2], dropout_p=self.attn_drop if self.training else 0.0
+        )
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, N, C)))
 
 
 class CrossAttention(nn.Module):
     """Multi-head cross-attention with separate q/k/v projections (GroupViT ``pre_assign_attn.attn``)."""
 
-    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0,
-                 proj_drop: float = 0.0):
+    def __init__(
+        self, dim: int, num_heads: int, qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.q_proj = nn.Linear(dim, dim, bias=qkv_bias)
@@ -66,17 +69,28 @@ class CrossAttention(nn.Module):
         def heads(t: torch.Tensor) -> torch.Tensor:  # [B, heads, T, C/heads] <- [B, T, C]
             return t.reshape(B, t.shape[1], h, C // h).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(heads(self.q_proj(query)), heads(self.k_proj(key)),
-                                             heads(self.v_proj(key)),
-                                             dropout_p=self.attn_drop if self.training else 0.0)
+        out = F.scaled_dot_product_attention(
+            heads(self.q_proj(query)),
+            heads(self.k_proj(key)),
+            heads(self.v_proj(key)),
+            dropout_p=self.attn_drop if self.training else 0.0,
+        )
         return self.proj_drop(self.proj(out.transpose(1, 2).reshape(B, S, C)))
 
 
 class Block(nn.Module):
     """Pre-LN ViT block: x + DropPath(Attn(LN(x))), then x + DropPath(MLP(LN(x)))."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True,
-                 drop: float = 0.0, attn_drop: float = 0.0, drop_path: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+        drop_path: float = 0.0,
+    ):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = Attention(dim, num_heads, qkv_bias, attn_drop, drop)
@@ -132,8 +146,11 @@ class ProjectMLP(nn.Module):
         super().__init__()
         hidden: list[nn.Module] = []
         for i in range(num_layers - 1):
-            hidden += [nn.Conv1d(in_dim if i == 0 else hidden_dim, hidden_dim, kernel_size=1),
-                       nn.BatchNorm1d(hidden_dim), nn.ReLU(inplace=True)]
+            hidden += [
+                nn.Conv1d(in_dim if i == 0 else hidden_dim, hidden_dim, kernel_size=1),
+                nn.BatchNorm1d(hidden_dim),
+                nn.ReLU(inplace=True),
+            ]
         self.linear_hidden = nn.Sequential(*hidden)
         self.linear_out = nn.Conv1d(in_dim if num_layers == 1 else hidden_dim, out_dim, kernel_size=1)
 

@@ -30,8 +30,9 @@ __all__ = ["em_prototypes", "NPR", "NPROutput", "TextNPR"]
 
 
 @torch.no_grad()
-def em_prototypes(x: torch.Tensor, mu: torch.Tensor, iters: int, mask: torch.Tensor | None = None
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+def em_prototypes(
+    x: torch.Tensor, mu: torch.Tensor, iters: int, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``iters`` EM iterations of NPR's soft k-means (no gradient).
 
     Args:
@@ -84,8 +85,16 @@ class NPR(nn.Module):
         zero_init_mapping: zero the MLP's output layer so the reconstruction starts switched off.
     """
 
-    def __init__(self, dim: int, num_prototypes: int, em_iters: int = 10, momentum: float = 0.9,
-                 update_buffer: bool = True, mapping_hidden: int = 4096, zero_init_mapping: bool = False):
+    def __init__(
+        self,
+        dim: int,
+        num_prototypes: int,
+        em_iters: int = 10,
+        momentum: float = 0.9,
+        update_buffer: bool = True,
+        mapping_hidden: int = 4096,
+        zero_init_mapping: bool = False,
+    ):
         super().__init__()
         self.em_iters = em_iters
         self.momentum = momentum
@@ -131,8 +140,14 @@ class TextNPR(nn.Module):
         released_code: reproduce the released 1-d formulation.
     """
 
-    def __init__(self, num_prototypes: int, dim: int, em_iters: int = 10, momentum: float = 0.9,
-                 released_code: bool = False):
+    def __init__(
+        self,
+        num_prototypes: int,
+        dim: int,
+        em_iters: int = 10,
+        momentum: float = 0.9,
+        released_code: bool = False,
+    ):
         super().__init__()
         self.em_iters = em_iters
         self.momentum = momentum

@@ -34,7 +34,9 @@ __all__ = ["PGSeg", "ImageOutput"]
 class ImageOutput:
     image_emb: torch.Tensor  # [B, D] projected mean of the final tokens, not normalised
     group_emb: torch.Tensor | None  # [B, S, D] each final token projected, not normalised (dense=True)
-    assign_soft: list[torch.Tensor] = field(default_factory=list)  # per stage [B, S_i, N_i], softmax over groups
+    assign_soft: list[torch.Tensor] = field(
+        default_factory=list
+    )  # per stage [B, S_i, N_i], softmax over groups
     assign_hard: list[torch.Tensor] = field(default_factory=list)  # per stage [B, S_i, N_i], one-hot
     grid: tuple[int, int] = (0, 0)  # stage-0 token grid (h, w)
     vision: VisionOutput | None = None
@@ -65,13 +67,20 @@ class PGSeg(nn.Module):
             final_groups = int(cfg.vision.num_output_groups[-1])
             if npr.text_prototypes != final_groups:
                 # the text term Hungarian-matches text prototypes to the final groups one to one (PGSeg §3.4)
-                raise ConfigError(f"model.npr.text_prototypes ({npr.text_prototypes}) must equal the last stage's "
-                                  f"model.vision.num_output_groups ({final_groups}): set "
-                                  f"--model.npr.text_prototypes {final_groups}")
+                raise ConfigError(
+                    f"model.npr.text_prototypes ({npr.text_prototypes}) must equal the last stage's "
+                    f"model.vision.num_output_groups ({final_groups}): set "
+                    f"--model.npr.text_prototypes {final_groups}"
+                )
             # the L_PG temperature lives in the image encoder, as in the released checkpoints
             self.img_encoder.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / npr.pg_temperature)))
-            self.text_npr = TextNPR(npr.text_prototypes, 1 if npr.released_code else cfg.embed_dim,
-                                    npr.em_iters, npr.momentum, released_code=npr.released_code)
+            self.text_npr = TextNPR(
+                npr.text_prototypes,
+                1 if npr.released_code else cfg.embed_dim,
+                npr.em_iters,
+                npr.momentum,
+                released_code=npr.released_code,
+            )
             if npr.with_mapping_text:  # built but unused by the released code; kept for checkpoint parity
                 self.img_encoder.mapping_text = ProjectMLP(C, 4096, 256)
         else:
@@ -104,8 +113,14 @@ class PGSeg(nn.Module):
         return self.img_encoder.hybrid.features(images)
 
     # ------------------------------------------------------------------------------------------------
-    def encode_image(self, images: torch.Tensor | None = None, *, stem_feats: torch.Tensor | None = None,
-                     dense: bool = False, stage_inputs: bool = False) -> ImageOutput:
+    def encode_image(
+        self,
+        images: torch.Tensor | None = None,
+        *,
+        stem_feats: torch.Tensor | None = None,
+        dense: bool = False,
+        stage_inputs: bool = False,
+    ) -> ImageOutput:
         """Encode images.
 
         Args:
@@ -133,9 +148,14 @@ class PGSeg(nn.Module):
         else:
             image_emb = self.img_projector(vis.tokens.mean(dim=1))
             group_emb = self.img_projector(vis.tokens, update_stats=False) if dense else None
-        return ImageOutput(image_emb=image_emb, group_emb=group_emb,
-                           assign_soft=[g.soft for g in vis.groupings],
-                           assign_hard=[g.hard for g in vis.groupings], grid=grid, vision=vis)
+        return ImageOutput(
+            image_emb=image_emb,
+            group_emb=group_emb,
+            assign_soft=[g.soft for g in vis.groupings],
+            assign_hard=[g.hard for g in vis.groupings],
+            grid=grid,
+            vision=vis,
+        )
 
     def encode_text(self, texts: list[str] | torch.Tensor) -> torch.Tensor:
         """texts (strings or CLIP token ids [B, L]) -> projected caption embeddings [B, D], not normalised."""
@@ -150,15 +170,21 @@ class PGSeg(nn.Module):
         was_training = self.training
         self.eval()
         texts = [t.format(n) for n in names for t in templates]
-        embs = torch.cat([self.encode_text(texts[i:i + batch_size]).float()
-                          for i in range(0, len(texts), batch_size)])
+        embs = torch.cat(
+            [self.encode_text(texts[i : i + batch_size]).float() for i in range(0, len(texts), batch_size)]
+        )
         embs = embs.reshape(len(names), len(templates), -1).mean(dim=1)
         self.train(was_training)
         return F.normalize(embs, dim=-1)
 
     # ------------------------------------------------------------------------------------------------
-    def forward_train(self, texts: list[str] | torch.Tensor, images: torch.Tensor | None = None, *,
-                      stem_feats: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward_train(
+        self,
+        texts: list[str] | torch.Tensor,
+        images: torch.Tensor | None = None,
+        *,
+        stem_feats: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
         """One training forward.
 
         Args:
@@ -179,7 +205,7 @@ class PGSeg(nn.Module):
             prompt_pooled = self.text_encoder(prompts).pooled
             # captions and prompts share one projector pass (one BatchNorm batch), as in GroupViT
             both = self.text_projector(torch.cat([text_feats.pooled, prompt_pooled.to(text_feats.pooled)]))
-            text_emb, prompt_emb = both[: len(texts)], both[len(texts):]
+            text_emb, prompt_emb = both[: len(texts)], both[len(texts) :]
         else:
             text_emb = self.text_projector(text_feats.pooled)
         losses = {"loss_itc": image_text_contrastive(img.image_emb, text_emb, self.logit_scale)}
@@ -189,8 +215,9 @@ class PGSeg(nn.Module):
                 side = self.img_projector(img.vision.tokens, update_stats=False)  # [B, S, D]
             else:
                 side = img.image_emb  # [B, D]
-            ml = multi_label_contrastive(side, prompt_emb, targets.to(side.device),
-                                         self.multi_label_logit_scale)
+            ml = multi_label_contrastive(
+                side, prompt_emb, targets.to(side.device), self.multi_label_logit_scale
+            )
             losses["loss_multi_label"] = ml
             total = total + self.cfg.multi_label_weight * ml
         if self.text_npr is not None:
@@ -239,7 +266,9 @@ class PGSeg(nn.Module):
         for i, (grouping, proto) in enumerate(zip(vis.groupings, vis.nprs)):
             perm = hungarian_match(grouping.centres, proto.prototypes, maximize=maximize)
             matched = torch.gather(proto.prototypes, 1, perm.unsqueeze(-1).expand_as(proto.prototypes))
-            term = prototype_group_loss(grouping.centres, matched, scale, npr.hrs_threshold, npr.released_code)
+            term = prototype_group_loss(
+                grouping.centres, matched, scale, npr.hrs_threshold, npr.released_code
+            )
             out[f"loss_pg_{i + 1}"] = term.detach()
             image_terms.append(term)
         centres = vis.groupings[-1].centres  # [B, S_last, C]

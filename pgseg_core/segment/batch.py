@@ -23,7 +23,14 @@ import torch.nn.functional as F
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from .classes import ClassEmbeddings
 from ..errors import ConfigError
-from .inference import TOKEN_STRIDE, CropFeatures, crop_scores, extract_features, resize_short_side, slide_windows
+from .inference import (
+    TOKEN_STRIDE,
+    CropFeatures,
+    crop_scores,
+    extract_features,
+    resize_short_side,
+    slide_windows,
+)
 
 __all__ = ["prepare_image", "PreparedImage", "TorchEncoder", "Encoder", "predict_batch"]
 
@@ -80,8 +87,11 @@ class TorchEncoder:
     def __call__(self, crops: torch.Tensor) -> CropFeatures:
         """crops [B,3,H,W] normalised (H, W multiples of 16) -> :class:`CropFeatures` (float32)."""
         self.calls += 1
-        ctx = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if self.bf16
-               else contextlib.nullcontext())
+        ctx = (
+            torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+            if self.bf16
+            else contextlib.nullcontext()
+        )
         with ctx:
             return extract_features(self.model, crops.to(self.device, non_blocking=True))
 
@@ -91,7 +101,9 @@ def _check_eval_cfg(eval_cfg: Any) -> None:
         raise ConfigError(f"eval.mode must be 'slide' or 'whole', got {eval_cfg.mode!r}")
     for key in ("short_side", "max_long", "crop", "stride"):
         if int(getattr(eval_cfg, key)) <= 0:
-            raise ConfigError(f"eval.{key} must be a positive number of pixels, got {getattr(eval_cfg, key)!r}")
+            raise ConfigError(
+                f"eval.{key} must be a positive number of pixels, got {getattr(eval_cfg, key)!r}"
+            )
     if not 0.0 <= float(eval_cfg.bg_thresh) <= 1.0:
         raise ConfigError(f"--bg-thresh must lie in [0, 1], got {eval_cfg.bg_thresh!r}")
 
@@ -152,14 +164,24 @@ def predict_batch(
     step = max(int(max_crops), 1)
     for (hc, wc), group in by_size.items():
         for start in range(0, len(group), step):
-            chunk = group[start:start + step]
-            crops = torch.stack([images[i].x[:, y1:y2, x1:x2] for i, (y1, y2, x1, x2) in chunk])  # [n,3,hc,wc]
+            chunk = group[start : start + step]
+            crops = torch.stack(
+                [images[i].x[:, y1:y2, x1:x2] for i, (y1, y2, x1, x2) in chunk]
+            )  # [n,3,hc,wc]
             padded = _pad(crops)
             feats = encoder(padded)
-            feats = CropFeatures(*(t.to(device).float() for t in (feats.group_emb, feats.image_emb,
-                                                                  feats.group_probs)))
-            scores = crop_scores(feats, ce, logit_scale, float(eval_cfg.bg_thresh), int(eval_cfg.top_k),
-                                 out_size=tuple(padded.shape[-2:]), with_background=True)[:, :, :hc, :wc]
+            feats = CropFeatures(
+                *(t.to(device).float() for t in (feats.group_emb, feats.image_emb, feats.group_probs))
+            )
+            scores = crop_scores(
+                feats,
+                ce,
+                logit_scale,
+                float(eval_cfg.bg_thresh),
+                int(eval_cfg.top_k),
+                out_size=tuple(padded.shape[-2:]),
+                with_background=True,
+            )[:, :, :hc, :wc]
             for (i, (y1, y2, x1, x2)), s in zip(chunk, scores):
                 totals[i][:, y1:y2, x1:x2] += s
                 counts[i][:, y1:y2, x1:x2] += 1

@@ -29,8 +29,15 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
 
-__all__ = ["ClassSpec", "ClassEmbeddings", "parse_class_lines", "read_class_file", "parse_class_spec",
-           "embed_classes", "CLASS_FILE_SUFFIXES"]
+__all__ = [
+    "ClassSpec",
+    "ClassEmbeddings",
+    "parse_class_lines",
+    "read_class_file",
+    "parse_class_spec",
+    "embed_classes",
+    "CLASS_FILE_SUFFIXES",
+]
 
 CLASS_FILE_SUFFIXES = ("", ".txt", ".csv", ".lst")
 _BACKGROUND = "background"
@@ -59,8 +66,9 @@ class ClassSpec:
     @classmethod
     def from_names(cls, names: Iterable[str], background_words: Iterable[str] = ()) -> "ClassSpec":
         """One phrase per class (no synonyms). Raises ConfigError like :func:`parse_class_lines`."""
-        return _validated([(str(n).strip(),) for n in names], [str(w).strip() for w in background_words],
-                          "class list")
+        return _validated(
+            [(str(n).strip(),) for n in names], [str(w).strip() for w in background_words], "class list"
+        )
 
     def fingerprint(self) -> str:
         """Stable 16-hex-digit hash of the phrases (for embedding caches)."""
@@ -68,8 +76,11 @@ class ClassSpec:
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"names": self.names, "synonyms": [list(p) for p in self.prompts],
-                "background_words": list(self.background_words)}
+        return {
+            "names": self.names,
+            "synonyms": [list(p) for p in self.prompts],
+            "background_words": list(self.background_words),
+        }
 
 
 def _split_phrases(text: str) -> list[str]:
@@ -89,8 +100,10 @@ def _validated(prompts: list[tuple[str, ...]], bg_words: list[str], source: str)
     if dupes:
         raise ConfigError(f"duplicate class names in {source}: {', '.join(dupes)}")
     if any(n.lower() == _BACKGROUND for n in names):
-        raise ConfigError(f"'background' is not a class in {source}: it is implicit; use a "
-                          "'background: word, word' line for background words")
+        raise ConfigError(
+            f"'background' is not a class in {source}: it is implicit; use a "
+            "'background: word, word' line for background words"
+        )
     return ClassSpec(tuple(prompts), tuple(dict.fromkeys(bg_words)))
 
 
@@ -128,8 +141,10 @@ def read_class_file(path: str | Path) -> ClassSpec:
     if not path.is_file():
         raise DataError(f"class file not found: {path}")
     if path.suffix.lower() not in CLASS_FILE_SUFFIXES:
-        raise DataError(f"unknown class-file format '{path.suffix}' for {path}: use a .txt file with one class "
-                        "per line (synonyms comma-separated)")
+        raise DataError(
+            f"unknown class-file format '{path.suffix}' for {path}: use a .txt file with one class "
+            "per line (synonyms comma-separated)"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -137,8 +152,11 @@ def read_class_file(path: str | Path) -> ClassSpec:
     return parse_class_lines(text.splitlines(), source=str(path))
 
 
-def parse_class_spec(classes: str | None = None, classes_file: str | Path | None = None,
-                     bg_words: str | Iterable[str] | None = None) -> ClassSpec:
+def parse_class_spec(
+    classes: str | None = None,
+    classes_file: str | Path | None = None,
+    bg_words: str | Iterable[str] | None = None,
+) -> ClassSpec:
     """Vocabulary from ``--classes "cat,dog"`` and/or a class file, plus ``--bg-words "sky,wall"``.
 
     Classes from ``classes`` come first (one phrase each), then the file's. Background words of the file
@@ -184,13 +202,17 @@ class ClassEmbeddings:
         return cls(emb, torch.arange(emb.shape[0], device=emb.device), int(emb.shape[0]), False)
 
     def to(self, device: torch.device | str) -> "ClassEmbeddings":
-        return ClassEmbeddings(self.emb.to(device), self.owner.to(device), self.num_classes,
-                               self.has_background_words)
+        return ClassEmbeddings(
+            self.emb.to(device), self.owner.to(device), self.num_classes, self.has_background_words
+        )
 
     def reduce(self, scores: torch.Tensor) -> torch.Tensor:
         """Max over each class's rows: [..., M] -> [..., C'] with C' = C (+1 for background words, last)."""
-        if not self.has_background_words and self.emb.shape[0] == self.num_classes and bool(
-                (self.owner == torch.arange(self.num_classes, device=self.owner.device)).all()):
+        if (
+            not self.has_background_words
+            and self.emb.shape[0] == self.num_classes
+            and bool((self.owner == torch.arange(self.num_classes, device=self.owner.device)).all())
+        ):
             return scores
         groups = self.num_classes + int(self.has_background_words)
         out = scores.new_full((*scores.shape[:-1], groups), float("-inf"))
@@ -199,8 +221,9 @@ class ClassEmbeddings:
 
 
 @torch.no_grad()
-def embed_classes(model: Any, spec: ClassSpec, templates: list[str],
-                  device: torch.device | str = "cpu") -> ClassEmbeddings:
+def embed_classes(
+    model: Any, spec: ClassSpec, templates: list[str], device: torch.device | str = "cpu"
+) -> ClassEmbeddings:
     """Embed every phrase of ``spec`` with the prompt templates (mean over templates, GroupViT's
     build_text_embedding, pgseg_method.md §4.1 "Text").
 
@@ -220,5 +243,6 @@ def embed_classes(model: Any, spec: ClassSpec, templates: list[str],
     phrases += list(spec.background_words)
     owner += [len(spec)] * len(spec.background_words)
     emb = F.normalize(model.class_embeddings(phrases, list(templates)).float(), dim=-1).to(device)
-    return ClassEmbeddings(emb, torch.tensor(owner, dtype=torch.long, device=device), len(spec),
-                           bool(spec.background_words))
+    return ClassEmbeddings(
+        emb, torch.tensor(owner, dtype=torch.long, device=device), len(spec), bool(spec.background_words)
+    )

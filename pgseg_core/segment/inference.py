@@ -147,8 +147,9 @@ def pixel_groups(group_probs: torch.Tensor, out_size: tuple[int, int]) -> torch.
     Returns:
         [B,H,W] int64 group indices in [0, S).
     """
-    probs = F.interpolate(group_probs, size=(int(out_size[0]), int(out_size[1])), mode="bilinear",
-                          align_corners=False)  # [B,S,H,W]
+    probs = F.interpolate(
+        group_probs, size=(int(out_size[0]), int(out_size[1])), mode="bilinear", align_corners=False
+    )  # [B,S,H,W]
     return probs.argmax(dim=1)
 
 
@@ -461,10 +462,16 @@ class ImageFeatures:
     def to(self, device: torch.device | str) -> "ImageFeatures":
         """A copy with the tensors on ``device``."""
         return ImageFeatures(
-            orig_size=self.orig_size, resized_size=self.resized_size, padded_size=self.padded_size,
-            grid=self.grid, windows=list(self.windows), group_emb=self.group_emb.to(device),
-            image_emb=self.image_emb.to(device), assign_soft=[a.to(device) for a in self.assign_soft],
-            logit_scale=self.logit_scale, group_emb_d_major=self.group_emb_d_major,
+            orig_size=self.orig_size,
+            resized_size=self.resized_size,
+            padded_size=self.padded_size,
+            grid=self.grid,
+            windows=list(self.windows),
+            group_emb=self.group_emb.to(device),
+            image_emb=self.image_emb.to(device),
+            assign_soft=[a.to(device) for a in self.assign_soft],
+            logit_scale=self.logit_scale,
+            group_emb_d_major=self.group_emb_d_major,
         )
 
 
@@ -548,9 +555,16 @@ def extract_image_features(
     assign = [torch.cat([parts[i] for parts in s_parts]) for i in range(len(s_parts[0]))]
     logger.debug("encoded %dx%d image as %d windows", h0, w0, len(windows))
     return ImageFeatures(
-        orig_size=(int(h0), int(w0)), resized_size=(height, width), padded_size=padded_size, grid=grid,
-        windows=[tuple(int(v) for v in win) for win in windows], group_emb=torch.cat(g_parts),
-        image_emb=torch.cat(a_parts), assign_soft=assign, logit_scale=logit_scale, group_emb_d_major=d_major,
+        orig_size=(int(h0), int(w0)),
+        resized_size=(height, width),
+        padded_size=padded_size,
+        grid=grid,
+        windows=[tuple(int(v) for v in win) for win in windows],
+        group_emb=torch.cat(g_parts),
+        image_emb=torch.cat(a_parts),
+        assign_soft=assign,
+        logit_scale=logit_scale,
+        group_emb_d_major=d_major,
     )
 
 
@@ -565,7 +579,11 @@ def _window_chunks(features: ImageFeatures, crop_batch: int) -> list[tuple[list,
         # fresh (aligned) copies in the encoder's memory layout: matmul kernels round differently on offset
         # views and other layouts, and scoring must be bit-identical to scoring the encoder's own output
         g = features.group_emb[sl]
-        g = g.transpose(1, 2).contiguous().transpose(1, 2) if features.group_emb_d_major else g.contiguous().clone()
+        g = (
+            g.transpose(1, 2).contiguous().transpose(1, 2)
+            if features.group_emb_d_major
+            else g.contiguous().clone()
+        )
         feats = CropFeatures(
             group_emb=g,
             image_emb=features.image_emb[sl].clone(),
@@ -633,8 +651,11 @@ def score_maps(
     Returns:
         ``(label, scores)``: label int64 tensor [H0,W0] and scores float32 tensor [K,H0,W0].
     """
-    return next(iter_score_maps(features, class_emb, [eval_cfg], with_background=with_background,
-                                crop_batch=crop_batch))
+    return next(
+        iter_score_maps(
+            features, class_emb, [eval_cfg], with_background=with_background, crop_batch=crop_batch
+        )
+    )
 
 
 @torch.no_grad()
@@ -659,8 +680,10 @@ def iter_score_maps(
     ce = class_emb if isinstance(class_emb, ClassEmbeddings) else ClassEmbeddings.plain(class_emb.float())
     ce = ce.to(features.device)
     if ce.has_background_words and not with_background:
-        raise ConfigError("background words need a dataset with a background class: drop them from the "
-                          "class list of this dataset")
+        raise ConfigError(
+            "background words need a dataset with a background class: drop them from the "
+            "class list of this dataset"
+        )
     chunks = _window_chunks(features, crop_batch)
     for eval_cfg in eval_cfgs:
         yield _finish_maps(features, ce, eval_cfg, with_background, chunks)
@@ -740,8 +763,9 @@ def scores_from_features(
     Raises:
         ConfigError: invalid eval settings, or background words on a dataset without background.
     """
-    label, scores = score_maps(features, class_emb, eval_cfg, with_background=with_background,
-                               crop_batch=crop_batch)
+    label, scores = score_maps(
+        features, class_emb, eval_cfg, with_background=with_background, crop_batch=crop_batch
+    )
     return label.cpu().numpy().astype(np.int64), scores.cpu().numpy().astype(np.float32)
 
 
@@ -781,5 +805,6 @@ def predict(
     _check_image(image)
     _check_eval_cfg(eval_cfg)
     features = extract_image_features(model, image, eval_cfg, device, crop_batch=crop_batch)
-    return scores_from_features(features, class_emb, eval_cfg, with_background=with_background,
-                                crop_batch=crop_batch)
+    return scores_from_features(
+        features, class_emb, eval_cfg, with_background=with_background, crop_batch=crop_batch
+    )

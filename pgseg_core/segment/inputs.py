@@ -24,8 +24,9 @@ from pathlib import Path, PurePosixPath
 
 __all__ = ["IMAGE_SUFFIXES", "InputImage", "ResolvedInputs", "resolve_inputs", "STDIN"]
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
-                            ".pbm", ".pnm"})
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm"}
+)
 STDIN = "-"
 _GLOB_CHARS = set("*?[")
 
@@ -88,8 +89,9 @@ def _rel(path: Path, root: Path) -> str:
         return path.name
 
 
-def resolve_inputs(items: Iterable[str], *, recursive: bool = False,
-                   stdin: Iterable[str] | None = None) -> ResolvedInputs:
+def resolve_inputs(
+    items: Iterable[str], *, recursive: bool = False, stdin: Iterable[str] | None = None
+) -> ResolvedInputs:
     """Expand command-line inputs into image files with their output-relative paths.
 
     Args:

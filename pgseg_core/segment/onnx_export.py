@@ -56,8 +56,15 @@ class _EncoderGraph(torch.nn.Module):
         return (out.group_emb, out.image_emb, *out.assign_soft)
 
 
-def export_onnx(model: Any, out_path: str | Path, *, size: int = 448, config: dict[str, Any] | None = None,
-                checkpoint: str | None = None, checkpoint_digest: str | None = None) -> dict[str, Any]:
+def export_onnx(
+    model: Any,
+    out_path: str | Path,
+    *,
+    size: int = 448,
+    config: dict[str, Any] | None = None,
+    checkpoint: str | None = None,
+    checkpoint_digest: str | None = None,
+) -> dict[str, Any]:
     """Export the image encoder of ``model`` to ONNX (dynamic batch / height / width) with a JSON sidecar.
 
     Args:
@@ -90,13 +97,20 @@ def export_onnx(model: Any, out_path: str | Path, *, size: int = 448, config: di
     # the graph and follows the input size; at the native grid the eager model skips it and the export would
     # hard-code the native token count
     native = tuple(int(g) for g in model.img_encoder.grid)
-    hw = (size, size) if (size // TOKEN_STRIDE, size // TOKEN_STRIDE) != native else (size, size + TOKEN_STRIDE)
+    hw = (
+        (size, size)
+        if (size // TOKEN_STRIDE, size // TOKEN_STRIDE) != native
+        else (size, size + TOKEN_STRIDE)
+    )
     example = torch.zeros(1, 3, *hw)
     with torch.no_grad():
         n_stages = len(model.encode_image(example, dense=True).assign_soft)
     outputs = ["group_emb", "image_emb"] + [f"assign_{i}" for i in range(n_stages)]
-    dynamic = {"images": {0: "batch", 2: "height", 3: "width"}, "group_emb": {0: "batch"},
-               "image_emb": {0: "batch"}}
+    dynamic = {
+        "images": {0: "batch", 2: "height", 3: "width"},
+        "group_emb": {0: "batch"},
+        "image_emb": {0: "batch"},
+    }
     for i in range(n_stages):
         dynamic[f"assign_{i}"] = {0: "batch"} if i else {0: "batch", 2: "tokens"}
 
@@ -105,17 +119,36 @@ def export_onnx(model: Any, out_path: str | Path, *, size: int = 448, config: di
 
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # TracerWarnings about Python-side shape arithmetic
-            torch.onnx.export(graph, (example,), tmp, dynamo=False, input_names=["images"], output_names=outputs,
-                              dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True)
+            torch.onnx.export(
+                graph,
+                (example,),
+                tmp,
+                dynamo=False,
+                input_names=["images"],
+                output_names=outputs,
+                dynamic_axes=dynamic,
+                opset_version=OPSET,
+                do_constant_folding=True,
+            )
         onnx.checker.check_model(tmp)
 
     atomic_write(out_path, write)
-    meta = {"format": ONNX_FORMAT, "onnx": out_path.name, "opset": OPSET, "input_size": list(hw),
-            "inputs": {"images": "[B,3,H,W] float32 ImageNet-normalised, H and W multiples of 16"},
-            "outputs": outputs, "token_stride": TOKEN_STRIDE, "num_stages": n_stages,
-            "logit_scale": float(model.logit_scale_value()), "config": config or {},
-            "checkpoint": checkpoint, "checkpoint_digest": checkpoint_digest,
-            "torch_version": str(torch.__version__), "onnx_version": str(onnx.__version__)}
+    meta = {
+        "format": ONNX_FORMAT,
+        "onnx": out_path.name,
+        "opset": OPSET,
+        "input_size": list(hw),
+        "inputs": {"images": "[B,3,H,W] float32 ImageNet-normalised, H and W multiples of 16"},
+        "outputs": outputs,
+        "token_stride": TOKEN_STRIDE,
+        "num_stages": n_stages,
+        "logit_scale": float(model.logit_scale_value()),
+        "config": config or {},
+        "checkpoint": checkpoint,
+        "checkpoint_digest": checkpoint_digest,
+        "torch_version": str(torch.__version__),
+        "onnx_version": str(onnx.__version__),
+    }
     atomic_write_json(onnx_sidecar_path(out_path), meta)
     logger.info("exported the image encoder to %s (%d grouping stages)", out_path, n_stages)
     return meta
@@ -147,19 +180,24 @@ class OnnxEncoder:
         try:
             self.meta = json.loads(side.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"cannot read the sidecar {side} of {path} ({e}); re-export with "
-                                  "'pgseg export-onnx'") from None
+            raise CheckpointError(
+                f"cannot read the sidecar {side} of {path} ({e}); re-export with 'pgseg export-onnx'"
+            ) from None
         if self.meta.get("format") != ONNX_FORMAT:
             raise CheckpointError(f"{side} is not a pgseg ONNX sidecar; re-export with 'pgseg export-onnx'")
         stored = self.meta.get("checkpoint_digest")
         if checkpoint_digest is not None and stored is not None and stored != checkpoint_digest:
-            raise CheckpointError(f"{path} was exported from another checkpoint ({self.meta.get('checkpoint')}); "
-                                  "export it again from the --checkpoint you segment with")
+            raise CheckpointError(
+                f"{path} was exported from another checkpoint ({self.meta.get('checkpoint')}); "
+                "export it again from the --checkpoint you segment with"
+            )
         opts = ort.SessionOptions()
         if threads > 0:
             opts.intra_op_num_threads = int(threads)
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(
+                str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
         except Exception as e:  # onnxruntime raises its own exception types
             raise CheckpointError(f"cannot load ONNX model {path}: {str(e).splitlines()[0]}") from None
         self.outputs = list(self.meta["outputs"])
@@ -175,6 +213,8 @@ class OnnxEncoder:
         assign = [torch.from_numpy(values[f"assign_{i}"]) for i in range(int(self.meta["num_stages"]))]
         grid = (crops.shape[-2] // TOKEN_STRIDE, crops.shape[-1] // TOKEN_STRIDE)
         # the post-processing of inference.extract_features
-        return CropFeatures(group_emb=F.normalize(group_emb.float(), dim=-1),
-                            image_emb=F.normalize(image_emb.float(), dim=-1),
-                            group_probs=group_probabilities([a.float() for a in assign], grid))
+        return CropFeatures(
+            group_emb=F.normalize(group_emb.float(), dim=-1),
+            image_emb=F.normalize(image_emb.float(), dim=-1),
+            group_probs=group_probabilities([a.float() for a in assign], grid),
+        )

@@ -28,8 +28,16 @@ from ..utils.io import atomic_write_json
 from ..viz.overlay import render_overlay
 from ..viz.palette import label_to_palette_png, save_image_atomic
 
-__all__ = ["FORMATS", "DEFAULT_FORMATS", "parse_formats", "OutputPlan", "plan_outputs", "coco_rle_record",
-           "image_record", "write_outputs"]
+__all__ = [
+    "FORMATS",
+    "DEFAULT_FORMATS",
+    "parse_formats",
+    "OutputPlan",
+    "plan_outputs",
+    "coco_rle_record",
+    "image_record",
+    "write_outputs",
+]
 
 FORMATS = ("png", "overlay", "json", "coco-rle")
 DEFAULT_FORMATS = ("png", "overlay", "json")
@@ -50,8 +58,10 @@ def parse_formats(spec: str | list[str] | tuple[str, ...] | None) -> tuple[str, 
     names = [aliases.get(n, n) for n in names]
     bad = [n for n in names if n not in FORMATS]
     if bad or not names:
-        raise ConfigError(f"unknown output format {', '.join(bad) or '(none)'!s} in --format: choose from "
-                          f"{', '.join(FORMATS)}")
+        raise ConfigError(
+            f"unknown output format {', '.join(bad) or '(none)'!s} in --format: choose from "
+            f"{', '.join(FORMATS)}"
+        )
     return tuple(f for f in FORMATS if f in names)
 
 
@@ -93,8 +103,9 @@ def plan_outputs(rels: list[str], out_dir: str | Path, formats: tuple[str, ...])
     return plans
 
 
-def image_record(label: np.ndarray, scores: np.ndarray, classes: list[str], image: str,
-                 bg_thresh: float) -> dict[str, Any]:
+def image_record(
+    label: np.ndarray, scores: np.ndarray, classes: list[str], image: str, bg_thresh: float
+) -> dict[str, Any]:
     """Per-image summary: size, and for each class present its pixels, fraction and mean score.
 
     Args:
@@ -117,10 +128,23 @@ def image_record(label: np.ndarray, scores: np.ndarray, classes: list[str], imag
         pixels = int(counts[idx])
         if pixels == 0:
             continue
-        present.append({"name": classes[idx - 1], "index": int(idx), "pixels": pixels,
-                        "fraction": pixels / total, "score": float(scores[idx][label == idx].mean())})
-    return {"image": image, "width": int(w), "height": int(h), "classes": present,
-            "background_pixels": int(counts[0]), "bg_thresh": float(bg_thresh)}
+        present.append(
+            {
+                "name": classes[idx - 1],
+                "index": int(idx),
+                "pixels": pixels,
+                "fraction": pixels / total,
+                "score": float(scores[idx][label == idx].mean()),
+            }
+        )
+    return {
+        "image": image,
+        "width": int(w),
+        "height": int(h),
+        "classes": present,
+        "background_pixels": int(counts[0]),
+        "bg_thresh": float(bg_thresh),
+    }
 
 
 def coco_rle_record(label: np.ndarray, scores: np.ndarray, classes: list[str], image: str) -> dict[str, Any]:
@@ -149,18 +173,34 @@ def coco_rle_record(label: np.ndarray, scores: np.ndarray, classes: list[str], i
         areas = mask_utils.area(rles)
         boxes = mask_utils.toBbox(rles)
         for i, rle, area, box in zip(ids, rles, areas, boxes):
-            annotations.append({
-                "category_id": i, "category": classes[i - 1],
-                "segmentation": {"size": [int(h), int(w)], "counts": rle["counts"].decode("ascii")},
-                "area": int(area), "bbox": [float(v) for v in box],
-                "score": float(scores[i][label == i].mean()),
-            })
-    return {"image": image, "height": int(h), "width": int(w),
-            "categories": [{"id": 1 + c, "name": n} for c, n in enumerate(classes)], "annotations": annotations}
+            annotations.append(
+                {
+                    "category_id": i,
+                    "category": classes[i - 1],
+                    "segmentation": {"size": [int(h), int(w)], "counts": rle["counts"].decode("ascii")},
+                    "area": int(area),
+                    "bbox": [float(v) for v in box],
+                    "score": float(scores[i][label == i].mean()),
+                }
+            )
+    return {
+        "image": image,
+        "height": int(h),
+        "width": int(w),
+        "categories": [{"id": 1 + c, "name": n} for c, n in enumerate(classes)],
+        "annotations": annotations,
+    }
 
 
-def write_outputs(plan: OutputPlan, image: np.ndarray, label: np.ndarray, scores: np.ndarray,
-                  classes: list[str], image_name: str, bg_thresh: float) -> dict[str, Any]:
+def write_outputs(
+    plan: OutputPlan,
+    image: np.ndarray,
+    label: np.ndarray,
+    scores: np.ndarray,
+    classes: list[str],
+    image_name: str,
+    bg_thresh: float,
+) -> dict[str, Any]:
     """Write the requested outputs of one image atomically and return its JSON record.
 
     Args:

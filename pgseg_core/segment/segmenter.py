@@ -67,8 +67,14 @@ class Segmenter:
         ConfigError: empty or duplicated class names, or bad templates.
     """
 
-    def __init__(self, model: Any, class_names: list[str] | ClassSpec, eval_cfg: Any,
-                 device: torch.device | str, class_emb: ClassEmbeddings | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        class_names: list[str] | ClassSpec,
+        eval_cfg: Any,
+        device: torch.device | str,
+        class_emb: ClassEmbeddings | None = None,
+    ) -> None:
         spec = class_names if isinstance(class_names, ClassSpec) else None
         if spec is None:
             names = [str(n).strip() for n in class_names]
@@ -83,8 +89,11 @@ class Segmenter:
         self.device = torch.device(device)
         if hasattr(model, "eval"):
             model.eval()
-        self.class_emb = class_emb if class_emb is not None else embed_classes(
-            model, spec, list(eval_cfg.templates), self.device)
+        self.class_emb = (
+            class_emb
+            if class_emb is not None
+            else embed_classes(model, spec, list(eval_cfg.templates), self.device)
+        )
 
     def predict(self, image: np.ndarray) -> SegResult:
         """Segment one uint8 RGB image [H,W,3].
@@ -183,8 +192,10 @@ def segment_images(
         ConfigError: more than 254 classes, or invalid eval settings (before any image is read).
     """
     if len(class_names) > MAX_PNG_CLASSES:
-        raise ConfigError(f"{len(class_names)} classes do not fit an 8-bit label PNG: segment at most "
-                          f"{MAX_PNG_CLASSES} classes at once")
+        raise ConfigError(
+            f"{len(class_names)} classes do not fit an 8-bit label PNG: segment at most "
+            f"{MAX_PNG_CLASSES} classes at once"
+        )
     out_dir = Path(out_dir)
     items = [im if isinstance(im, InputImage) else InputImage(Path(im), Path(im).name) for im in images]
     plans = plan_outputs([im.rel for im in items], out_dir, tuple(formats))
@@ -208,7 +219,13 @@ def segment_images(
         if skip_existing and plan.all_exist():
             skipped += 1
             done += 1
-            emit({"image": str(im.path), "status": "skipped", "outputs": {f: str(p) for f, p in plan.files.items()}})
+            emit(
+                {
+                    "image": str(im.path),
+                    "status": "skipped",
+                    "outputs": {f: str(p) for f, p in plan.files.items()},
+                }
+            )
         else:
             todo.append((im, plan))
     cache_counts = {"encoded": 0, "from_cache": 0}
@@ -218,20 +235,37 @@ def segment_images(
     if todo:
         out_dir.mkdir(parents=True, exist_ok=True)
         loader = torch.utils.data.DataLoader(
-            _DecodeDataset([im.path for im, _ in todo], eval_cfg), batch_size=max(int(batch_size), 1),
-            shuffle=False, num_workers=max(int(num_workers), 0), collate_fn=_as_list,
-            worker_init_fn=_worker_init if num_workers > 0 else None)
+            _DecodeDataset([im.path for im, _ in todo], eval_cfg),
+            batch_size=max(int(batch_size), 1),
+            shuffle=False,
+            num_workers=max(int(num_workers), 0),
+            collate_fn=_as_list,
+            worker_init_fn=_worker_init if num_workers > 0 else None,
+        )
         for batch in loader:
             good = [(i, image, prep) for i, image, prep, error in batch if error is None]
             if feature_cache is not None:
                 results = []
                 for i, image, _ in good:
-                    feats, hit = _cached_features(feature_cache, model, todo[i][0].path, image, eval_cfg, device)
+                    feats, hit = _cached_features(
+                        feature_cache, model, todo[i][0].path, image, eval_cfg, device
+                    )
                     cache_counts["from_cache" if hit else "encoded"] += 1
                     results.append(scores_from_features(feats, class_emb, eval_cfg))
             else:
-                results = predict_batch(encoder, [prep for _, _, prep in good], class_emb, logit_scale, eval_cfg,
-                                        device, max_crops=max(int(batch_size), 1) * 8) if good else []
+                results = (
+                    predict_batch(
+                        encoder,
+                        [prep for _, _, prep in good],
+                        class_emb,
+                        logit_scale,
+                        eval_cfg,
+                        device,
+                        max_crops=max(int(batch_size), 1) * 8,
+                    )
+                    if good
+                    else []
+                )
             by_index = {i: (image, res) for (i, image, _), res in zip(good, results)}
             for i, _, _, error in batch:
                 im, plan = todo[i]
@@ -242,22 +276,42 @@ def segment_images(
                     emit({"image": str(im.path), "status": "failed", "error": error})
                     continue
                 image, (label, scores) = by_index[i]
-                record = write_outputs(plan, image, label, scores, list(class_names), str(im.path),
-                                       float(eval_cfg.bg_thresh))
+                record = write_outputs(
+                    plan, image, label, scores, list(class_names), str(im.path), float(eval_cfg.bg_thresh)
+                )
                 processed += 1
                 emit({"image": record["image"], "status": "ok", **record})
                 logger.debug("segmented %s -> %s", im.path, plan.stem_rel)
             tick()
     seconds = time.perf_counter() - start
-    extra = {"feature_cache": {"images_encoded": cache_counts["encoded"],
-                               "images_from_cache": cache_counts["from_cache"]}} if feature_cache is not None else {}
-    return {**extra, "out_dir": str(out_dir), "classes": list(class_names), "formats": list(formats), "total": total,
-            "processed": processed, "skipped": skipped, "failed": failed, "num_failed": len(failed),
-            "seconds": round(seconds, 3), "images_per_s": round(processed / seconds, 3) if seconds > 0 else 0.0}
+    extra = (
+        {
+            "feature_cache": {
+                "images_encoded": cache_counts["encoded"],
+                "images_from_cache": cache_counts["from_cache"],
+            }
+        }
+        if feature_cache is not None
+        else {}
+    )
+    return {
+        **extra,
+        "out_dir": str(out_dir),
+        "classes": list(class_names),
+        "formats": list(formats),
+        "total": total,
+        "processed": processed,
+        "skipped": skipped,
+        "failed": failed,
+        "num_failed": len(failed),
+        "seconds": round(seconds, 3),
+        "images_per_s": round(processed / seconds, 3) if seconds > 0 else 0.0,
+    }
 
 
-def _cached_features(cache: Any, model: Any, path: Path, image: np.ndarray, eval_cfg: Any,
-                     device: torch.device | str) -> tuple[Any, bool]:
+def _cached_features(
+    cache: Any, model: Any, path: Path, image: np.ndarray, eval_cfg: Any, device: torch.device | str
+) -> tuple[Any, bool]:
     """(ImageFeatures, whether they came from ``cache``); new features are stored before returning."""
     key = image_cache_key(path)
     if cache.has(key):

@@ -28,15 +28,21 @@ __all__ = ["checkpoint_digest", "text_cache_key", "cached_class_embeddings"]
 
 logger = logging.getLogger("pgseg.segment")
 
-_WEIGHT_NAMES = ("last.pt", "checkpoint.pt", "model.safetensors", "model.safetensors.index.json",
-                 "pytorch_model.bin")
+_WEIGHT_NAMES = (
+    "last.pt",
+    "checkpoint.pt",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+)
 
 
 def _weight_files(path: Path) -> list[Path]:
     """The files whose bytes define a checkpoint given in any form :func:`load_checkpoint` accepts."""
     if path.is_dir():
         return [path / n for n in _WEIGHT_NAMES if (path / n).is_file()][:1] or sorted(
-            p for p in path.iterdir() if p.is_file())
+            p for p in path.iterdir() if p.is_file()
+        )
     stem = str(path.with_suffix("")) if path.suffix in (".json", ".safetensors") else str(path)
     pair = [Path(f"{stem}.safetensors"), Path(f"{stem}.json")]  # a `pgseg convert` pair, named by either file
     if all(p.is_file() for p in pair):
@@ -71,8 +77,15 @@ def text_cache_key(digest: str, spec: ClassSpec, templates: list[str]) -> str:
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:20]
 
 
-def cached_class_embeddings(model: Any, spec: ClassSpec, templates: list[str], device: torch.device | str, *,
-                            digest: str | None, cache_dir: str | Path | None) -> tuple[ClassEmbeddings, bool]:
+def cached_class_embeddings(
+    model: Any,
+    spec: ClassSpec,
+    templates: list[str],
+    device: torch.device | str,
+    *,
+    digest: str | None,
+    cache_dir: str | Path | None,
+) -> tuple[ClassEmbeddings, bool]:
     """Class embeddings of ``spec`` from the cache, computing and storing them on a miss.
 
     Args:

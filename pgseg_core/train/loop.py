@@ -18,8 +18,14 @@ import torch
 
 from ..config import RunConfig, apply_overrides
 from ..errors import CheckpointError, ConfigError
-from ..models.factory import (CHECKPOINT_FORMAT, CHECKPOINT_SCHEMA, create_model, init_from,
-                              read_checkpoint_file, trainable_state_dict)
+from ..models.factory import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_SCHEMA,
+    create_model,
+    init_from,
+    read_checkpoint_file,
+    trainable_state_dict,
+)
 from ..utils.device import resolve_device
 from ..utils.io import atomic_torch_save
 from ..version import __version__
@@ -43,13 +49,20 @@ class TrainResult:
     stopped_early: bool = False
 
 
-def save_checkpoint(path: str | Path, model, cfg: RunConfig, step: int, optimizer=None,
-                    metrics: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path, model, cfg: RunConfig, step: int, optimizer=None, metrics: dict[str, Any] | None = None
+) -> Path:
     """Write a self-describing checkpoint atomically (see :mod:`pgseg_core.models.factory`)."""
     ckpt = {
-        "format": CHECKPOINT_FORMAT, "schema": CHECKPOINT_SCHEMA, "pgseg_version": __version__,
-        "torch_version": str(torch.__version__), "config": cfg.to_dict(), "model": trainable_state_dict(model),
-        "frozen_prefixes": model.frozen_prefixes(), "step": step, "metrics": metrics or {},
+        "format": CHECKPOINT_FORMAT,
+        "schema": CHECKPOINT_SCHEMA,
+        "pgseg_version": __version__,
+        "torch_version": str(torch.__version__),
+        "config": cfg.to_dict(),
+        "model": trainable_state_dict(model),
+        "frozen_prefixes": model.frozen_prefixes(),
+        "step": step,
+        "metrics": metrics or {},
         "torch_rng": torch.get_rng_state(),
     }
     if optimizer is not None:
@@ -73,8 +86,9 @@ def _image_batches(cfg: RunConfig, model, device, out_dir: Path, progress: Progr
             if progress:
                 progress("cache", done, total or 0, {})
 
-        cache = build_stem_cache(model, cfg.data.train, out_dir / "stem_cache.h5", cfg.data.img_size, device,
-                                 progress=cb)
+        cache = build_stem_cache(
+            model, cfg.data.train, out_dir / "stem_cache.h5", cfg.data.img_size, device, progress=cb
+        )
         _log.info("training on %d cached stem features", len(cache))
         for feats, captions in cache.batches(cfg.train.batch_size, cfg.train.seed, cfg.data.hflip):
             yield {"stem_feats": feats.to(device, non_blocking=True)}, captions
@@ -85,8 +99,14 @@ def _image_batches(cfg: RunConfig, model, device, out_dir: Path, progress: Progr
             yield {"images": batch["image"].to(device, non_blocking=True)}, batch["text"]
 
 
-def fit(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, init_checkpoint: str | None = None,
-        progress: ProgressFn | None = None) -> TrainResult:
+def fit(
+    cfg: RunConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    init_checkpoint: str | None = None,
+    progress: ProgressFn | None = None,
+) -> TrainResult:
     """Train a model and write ``out_dir/{last.pt, step_N.pt, metrics.jsonl, config.json}``.
 
     Args:
@@ -131,8 +151,11 @@ def fit(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, init_check
 
     steps = cfg.train.steps
     metrics_path = out / "metrics.jsonl"
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.train.amp
-                else nullcontext())
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if device.type == "cuda" and cfg.train.amp
+        else nullcontext()
+    )
     model.train()
     t0 = time.time()
     seen = 0
@@ -147,7 +170,9 @@ def fit(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, init_check
         for step in range(start_step, steps):
             if cfg.train.time_budget_s > 0 and time.time() - t0 > cfg.train.time_budget_s:
                 stopped_early = True
-                _log.warning("time budget of %.0f s reached at step %d; stopping", cfg.train.time_budget_s, step)
+                _log.warning(
+                    "time budget of %.0f s reached at step %d; stopping", cfg.train.time_budget_s, step
+                )
                 break
             inputs, captions = next(batches)
             if step == start_step:
@@ -162,7 +187,8 @@ def fit(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, init_check
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], cfg.train.grad_clip)
+                [p for p in model.parameters() if p.requires_grad], cfg.train.grad_clip
+            )
             optimizer.step()
             seen += len(captions)
             for k, v in losses.items():
@@ -172,9 +198,14 @@ def fit(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, init_check
             if done % cfg.train.log_every == 0 or done == steps:
                 dt = max(time.time() - t_window, 1e-9)
                 record = {k: v / n_window for k, v in window.items()}
-                record.update(step=done, lr=optimizer.param_groups[0]["lr"], grad_norm=float(grad_norm),
-                              logit_scale=model.logit_scale_value(),
-                              images_per_s=n_window * cfg.train.batch_size / dt, elapsed_s=time.time() - t0)
+                record.update(
+                    step=done,
+                    lr=optimizer.param_groups[0]["lr"],
+                    grad_norm=float(grad_norm),
+                    logit_scale=model.logit_scale_value(),
+                    images_per_s=n_window * cfg.train.batch_size / dt,
+                    elapsed_s=time.time() - t0,
+                )
                 mfile.write(json.dumps(record) + "\n")
                 mfile.flush()
                 final = record
@@ -191,6 +222,12 @@ def fit(cfg: RunConfig, out_dir: str | Path, *, resume: bool = False, init_check
     save_checkpoint(last, model, cfg, end_step, optimizer, final)
     seconds = time.time() - t0
     _log.info("trained %d steps (%d images) in %.0f s", end_step - start_step, seen, seconds)
-    return TrainResult(out_dir=str(out), steps=end_step, checkpoint=str(last), device=str(device),
-                       seconds=seconds, final=final, stopped_early=stopped_early)
-
+    return TrainResult(
+        out_dir=str(out),
+        steps=end_step,
+        checkpoint=str(last),
+        device=str(device),
+        seconds=seconds,
+        final=final,
+        stopped_early=stopped_early,
+    )

@@ -23,13 +23,21 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
 
 def build_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     kwargs = {"fused": True} if device.type == "cuda" else {}
-    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas),
-                             eps=1e-8, **kwargs)
+    return torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas), eps=1e-8, **kwargs
+    )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> CosineLRScheduler:
     """Per-step schedule: linear warm-up from warmup_lr to lr over warmup_steps, then cosine to min_lr
     evaluated at the absolute step over all steps (timm ``CosineLRScheduler``, ``t_in_epochs=False``)."""
-    return CosineLRScheduler(optimizer, t_initial=max(cfg.steps, 1), lr_min=cfg.min_lr,
-                             warmup_lr_init=cfg.warmup_lr, warmup_t=cfg.warmup_steps, cycle_limit=1,
-                             t_in_epochs=False, warmup_prefix=False)
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=max(cfg.steps, 1),
+        lr_min=cfg.min_lr,
+        warmup_lr_init=cfg.warmup_lr,
+        warmup_t=cfg.warmup_steps,
+        cycle_limit=1,
+        t_in_epochs=False,
+        warmup_prefix=False,
+    )

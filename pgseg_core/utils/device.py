@@ -27,8 +27,10 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
-            raise DeviceError(f"device '{spec}' was requested but CUDA is not available on this machine; "
-                              "use --device cpu (or auto)")
+            raise DeviceError(
+                f"device '{spec}' was requested but CUDA is not available on this machine; "
+                "use --device cpu (or auto)"
+            )
         index = 0
         if ":" in spec:
             try:
@@ -36,7 +38,8 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
             except ValueError:
                 raise DeviceError(f"bad device '{spec}': use cpu, cuda or cuda:N") from None
         if index >= torch.cuda.device_count():
-            raise DeviceError(f"device '{spec}' does not exist: this machine has {torch.cuda.device_count()} "
-                              "CUDA device(s)")
+            raise DeviceError(
+                f"device '{spec}' does not exist: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
         return torch.device(f"cuda:{index}")
     raise DeviceError(f"unknown device '{spec}': use auto, cpu, cuda or cuda:N")

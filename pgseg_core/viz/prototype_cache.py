@@ -46,8 +46,9 @@ def has_trace(cache: Any, key: str, short_side: int | None = None, max_long: int
     return int(attrs["short_side"]) == int(short_side) and int(attrs["max_long"]) == int(max_long)
 
 
-def put_trace(cache: Any, key: str, name: str, image: np.ndarray, trace: EncoderTrace, short_side: int,
-              max_long: int) -> None:
+def put_trace(
+    cache: Any, key: str, name: str, image: np.ndarray, trace: EncoderTrace, short_side: int, max_long: int
+) -> None:
     """Store one image's trace (atomically per entry: complete marker last).
 
     Args:
@@ -67,9 +68,16 @@ def put_trace(cache: Any, key: str, name: str, image: np.ndarray, trace: Encoder
         if trace.npr:
             arrays[f"prototypes_{i}"] = st.prototypes.astype(np.float32)
             arrays[f"proto_assign_{i}"] = st.proto_assign.astype(np.float32)
-    attrs = {"name": name, "grid": list(trace.grid), "num_stages": len(trace.stages), "npr": int(trace.npr),
-             "released_code": int(trace.released_code), "hrs_threshold": float(trace.hrs_threshold),
-             "short_side": int(short_side), "max_long": int(max_long)}
+    attrs = {
+        "name": name,
+        "grid": list(trace.grid),
+        "num_stages": len(trace.stages),
+        "npr": int(trace.npr),
+        "released_code": int(trace.released_code),
+        "hrs_threshold": float(trace.hrs_threshold),
+        "short_side": int(short_side),
+        "max_long": int(max_long),
+    }
     cache.put_section(VIZ_SECTION, key, arrays, attrs)
 
 
@@ -83,13 +91,24 @@ def get_trace(cache: Any, key: str) -> tuple[str, np.ndarray, EncoderTrace]:
     npr = bool(int(attrs["npr"]))
     stages = []
     for i in range(int(attrs["num_stages"])):
-        stages.append(StageTrace(soft=arrays[f"soft_{i}"], hard_index=arrays[f"hard_index_{i}"],
-                                 centres=arrays[f"centres_{i}"], inputs=arrays[f"inputs_{i}"],
-                                 prototypes=arrays[f"prototypes_{i}"] if npr else None,
-                                 proto_assign=arrays[f"proto_assign_{i}"] if npr else None))
+        stages.append(
+            StageTrace(
+                soft=arrays[f"soft_{i}"],
+                hard_index=arrays[f"hard_index_{i}"],
+                centres=arrays[f"centres_{i}"],
+                inputs=arrays[f"inputs_{i}"],
+                prototypes=arrays[f"prototypes_{i}"] if npr else None,
+                proto_assign=arrays[f"proto_assign_{i}"] if npr else None,
+            )
+        )
     grid = tuple(int(v) for v in np.asarray(attrs["grid"]).reshape(-1)[:2])
-    trace = EncoderTrace(grid=grid, stages=stages, npr=npr, released_code=bool(int(attrs["released_code"])),
-                         hrs_threshold=float(attrs["hrs_threshold"]))
+    trace = EncoderTrace(
+        grid=grid,
+        stages=stages,
+        npr=npr,
+        released_code=bool(int(attrs["released_code"])),
+        hrs_threshold=float(attrs["hrs_threshold"]),
+    )
     return str(attrs["name"]), arrays["image"], trace
 
 

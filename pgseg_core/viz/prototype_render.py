@@ -62,8 +62,9 @@ def _boundaries(label: np.ndarray) -> np.ndarray:
     return edge
 
 
-def _blend(image: np.ndarray, label: np.ndarray, colours: np.ndarray, alpha: np.ndarray | float,
-           edges: bool = True) -> np.ndarray:
+def _blend(
+    image: np.ndarray, label: np.ndarray, colours: np.ndarray, alpha: np.ndarray | float, edges: bool = True
+) -> np.ndarray:
     """image float [H, W, 3], label int [H, W] indexing ``colours`` [n, 3], alpha scalar or [H, W]."""
     a = np.asarray(alpha, dtype=np.float32)
     if a.ndim == 2:
@@ -74,8 +75,9 @@ def _blend(image: np.ndarray, label: np.ndarray, colours: np.ndarray, alpha: np.
     return out
 
 
-def _hard_tile(base: np.ndarray, cell_label: np.ndarray, colours: np.ndarray, size: tuple[int, int]
-               ) -> np.ndarray:
+def _hard_tile(
+    base: np.ndarray, cell_label: np.ndarray, colours: np.ndarray, size: tuple[int, int]
+) -> np.ndarray:
     return _blend(base, _resize_labels(cell_label, size), colours, 0.6)
 
 
@@ -157,22 +159,35 @@ def render_panel(state: ImageState) -> Image.Image:
     for st in state.stages:
         colours = _colours(st.assign_hard.shape[0])
         used = len(np.unique(st.group_map))
-        hard_row.append((f"stage {st.index + 1} groups: {used}/{len(colours)} used",
-                         _hard_tile(base, st.group_map, colours, size)))
-        soft_row.append((f"stage {st.index + 1} groups, soft",
-                         _soft_tile(base, st.group_probs, colours, size)))
+        hard_row.append(
+            (
+                f"stage {st.index + 1} groups: {used}/{len(colours)} used",
+                _hard_tile(base, st.group_map, colours, size),
+            )
+        )
+        soft_row.append(
+            (f"stage {st.index + 1} groups, soft", _soft_tile(base, st.group_probs, colours, size))
+        )
     for st in state.stages:
         if not st.has_npr:
             continue
         colours = _proto_colours(st)
         used = len(np.unique(st.proto_map))
-        hard_row.append((f"stage {st.index + 1} prototypes: {used}/{len(colours)}",
-                         _hard_tile(base, st.proto_map, colours, size)))
-        soft_row.append((f"stage {st.index + 1} prototypes, soft",
-                         _soft_tile(base, st.proto_probs, colours, size)))
+        hard_row.append(
+            (
+                f"stage {st.index + 1} prototypes: {used}/{len(colours)}",
+                _hard_tile(base, st.proto_map, colours, size),
+            )
+        )
+        soft_row.append(
+            (f"stage {st.index + 1} prototypes, soft", _soft_tile(base, st.proto_probs, colours, size))
+        )
     if state.npr:
-        mode = "released-code matching (minimise) and HRS (column 0)" if state.released_code else \
-            "matching maximises similarity, HRS on the matched pair"
+        mode = (
+            "released-code matching (minimise) and HRS (column 0)"
+            if state.released_code
+            else "matching maximises similarity, HRS on the matched pair"
+        )
         title = f"{state.name}: groups and NPR prototypes (prototype colour = its matched group); {mode}"
     else:
         title = f"{state.name}: group maps only (this checkpoint has no NPR: plain GroupViT)"
@@ -222,10 +237,19 @@ def render_matching(state: ImageState) -> Image.Image | None:
         x0 = b * block_w + pad
         n = len(st.match)
         kept = int((st.hrs_keep_gp & st.hrs_keep_pg).sum())
-        draw.text((x0, 4), f"stage {st.index + 1}: {n} groups <-> {st.prototypes.shape[0]} prototypes",
-                  fill=_INK, font=title_font)
-        draw.text((x0, 22), f"HRS (phi={state.hrs_threshold:g}): {kept} kept both ways, "
-                  f"g->p {int(st.hrs_keep_pg.sum())}, p->g {int(st.hrs_keep_gp.sum())}", fill=_INK, font=font)
+        draw.text(
+            (x0, 4),
+            f"stage {st.index + 1}: {n} groups <-> {st.prototypes.shape[0]} prototypes",
+            fill=_INK,
+            font=title_font,
+        )
+        draw.text(
+            (x0, 22),
+            f"HRS (phi={state.hrs_threshold:g}): {kept} kept both ways, "
+            f"g->p {int(st.hrs_keep_pg.sum())}, p->g {int(st.hrs_keep_gp.sum())}",
+            fill=_INK,
+            font=font,
+        )
         cells = np.bincount(st.group_map.reshape(-1), minlength=n)
         inverse = {int(k): s for s, k in enumerate(st.match)}
         for s in range(n):
@@ -240,17 +264,25 @@ def render_matching(state: ImageState) -> Image.Image | None:
             draw.rectangle((xr, y + 2, xr + sw, y + 2 + sw), fill=colour, outline=(60, 60, 60))
             label = f"p{k}"
             if s is not None:
-                label += (f"  cos {st.similarity[s, k]:+.2f}  "
-                          f"{_pair_status(bool(st.hrs_keep_gp[s]), bool(st.hrs_keep_pg[s]))}")
+                label += (
+                    f"  cos {st.similarity[s, k]:+.2f}  "
+                    f"{_pair_status(bool(st.hrs_keep_gp[s]), bool(st.hrs_keep_pg[s]))}"
+                )
             draw.text((xr + sw + 4, y + 1), label, fill=_INK, font=font)
         for s, k in enumerate(st.match):
             ya, yb = top + s * row_h + 7, top + int(k) * row_h + 7
-            draw.line((x0 + left_w - 4, ya, xr - 4, yb),
-                      fill=_pair_colour(bool(st.hrs_keep_gp[s]), bool(st.hrs_keep_pg[s])), width=2)
+            draw.line(
+                (x0 + left_w - 4, ya, xr - 4, yb),
+                fill=_pair_colour(bool(st.hrs_keep_gp[s]), bool(st.hrs_keep_pg[s])),
+                width=2,
+            )
     legend_y = top + n_max * row_h + pad
-    draw.text((pad, legend_y),
-              "green: kept by HRS in both L_PG directions; orange: one direction; grey: dropped",
-              fill=_INK, font=font)
+    draw.text(
+        (pad, legend_y),
+        "green: kept by HRS in both L_PG directions; orange: one direction; grey: dropped",
+        fill=_INK,
+        font=font,
+    )
     return canvas
 
 
@@ -274,8 +306,12 @@ def render_patch_grid(hits: list[list[PatchHit]], stage: int, tile: int) -> Imag
     draw = ImageDraw.Draw(canvas)
     what = "16x16 token cells" if stage == 0 else "segments (bounding box, outside dimmed)"
     draw.text((pad, 4), f"stage {stage + 1}: {what} nearest to each prototype", fill=_INK, font=title_font)
-    draw.text((pad, 22), "cosine similarity of the token to its own image's prototype k, best first",
-              fill=_INK, font=font)
+    draw.text(
+        (pad, 22),
+        "cosine similarity of the token to its own image's prototype k, best first",
+        fill=_INK,
+        font=font,
+    )
     for k, row in enumerate(hits):
         y = title_h + k * (tile + text_h + pad)
         draw.text((pad, y + tile // 2 - 6), f"p{k}", fill=_INK, font=title_font)

@@ -43,9 +43,16 @@ def _unique(stem: str, used: set[str]) -> str:
     return name
 
 
-def states_from_files(model: Any, paths: Iterable[Path], short_side: int, max_long: int,
-                      device: torch.device | str, failed: list[dict[str, str]], cache: Any | None = None,
-                      counts: dict[str, int] | None = None) -> Iterator[ImageState]:
+def states_from_files(
+    model: Any,
+    paths: Iterable[Path],
+    short_side: int,
+    max_long: int,
+    device: torch.device | str,
+    failed: list[dict[str, str]],
+    cache: Any | None = None,
+    counts: dict[str, int] | None = None,
+) -> Iterator[ImageState]:
     """Image files -> :class:`ImageState` s, through an optional feature cache (``viz`` section).
 
     With ``cache`` (a writable :class:`pgseg_core.cache.features.FeatureCache`), an image whose trace at this
@@ -81,10 +88,19 @@ def states_from_files(model: Any, paths: Iterable[Path], short_side: int, max_lo
         yield state_from_trace(trace, path.stem, image)
 
 
-def render_states(states: Iterable[ImageState], out_dir: str | Path, *, total: int, npr: bool,
-                  released_code: bool, patches_per_prototype: int = 8, tile: int = 48,
-                  failed: list[dict[str, str]] | None = None, title: str = "",
-                  progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+def render_states(
+    states: Iterable[ImageState],
+    out_dir: str | Path,
+    *,
+    total: int,
+    npr: bool,
+    released_code: bool,
+    patches_per_prototype: int = 8,
+    tile: int = 48,
+    failed: list[dict[str, str]] | None = None,
+    title: str = "",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     """Render every image state, then the nearest-patch grids and ``index.html``.
 
     Args:
@@ -125,11 +141,20 @@ def render_states(states: Iterable[ImageState], out_dir: str | Path, *, total: i
         rel = f"patches_stage{stage + 1}.png"
         save_image_atomic(render_patch_grid(bank.hits(stage), stage, bank.tile_for(stage)), out_dir / rel)
         grids.append({"stage": stage + 1, "png": rel})
-    summary = {"out_dir": str(out_dir), "index": "index.html", "processed": len(outputs), "outputs": outputs,
-               "patch_grids": grids, "npr": bool(npr), "released_code": bool(released_code),
-               "failed": failed, "num_failed": len(failed)}
-    atomic_write(out_dir / "index.html",
-                 lambda tmp: Path(tmp).write_text(_page(summary, title), encoding="utf-8"))
+    summary = {
+        "out_dir": str(out_dir),
+        "index": "index.html",
+        "processed": len(outputs),
+        "outputs": outputs,
+        "patch_grids": grids,
+        "npr": bool(npr),
+        "released_code": bool(released_code),
+        "failed": failed,
+        "num_failed": len(failed),
+    }
+    atomic_write(
+        out_dir / "index.html", lambda tmp: Path(tmp).write_text(_page(summary, title), encoding="utf-8")
+    )
     atomic_write_json(out_dir / "summary.json", summary)
     return summary
 
@@ -137,8 +162,12 @@ def render_states(states: Iterable[ImageState], out_dir: str | Path, *, total: i
 def _write_image(state: ImageState, out_dir: Path, stem: str) -> dict[str, Any]:
     panel = f"images/{stem}_panel.png"
     save_image_atomic(render_panel(state), out_dir / panel)
-    record: dict[str, Any] = {"image": state.name, "panel": panel, "matching": None,
-                              "json": f"images/{stem}.json"}
+    record: dict[str, Any] = {
+        "image": state.name,
+        "panel": panel,
+        "matching": None,
+        "json": f"images/{stem}.json",
+    }
     fig = render_matching(state)
     if fig is not None:
         record["matching"] = f"images/{stem}_matching.png"
@@ -166,56 +195,78 @@ def _link(rel: str) -> str:
 
 
 def _matching_table(stage: dict[str, Any]) -> str:
-    rows = ["<tr><th>group</th><th>cells</th><th>prototype</th><th>cos sim</th><th>HRS score p&rarr;g</th>"
-            "<th>HRS score g&rarr;p</th><th>kept</th></tr>"]
+    rows = [
+        "<tr><th>group</th><th>cells</th><th>prototype</th><th>cos sim</th><th>HRS score p&rarr;g</th>"
+        "<th>HRS score g&rarr;p</th><th>kept</th></tr>"
+    ]
     for r in stage["matching"]:
         both, one = r["kept_gp"] and r["kept_pg"], r["kept_gp"] or r["kept_pg"]
         cls = "kept" if both else ("one" if one else "dropped")
         status = "both" if both else ("p&rarr;g only" if r["kept_gp"] else ("g&rarr;p only" if one else "no"))
-        rows.append(f'<tr class="{cls}"><td>g{r["group"]}</td><td>{r["cells"]}</td><td>p{r["prototype"]}</td>'
-                    f'<td>{r["similarity"]:+.3f}</td><td>{r["hrs_score_gp"]:.3f}</td>'
-                    f'<td>{r["hrs_score_pg"]:.3f}</td><td>{status}</td></tr>')
+        rows.append(
+            f'<tr class="{cls}"><td>g{r["group"]}</td><td>{r["cells"]}</td><td>p{r["prototype"]}</td>'
+            f"<td>{r['similarity']:+.3f}</td><td>{r['hrs_score_gp']:.3f}</td>"
+            f"<td>{r['hrs_score_pg']:.3f}</td><td>{status}</td></tr>"
+        )
     return "<table>" + "".join(rows) + "</table>"
 
 
 def _page(summary: dict[str, Any], title: str) -> str:
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'>",
-             f"<title>pgseg prototypes: {html.escape(title)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>Groups and prototypes</h1><p>{html.escape(title)}</p>"]
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
+        f"<title>pgseg prototypes: {html.escape(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>Groups and prototypes</h1><p>{html.escape(title)}</p>",
+    ]
     if summary["npr"]:
-        mode = ("<b>released-code mode</b>: the Hungarian matching minimises the similarity and HRS reads "
-                "column 0" if summary["released_code"] else
-                "the Hungarian matching maximises the group-prototype cosine similarity; HRS keeps a pair "
-                "when its min-max normalised similarity exceeds phi")
-        parts.append(f"<p>PGSeg checkpoint (NPR). Matching and HRS are computed with the training loss's own "
-                     f"functions: {mode}. Stage numbers start at 1. Prototype maps colour each prototype "
-                     f"with the colour of the group it is matched to.</p>")
+        mode = (
+            "<b>released-code mode</b>: the Hungarian matching minimises the similarity and HRS reads "
+            "column 0"
+            if summary["released_code"]
+            else "the Hungarian matching maximises the group-prototype cosine similarity; HRS keeps a pair "
+            "when its min-max normalised similarity exceeds phi"
+        )
+        parts.append(
+            f"<p>PGSeg checkpoint (NPR). Matching and HRS are computed with the training loss's own "
+            f"functions: {mode}. Stage numbers start at 1. Prototype maps colour each prototype "
+            f"with the colour of the group it is matched to.</p>"
+        )
     else:
-        parts.append("<p class='note'>This checkpoint has no NPR (plain GroupViT): only the group maps are "
-                     "shown; there are no prototypes, no matching and no nearest-patch grids.</p>")
+        parts.append(
+            "<p class='note'>This checkpoint has no NPR (plain GroupViT): only the group maps are "
+            "shown; there are no prototypes, no matching and no nearest-patch grids.</p>"
+        )
     parts.append(f"<p>{summary['processed']} image(s) rendered, {summary['num_failed']} failed.</p>")
     if summary["failed"]:
-        items = "".join(f"<li>{html.escape(f['image'])}: {html.escape(f['error'])}</li>"
-                        for f in summary["failed"])
+        items = "".join(
+            f"<li>{html.escape(f['image'])}: {html.escape(f['error'])}</li>" for f in summary["failed"]
+        )
         parts.append(f"<div class='note'><b>Skipped:</b><ul>{items}</ul></div>")
     if summary["patch_grids"]:
         parts.append("<h2>Nearest patches per prototype</h2>")
         for g in summary["patch_grids"]:
-            parts.append(f"<h3>stage {g['stage']}</h3><a href='{_link(g['png'])}'>"
-                         f"<img src='{_link(g['png'])}' alt='stage {g['stage']} patches'></a>")
+            parts.append(
+                f"<h3>stage {g['stage']}</h3><a href='{_link(g['png'])}'>"
+                f"<img src='{_link(g['png'])}' alt='stage {g['stage']} patches'></a>"
+            )
     parts.append("<h2>Images</h2>")
     for rec in summary["outputs"]:
-        parts.append(f"<section><h3>{html.escape(rec['image'])}</h3>"
-                     f"<a href='{_link(rec['panel'])}'><img src='{_link(rec['panel'])}' alt='panel'></a>")
+        parts.append(
+            f"<section><h3>{html.escape(rec['image'])}</h3>"
+            f"<a href='{_link(rec['panel'])}'><img src='{_link(rec['panel'])}' alt='panel'></a>"
+        )
         if rec["matching"]:
-            parts.append(f"<p><a href='{_link(rec['matching'])}'><img src='{_link(rec['matching'])}' "
-                         f"alt='matching'></a></p>")
+            parts.append(
+                f"<p><a href='{_link(rec['matching'])}'><img src='{_link(rec['matching'])}' "
+                f"alt='matching'></a></p>"
+            )
         for stage in rec["stages"]:
             if "matching" in stage:
-                parts.append(f"<details><summary>stage {stage['stage']} matching table "
-                             f"({stage['hrs_kept_gp']} / {stage['hrs_kept_pg']} pairs kept "
-                             f"p&rarr;g / g&rarr;p)"
-                             f"</summary>{_matching_table(stage)}</details>")
+                parts.append(
+                    f"<details><summary>stage {stage['stage']} matching table "
+                    f"({stage['hrs_kept_gp']} / {stage['hrs_kept_pg']} pairs kept "
+                    f"p&rarr;g / g&rarr;p)"
+                    f"</summary>{_matching_table(stage)}</details>"
+                )
         parts.append(f"<p><a href='{_link(rec['json'])}'>numbers (JSON)</a></p></section>")
     parts.append("</body></html>\n")
     return "\n".join(parts)

@@ -38,8 +38,19 @@ from ..errors import DataError
 from ..losses.prototype import hrs_mask, hungarian_match
 from ..segment.inference import TOKEN_STRIDE, group_probabilities, resize_short_side
 
-__all__ = ["VizSample", "StageState", "ImageState", "StageTrace", "EncoderTrace", "prepare_image", "trace_image",
-           "state_from_trace", "collect_image_state", "PatchBank", "PatchHit"]
+__all__ = [
+    "VizSample",
+    "StageState",
+    "ImageState",
+    "StageTrace",
+    "EncoderTrace",
+    "prepare_image",
+    "trace_image",
+    "state_from_trace",
+    "collect_image_state",
+    "PatchBank",
+    "PatchHit",
+]
 
 
 @dataclass
@@ -120,11 +131,18 @@ class StageState:
         rows = []
         for s in range(len(self.match)):
             k = int(self.match[s])
-            rows.append({"group": s, "prototype": k, "similarity": float(self.similarity[s, k]),
-                         "hrs_score_gp": float(self.hrs_score_gp[s]),
-                         "hrs_score_pg": float(self.hrs_score_pg[s]),
-                         "kept_gp": bool(self.hrs_keep_gp[s]), "kept_pg": bool(self.hrs_keep_pg[s]),
-                         "cells": int((self.group_map == s).sum())})
+            rows.append(
+                {
+                    "group": s,
+                    "prototype": k,
+                    "similarity": float(self.similarity[s, k]),
+                    "hrs_score_gp": float(self.hrs_score_gp[s]),
+                    "hrs_score_pg": float(self.hrs_score_pg[s]),
+                    "kept_gp": bool(self.hrs_keep_gp[s]),
+                    "kept_pg": bool(self.hrs_keep_pg[s]),
+                    "cells": int((self.group_map == s).sum()),
+                }
+            )
         return rows
 
 
@@ -158,20 +176,29 @@ class ImageState:
                 "stage": st.index + 1,
                 "groups": int(st.assign_hard.shape[0]),
                 "input_tokens": int(st.assign_hard.shape[1]),
-                "cells_per_group": np.bincount(st.group_map.reshape(-1),
-                                               minlength=st.assign_hard.shape[0]).tolist(),
+                "cells_per_group": np.bincount(
+                    st.group_map.reshape(-1), minlength=st.assign_hard.shape[0]
+                ).tolist(),
             }
             if st.has_npr:
                 entry["prototypes"] = int(st.prototypes.shape[0])
-                entry["cells_per_prototype"] = np.bincount(st.proto_map.reshape(-1),
-                                                           minlength=st.prototypes.shape[0]).tolist()
+                entry["cells_per_prototype"] = np.bincount(
+                    st.proto_map.reshape(-1), minlength=st.prototypes.shape[0]
+                ).tolist()
                 entry["matching"] = st.matching_rows()
                 entry["hrs_kept_gp"] = int(st.hrs_keep_gp.sum())
                 entry["hrs_kept_pg"] = int(st.hrs_keep_pg.sum())
             stages.append(entry)
-        return {"image": self.name, "height": int(self.image.shape[0]), "width": int(self.image.shape[1]),
-                "grid": list(self.grid), "npr": self.npr, "released_code": self.released_code,
-                "hrs_threshold": self.hrs_threshold, "stages": stages}
+        return {
+            "image": self.name,
+            "height": int(self.image.shape[0]),
+            "width": int(self.image.shape[1]),
+            "grid": list(self.grid),
+            "npr": self.npr,
+            "released_code": self.released_code,
+            "hrs_threshold": self.hrs_threshold,
+            "stages": stages,
+        }
 
 
 def prepare_image(image: np.ndarray, short_side: int, max_long: int, name: str = "image") -> VizSample:
@@ -195,8 +222,10 @@ def prepare_image(image: np.ndarray, short_side: int, max_long: int, name: str =
     h = resized.shape[0] // TOKEN_STRIDE * TOKEN_STRIDE
     w = resized.shape[1] // TOKEN_STRIDE * TOKEN_STRIDE
     if h == 0 or w == 0:
-        raise DataError(f"{name}: {image.shape[1]}x{image.shape[0]} px is below one 16x16 token at short "
-                        f"side {short_side}; use a larger --short-side")
+        raise DataError(
+            f"{name}: {image.shape[1]}x{image.shape[0]} px is below one 16x16 token at short "
+            f"side {short_side}; use a larger --short-side"
+        )
     return VizSample(name=name, image=np.ascontiguousarray(resized[:h, :w]))
 
 
@@ -271,23 +300,34 @@ def trace_image(model: Any, sample: VizSample, device: torch.device | str = "cpu
         out = model.encode_image(stem_feats=sample.stem_feats[None].to(device).float(), stage_inputs=True)
     else:
         if H % TOKEN_STRIDE or W % TOKEN_STRIDE:
-            raise DataError(f"{sample.name}: image size {W}x{H} is not a multiple of 16 px; "
-                            "resize it with prepare_image()")
+            raise DataError(
+                f"{sample.name}: image size {W}x{H} is not a multiple of 16 px; "
+                "resize it with prepare_image()"
+            )
         pixels = sample.pixels if sample.pixels is not None else to_tensor_normalized(sample.image)
         out = model.encode_image(pixels[None].to(device).float(), stage_inputs=True)
     vis = out.vision
     npr_cfg = model.cfg.npr
     stages = []
     for i, grouping in enumerate(vis.groupings):
-        st = StageTrace(soft=_np(grouping.soft[0]), hard_index=grouping.hard[0].argmax(dim=0).cpu().numpy(),
-                        centres=_np(grouping.centres[0]), inputs=_np(vis.stage_inputs[i][0]))
+        st = StageTrace(
+            soft=_np(grouping.soft[0]),
+            hard_index=grouping.hard[0].argmax(dim=0).cpu().numpy(),
+            centres=_np(grouping.centres[0]),
+            inputs=_np(vis.stage_inputs[i][0]),
+        )
         if vis.nprs:
             st.prototypes = _np(vis.nprs[i].prototypes[0])
             st.proto_assign = _np(vis.nprs[i].assign[0])
         stages.append(st)
     h, w = out.grid
-    return EncoderTrace(grid=(int(h), int(w)), stages=stages, npr=bool(vis.nprs),
-                        released_code=bool(npr_cfg.released_code), hrs_threshold=float(npr_cfg.hrs_threshold))
+    return EncoderTrace(
+        grid=(int(h), int(w)),
+        stages=stages,
+        npr=bool(vis.nprs),
+        released_code=bool(npr_cfg.released_code),
+        hrs_threshold=float(npr_cfg.hrs_threshold),
+    )
 
 
 def state_from_trace(trace: EncoderTrace, name: str, image: np.ndarray) -> ImageState:
@@ -303,11 +343,19 @@ def state_from_trace(trace: EncoderTrace, name: str, image: np.ndarray) -> Image
         fields are filled.
     """
     h, w = trace.grid
-    state = ImageState(name=name, image=image, grid=(int(h), int(w)), npr=trace.npr,
-                       released_code=trace.released_code, hrs_threshold=trace.hrs_threshold)
+    state = ImageState(
+        name=name,
+        image=image,
+        grid=(int(h), int(w)),
+        npr=trace.npr,
+        released_code=trace.released_code,
+        hrs_threshold=trace.hrs_threshold,
+    )
     soft = [torch.from_numpy(st.soft)[None] for st in trace.stages]  # [1, S_i, N_i]
-    hard = [F.one_hot(torch.from_numpy(st.hard_index).long(), st.soft.shape[0]).T[None].float()
-            for st in trace.stages]  # [1, S_i, N_i] one-hot
+    hard = [
+        F.one_hot(torch.from_numpy(st.hard_index).long(), st.soft.shape[0]).T[None].float()
+        for st in trace.stages
+    ]  # [1, S_i, N_i] one-hot
     for i, tr in enumerate(trace.stages):
         group_probs = group_probabilities(soft[: i + 1], (h, w))[0]  # [S_i, h, w]
         group_onehot = group_probabilities(hard[: i + 1], (h, w))[0]  # chained one-hots stay one-hot
@@ -316,14 +364,27 @@ def state_from_trace(trace: EncoderTrace, name: str, image: np.ndarray) -> Image
         else:
             # [S_{i-1}, h, w]: the cells of each incoming segment
             cell_masks = group_probabilities(hard[:i], (h, w))[0] > 0.5
-        st = StageState(index=i, assign_hard=hard[i][0].numpy(), assign_soft=tr.soft,
-                        group_map=group_onehot.argmax(dim=0).numpy().astype(np.int64),
-                        group_probs=group_probs.numpy(), centres=tr.centres, input_tokens=tr.inputs,
-                        cell_masks=cell_masks.numpy())
+        st = StageState(
+            index=i,
+            assign_hard=hard[i][0].numpy(),
+            assign_soft=tr.soft,
+            group_map=group_onehot.argmax(dim=0).numpy().astype(np.int64),
+            group_probs=group_probs.numpy(),
+            centres=tr.centres,
+            input_tokens=tr.inputs,
+            cell_masks=cell_masks.numpy(),
+        )
         if trace.npr:
-            _fill_npr(st, torch.from_numpy(tr.centres)[None], torch.from_numpy(tr.prototypes)[None],
-                      torch.from_numpy(tr.proto_assign)[None], soft[:i], (h, w), trace.released_code,
-                      trace.hrs_threshold)
+            _fill_npr(
+                st,
+                torch.from_numpy(tr.centres)[None],
+                torch.from_numpy(tr.prototypes)[None],
+                torch.from_numpy(tr.proto_assign)[None],
+                soft[:i],
+                (h, w),
+                trace.released_code,
+                trace.hrs_threshold,
+            )
         state.stages.append(st)
     return state
 
@@ -338,9 +399,16 @@ def collect_image_state(model: Any, sample: VizSample, device: torch.device | st
     return state_from_trace(trace_image(model, sample, device), sample.name, sample.image)
 
 
-def _fill_npr(st: StageState, centres: torch.Tensor, prototypes: torch.Tensor, z: torch.Tensor,
-              soft_below: list[torch.Tensor], grid: tuple[int, int], released_code: bool, threshold: float
-              ) -> None:
+def _fill_npr(
+    st: StageState,
+    centres: torch.Tensor,
+    prototypes: torch.Tensor,
+    z: torch.Tensor,
+    soft_below: list[torch.Tensor],
+    grid: tuple[int, int],
+    released_code: bool,
+    threshold: float,
+) -> None:
     """Prototype maps, matching and HRS of one stage; the matching / HRS calls mirror PGSeg._prototype_losses.
 
     centres [1, S, C], prototypes [1, K, C], z [1, N_i, K], soft_below: soft assignments of the stages below.
@@ -437,8 +505,13 @@ class PatchBank:
                     score = float(sims[n, k])
                     if len(heap) >= self.top and score <= heap[0].score:
                         break
-                    hit = PatchHit(score, next(self._counter), state.name, int(n),
-                                   _thumbnail(state.image, st.cell_masks[n], self.tile_for(st.index)))
+                    hit = PatchHit(
+                        score,
+                        next(self._counter),
+                        state.name,
+                        int(n),
+                        _thumbnail(state.image, st.cell_masks[n], self.tile_for(st.index)),
+                    )
                     if len(heap) < self.top:
                         heapq.heappush(heap, hit)
                     else:
@@ -465,8 +538,10 @@ def _thumbnail(image: np.ndarray, cells: np.ndarray, tile: int) -> np.ndarray:
     y0, y1 = int(ys.min()) * TOKEN_STRIDE, (int(ys.max()) + 1) * TOKEN_STRIDE
     x0, x1 = int(xs.min()) * TOKEN_STRIDE, (int(xs.max()) + 1) * TOKEN_STRIDE
     crop = image[y0:y1, x0:x1].astype(np.float32)
-    inside = np.kron(cells[ys.min(): ys.max() + 1, xs.min(): xs.max() + 1],
-                     np.ones((TOKEN_STRIDE, TOKEN_STRIDE), dtype=bool))
+    inside = np.kron(
+        cells[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1],
+        np.ones((TOKEN_STRIDE, TOKEN_STRIDE), dtype=bool),
+    )
     crop[~inside] = crop[~inside] * 0.25 + 0.75 * 40.0
     pil = Image.fromarray(np.clip(crop + 0.5, 0, 255).astype(np.uint8))
     scale = tile / max(pil.width, pil.height)
