@@ -23,7 +23,8 @@ from pgseg_core.models.factory import create_model, load_checkpoint
 from pgseg_core.models.npr import em_prototypes
 from pgseg_core.train.loop import save_checkpoint
 from pgseg_core.viz.prototype_render import render_matching, render_panel
-from pgseg_core.viz.prototypes import PatchBank, collect_image_state, prepare_image
+from pgseg_core.viz.patch_bank import PatchBank
+from pgseg_core.viz.prototypes import collect_image_state, prepare_image
 
 runner = CliRunner()
 

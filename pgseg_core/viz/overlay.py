@@ -14,7 +14,8 @@ from .palette import IGNORE_INDEX, PALETTE, color_of
 
 
 @lru_cache(maxsize=8)
-def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+def load_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """PIL's default font at ``size`` pixels (the scalable one when PIL has FreeType, else the bitmap one)."""
     try:
         return ImageFont.load_default(size=size)  # scalable TTF when PIL has FreeType
     except (TypeError, OSError, ImportError):
@@ -68,7 +69,7 @@ def render_overlay(
     entries = [(class_names[v - 1], color_of(v)) for v in present] or [("background only", color_of(0))]
 
     font_size = max(10, min(w // 32, 24))
-    font = _font(font_size)
+    font = load_font(font_size)
     measure = ImageDraw.Draw(overlay)
     pad, patch = max(4, font_size // 3), font_size
     line_h = max(patch, max(_text_size(measure, name, font)[1] for name, _ in entries)) + pad

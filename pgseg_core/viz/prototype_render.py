@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from .overlay import _font
+from .overlay import load_font
 from .palette import PALETTE
-from .prototypes import ImageState, PatchHit, StageState
+from .patch_bank import PatchHit
+from .prototypes import ImageState, StageState
 
 __all__ = ["render_panel", "render_matching", "render_patch_grid", "group_colour", "DISPLAY_SHORT_SIDE"]
 
@@ -117,7 +118,7 @@ def _to_image(arr: np.ndarray) -> Image.Image:
 
 def _compose(tiles: list[list[tuple[str, np.ndarray | None]]], title: str) -> Image.Image:
     """Rows of (caption, tile or None) into one canvas with a caption above every tile."""
-    font, title_font = _font(13), _font(15)
+    font, title_font = load_font(13), load_font(15)
     pad, cap_h, title_h = 6, 20, 26
     tw = max(t.shape[1] for row in tiles for _, t in row if t is not None)
     th = max(t.shape[0] for row in tiles for _, t in row if t is not None)
@@ -225,7 +226,7 @@ def render_matching(state: ImageState) -> Image.Image | None:
     stages = [st for st in state.stages if st.has_npr]
     if not stages:
         return None
-    font, title_font = _font(11), _font(13)
+    font, title_font = load_font(11), load_font(13)
     row_h, pad, sw = 15, 8, 10
     left_w, gap, right_w = 96, 110, 240
     block_w = left_w + gap + right_w + 2 * pad
@@ -290,14 +291,14 @@ def render_patch_grid(hits: list[list[PatchHit]], stage: int, tile: int) -> Imag
     """Rows = prototypes of one stage, columns = their most similar patches (best first).
 
     Args:
-        hits: per prototype, its patches (from :meth:`pgseg_core.viz.prototypes.PatchBank.hits`).
+        hits: per prototype, its patches (from :meth:`pgseg_core.viz.patch_bank.PatchBank.hits`).
         stage: 0-based stage index (shown as ``stage + 1``).
         tile: thumbnail side in pixels.
 
     Returns:
         RGB PIL image; every thumbnail has its cosine similarity printed below it.
     """
-    font, title_font = _font(10), _font(13)
+    font, title_font = load_font(10), load_font(13)
     pad, label_w, text_h, title_h = 4, 36, 12, 40
     cols = max(1, max((len(h) for h in hits), default=1))
     width = max(label_w + cols * (tile + pad) + pad, 560)

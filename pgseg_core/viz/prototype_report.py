@@ -27,7 +27,8 @@ from ..errors import DataError
 from ..utils.io import atomic_write, atomic_write_json
 from .palette import save_image_atomic
 from .prototype_render import render_matching, render_panel, render_patch_grid
-from .prototypes import ImageState, PatchBank, prepare_image, state_from_trace, trace_image
+from .patch_bank import PatchBank
+from .prototypes import ImageState, prepare_image, state_from_trace, trace_image
 
 __all__ = ["render_states", "states_from_files"]
 
