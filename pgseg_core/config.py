@@ -170,7 +170,8 @@ class RunConfig:
 # strict construction from dicts
 
 
-def _suggest(key: str, options: list[str]) -> str:
+def suggest_key(key: str, options: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``options`` (difflib ratio >= 0.5), else the known keys."""
     close = difflib.get_close_matches(key, options, n=1, cutoff=0.5)
     return f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(sorted(options))})"
 
@@ -229,7 +230,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     for key, value in data.items():
         path = f"{where}.{key}" if where else key
         if key not in names:
-            raise ConfigError(f"unknown config key '{path}'{_suggest(key, names)}")
+            raise ConfigError(f"unknown config key '{path}'{suggest_key(key, names)}")
         tp = hints[key]
         if is_dataclass(tp):
             kwargs[key] = from_dict(tp, value, path)
@@ -238,7 +239,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     return cls(**kwargs)
 
 
-def _parse_scalar(text: str) -> Any:
+def parse_scalar(text: str) -> Any:
     """Parse a command-line value: JSON if it parses (numbers, lists, true/false), else the raw string."""
     try:
         return json.loads(text)
@@ -254,19 +255,19 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """
     data = cfg.to_dict()
     for dotted, raw in overrides.items():
-        value = _parse_scalar(raw) if isinstance(raw, str) else raw
+        value = parse_scalar(raw) if isinstance(raw, str) else raw
         parts = dotted.split(".")
         node = data
         for i, part in enumerate(parts[:-1]):
             if not isinstance(node, dict) or part not in node or not isinstance(node[part], dict):
                 opts = [k for k, v in node.items() if isinstance(v, dict)] if isinstance(node, dict) else []
                 raise ConfigError(
-                    f"unknown config section '{'.'.join(parts[: i + 1])}'{_suggest(part, opts)}"
+                    f"unknown config section '{'.'.join(parts[: i + 1])}'{suggest_key(part, opts)}"
                 )
             node = node[part]
         leaf = parts[-1]
         if leaf not in node:
-            raise ConfigError(f"unknown config key '{dotted}'{_suggest(leaf, list(node))}")
+            raise ConfigError(f"unknown config key '{dotted}'{suggest_key(leaf, list(node))}")
         node[leaf] = value
     return from_dict(RunConfig, data)
 
@@ -293,7 +294,8 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
         source = PRESET_DIR / f"{name_or_path}.json"
     else:
         raise ConfigError(
-            f"unknown model preset or config file '{name_or_path}'{_suggest(str(name_or_path), list_presets())}"
+            f"unknown model preset or config file '{name_or_path}'"
+            f"{suggest_key(str(name_or_path), list_presets())}"
         )
     try:
         data = json.loads(source.read_text())

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import EvalConfig, _parse_scalar, _suggest, from_dict
+from ..config import EvalConfig, from_dict, parse_scalar, suggest_key
 from ..errors import ConfigError
 
 __all__ = [
@@ -60,7 +60,7 @@ def load_protocol(name: str) -> dict[str, Any]:
     if not (path.suffix == ".json" and path.is_file()):
         path = PROTOCOL_DIR / f"{name}.json"
         if not path.is_file():
-            raise ConfigError(f"unknown protocol '{name}'{_suggest(str(name), list_protocols())}")
+            raise ConfigError(f"unknown protocol '{name}'{suggest_key(str(name), list_protocols())}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
@@ -119,7 +119,7 @@ def _strip_eval_prefix(overrides: dict[str, Any]) -> dict[str, Any]:
                     f"'--{key}' is not an eval setting: evaluation accepts --eval.KEY overrides only"
                 )
             key = rest
-        out[key] = _parse_scalar(value) if isinstance(value, str) else value
+        out[key] = parse_scalar(value) if isinstance(value, str) else value
     return out
 
 
@@ -132,7 +132,8 @@ def resolve_protocol(
         name: protocol name (:func:`list_protocols`) or a protocol JSON path.
         dataset: dataset name (``voc21``, ``pc60``, ...); unknown names get the protocol's base settings.
         family: ``"groupvit"`` or ``"pgseg"`` (:func:`model_family`).
-        overrides: ``{"bg_thresh": 0.5}`` or ``{"eval.bg_thresh": "0.5"}``; strings are parsed like CLI values.
+        overrides: ``{"bg_thresh": 0.5}`` or ``{"eval.bg_thresh": "0.5"}``; strings are parsed like CLI
+            values.
 
     Returns:
         :class:`ResolvedProtocol`.
