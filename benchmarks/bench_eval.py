@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from pgseg_core.cache.features import CacheMeta, FeatureCache, feature_config_hash  # noqa: E402
 from pgseg_core.config import load_config  # noqa: E402
-from pgseg_core.eval.evaluate import evaluate_dataset  # noqa: E402
+from pgseg_core.eval.runs import evaluate_dataset  # noqa: E402
 from pgseg_core.eval.protocol import resolve_protocol  # noqa: E402
 from pgseg_core.eval.sweep import parse_sweep  # noqa: E402
 from pgseg_core.models.factory import create_model  # noqa: E402

@@ -7,15 +7,17 @@ JSON-serialisable summary. Long stages accept ``progress(phase, done, total, inf
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .config import RunConfig, apply_overrides, load_config
 from .errors import ConfigError, DataError, DependencyError
 from .utils.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from .eval.report import EvalReport
 
 __all__ = [
     "prep_shards",
@@ -193,142 +195,52 @@ def evaluate_checkpoint(
     max_images: int | None = None,
     out: str | Path | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Evaluate a checkpoint on validation shards or on a benchmark dataset (mIoU, mAcc, aAcc, per class).
-
-    Args:
-        checkpoint: any checkpoint :func:`pgseg_core.models.factory.load_checkpoint` reads.
-        data: shard directory / index.json holding the validation splits (demo shards), or
-        dataset: a benchmark dataset name (``voc21``, ``pc60``, ``coco-object``, ...) read from ``data_root``.
-        protocol: protocol preset (``groupvit``, ``sclip``; default ``groupvit`` for a dataset, the
-            checkpoint's own eval settings for shards). The bg_thresh column follows the checkpoint family
-            (PGSeg when the model has NPR, else GroupViT).
-        cache: HDF5 feature cache path (:mod:`pgseg_core.cache.features`); created, resumed, or read.
-        sweep: ``KEY=START:STOP:STEP`` of a class-dependent key (bg_thresh, prob_thresh, top_k, logit_scale).
-        splits: shard split names (default: every split with a class list); for a dataset, the first entry
-            is the dataset split (default ``val``).
-        eval_overrides: EvalConfig fields, e.g. ``{"bg_thresh": 0.5}``, applied last.
-        out: write the result as JSON here (default: ``metrics.json`` beside the checkpoint for shards,
-            ``metrics_<dataset>_<protocol>.json`` for a dataset).
-
-    Returns:
-        The metrics dict (also written to ``out``) with ``protocol``, ``checkpoint`` (path, sha256),
-        ``config_hash``, ``dataset`` counts and, with a cache, ``cache`` (images encoded / read).
+) -> EvalReport:
+    """Evaluate a checkpoint on validation shards (``data``) or a benchmark ``dataset`` read from
+    ``data_root`` (mIoU, mAcc, aAcc, per class; seen / unseen hIoU on the demo splits), and write the
+    metrics JSON to ``out`` (default ``metrics.json`` beside the checkpoint for shards,
+    ``metrics_<dataset>_<protocol>.json`` for a dataset). ``protocol`` (``groupvit``, ``sclip``) defaults to
+    ``groupvit`` for a dataset and to the checkpoint's own eval settings for shards; ``eval_overrides``
+    (``{"bg_thresh": 0.5}``) apply last. ``cache`` and ``sweep``: see
+    :func:`pgseg_core.eval.report.evaluate_loaded`.
 
     Raises:
-        ConfigError: neither or both of ``data`` / ``dataset``, unknown protocol / eval key / sweep.
-        DataError: bad data, or a feature cache from another checkpoint or config.
+        ConfigError: neither or both of ``data`` / ``dataset``, a dataset without ``data_root``, an unknown
+            protocol / eval key / sweep. DataError: bad data, or a feature cache of another checkpoint.
         CheckpointError, DeviceError, DependencyError: see the loaders.
     """
-    from .cache.features import CacheMeta, FeatureCache, feature_config_hash
-    from .config import config_hash
-    from .eval.evaluate import evaluate, evaluate_dataset
-    from .eval.protocol import model_family, resolve_protocol
-    from .eval.sweep import parse_sweep
+    from .eval.protocol import model_family
+    from .eval.report import CheckpointRef, EvalTarget, eval_settings, evaluate_loaded
     from .models.factory import load_checkpoint
     from .utils.device import resolve_device
 
     if (data is None) == (dataset is None):
-        raise ConfigError("give either --data SHARDS (demo shards) or --dataset NAME --data-root DIR")
+        raise ConfigError("give either demo shards or a benchmark dataset name with its folder, not both")
     if dataset is not None and data_root is None:
-        raise ConfigError(f"--dataset {dataset} needs --data-root DIR (the dataset's mmseg-layout folder)")
-    sweep_spec = parse_sweep(sweep) if sweep else None
+        raise ConfigError(f"dataset {dataset} needs its folder (the dataset's mmseg-layout root)")
     dev = resolve_device(device)
     model, info = load_checkpoint(checkpoint, dev)
-    family = model_family(info.config.model)
-    resolved = None
-    if dataset is not None or protocol is not None:
-        resolved = resolve_protocol(protocol or "groupvit", dataset or "", family, eval_overrides)
-        eval_cfg = resolved.eval_cfg
-        for note in resolved.notes:
-            _log.info("protocol %s: %s", resolved.name, note)
-    else:
-        eval_cfg = _eval_config(info.config, eval_overrides)
-    protocol_name = resolved.name if resolved is not None else "checkpoint"
-    ck_hash = _checkpoint_hash(info.path)
-    feat_hash = feature_config_hash(info.config.model, eval_cfg)
-    ds_obj = None
-    split = (splits or ["val"])[0]
+    eval_cfg, resolved = eval_settings(info.config, protocol, dataset, eval_overrides)
     if dataset is not None:
-        ds_obj = _open_dataset(dataset, data_root, split)
-        cache_ds = f"{dataset}/{split}"
+        split = (splits or ["val"])[0]
+        target = EvalTarget(dataset=_open_dataset(dataset, data_root, split), name=dataset, splits=[split])
     else:
-        cache_ds = f"shards:{Path(str(data)).resolve()}"
-    fc = None
-    if cache is not None:
-        fc = FeatureCache.open(cache, CacheMeta(ck_hash, feat_hash, protocol_name, cache_ds))
-    try:
-        if ds_obj is not None:
-            result = evaluate_dataset(
-                model,
-                ds_obj,
-                class_names=resolved.class_names,
-                eval_cfg=eval_cfg,
-                device=dev,
-                split_name=split,
-                max_images=max_images,
-                progress=_phase_cb(progress, "eval"),
-                cache=fc,
-                sweep=sweep_spec,
-            )
-        else:
-            result = evaluate(
-                model,
-                str(data),
-                splits=splits,
-                eval_cfg=eval_cfg,
-                device=dev,
-                max_images=max_images,
-                progress=_phase_cb(progress, "eval"),
-                cache=fc,
-                sweep=sweep_spec,
-            )
-        cache_info = None
-        if fc is not None:
-            cache_info = {"path": str(cache), "images": len(fc), "dropped_incomplete": fc.dropped}
-    finally:
-        if fc is not None:
-            fc.close()
-    metrics = json.loads(result.to_json())
-    metrics["protocol"] = (
-        resolved.to_dict()
-        if resolved is not None
-        else {"name": "checkpoint", "family": family, "notes": ["the checkpoint's eval settings"]}
+        target = EvalTarget(data=data, splits=splits)
+    family = model_family(info.config.model)
+    ref = CheckpointRef(
+        info.path, info.step, info.config.name, info.source_format, family, _checkpoint_hash(info.path)
     )
-    metrics["checkpoint"] = {
-        "path": info.path,
-        "step": info.step,
-        "model": info.config.name,
-        "source_format": info.source_format,
-        "family": family,
-        "sha256": ck_hash,
-        "sha256_16": ck_hash[:16],
-    }
-    metrics["config_hash"] = config_hash(info.config)
-    metrics["feature_config_hash"] = feat_hash
-    metrics["device"] = str(dev)
-    if dataset is None:
-        metrics["data"] = str(data)
-        metrics["dataset"] = {
-            "name": "shards",
-            "path": str(data),
-            "splits": {k: v["num_images"] for k, v in metrics["splits"].items()},
-        }
-    if cache_info is not None:
-        cache_info["images_encoded"] = sum(
-            int(m.get("images_encoded", 0)) for m in metrics["splits"].values()
-        )
-        cache_info["images_from_cache"] = sum(
-            int(m.get("images_from_cache", 0)) for m in metrics["splits"].values()
-        )
-        metrics["cache"] = cache_info
+    report = evaluate_loaded(
+        model, info.config, ref, target, eval_cfg=eval_cfg, resolved=resolved, device=dev, cache=cache,
+        sweep=sweep, max_images=max_images, progress=_phase_cb(progress, "eval"),
+    )  # fmt: skip
     if out is None:
         ck = Path(info.path)
-        base = ck if ck.is_dir() else ck.parent
-        out = base / ("metrics.json" if dataset is None else f"metrics_{dataset}_{protocol_name}.json")
-    atomic_write_json(out, metrics)
-    metrics["written_to"] = str(out)
-    return metrics
+        name = "metrics.json" if dataset is None else f"metrics_{dataset}_{report.protocol['name']}.json"
+        out = (ck if ck.is_dir() else ck.parent) / name
+    atomic_write_json(out, report.to_dict())
+    report.written_to = str(out)
+    return report
 
 
 def resolve_inputs(inputs: list[str], *, recursive: bool = False, stdin: Iterable[str] | None = None):

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from _eval_fakes import CountingColourModel, FakeDataset
 from pgseg_core.config import EvalConfig
 from pgseg_core.errors import ConfigError, DataError
-from pgseg_core.eval.evaluate import evaluate_dataset
+from pgseg_core.eval.runs import evaluate_dataset
 from pgseg_core.eval.metrics import ConfusionAccumulator, metrics_from_confusion
 from pgseg_core.eval.protocol import list_protocols, model_family, resolve_protocol
 from pgseg_core.eval.sweep import parse_sweep
@@ -408,9 +408,9 @@ def test_cli_eval_dataset_protocol_cache_sweep(tiny_checkpoint, tmp_path, monkey
     )
     assert bad.exit_code == 1 and "did you mean 'sclip'" in bad.output
     bad = runner.invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "--dataset", "pc60"])
-    assert bad.exit_code == 1 and "--data-root" in bad.output
+    assert bad.exit_code == 2 and "'--data-root': --dataset pc60 needs" in bad.output  # usage error
     bad = runner.invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint)])
-    assert bad.exit_code == 1 and "--dataset" in bad.output
+    assert bad.exit_code == 2 and "give either demo shards or a benchmark dataset" in bad.output
 
 
 def test_channel_argmax_matches_torch_argmax_including_ties() -> None:

@@ -19,7 +19,7 @@ from _eval_fakes import CountingColourModel, FakeDataset
 from pgseg_core.cache.features import FEATURE_CACHE_SCHEMA, CacheMeta, FeatureCache, feature_config_hash
 from pgseg_core.config import EvalConfig, ModelConfig
 from pgseg_core.errors import DataError
-from pgseg_core.eval.evaluate import evaluate_dataset
+from pgseg_core.eval.runs import evaluate_dataset
 from pgseg_core.eval.sweep import parse_sweep
 from pgseg_core.segment.classes import ClassSpec
 from pgseg_core.segment.inference import extract_image_features

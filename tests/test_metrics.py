@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from pgseg_core.config import EvalConfig
 from pgseg_core.errors import DataError
-from pgseg_core.eval.evaluate import evaluate, evaluate_samples
+from pgseg_core.eval.runs import evaluate
+from pgseg_core.eval.stream import evaluate_samples
 from pgseg_core.eval.metrics import confusion_matrix, harmonic_mean, metrics_from_confusion
 
 

@@ -1,4 +1,4 @@
-"""``pgseg eval``: mIoU of a checkpoint on demo shards or a benchmark dataset, with protocols, caches, sweeps."""
+"""``pgseg eval``: mIoU of a checkpoint on demo shards or a benchmark dataset (protocols, caches, sweeps)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from .._console import handle_errors, out, progress_bar
+from ..options import BgThreshOpt, CheckpointOpt, DeviceOpt, TopKOpt, device_or_auto
 
 
 def _fmt(v: Any) -> str:
@@ -39,49 +40,49 @@ def _sweep_table(name: str, sweep: dict[str, Any]) -> Table:
     return table
 
 
-def render(metrics: dict[str, Any], per_class: bool = True) -> None:
-    """Print the result of ``evaluate_checkpoint`` as rich tables."""
-    proto = metrics.get("protocol") or {}
-    ck = metrics.get("checkpoint") or {}
+def render(report: Any, per_class: bool = True) -> None:
+    """Print an :class:`pgseg_core.eval.report.EvalReport` as rich tables."""
+    splits = report.splits
     out.print(
-        f"protocol [bold]{proto.get('name', '?')}[/] for a {ck.get('family', '?')} checkpoint "
-        f"(sha256 {str(ck.get('sha256', ''))[:16] or '?'})"
+        f"protocol [bold]{report.protocol.get('name', '?')}[/] for a {report.checkpoint.family} checkpoint "
+        f"(sha256 {report.checkpoint.sha256[:16] or '?'})"
     )
-    for note in proto.get("notes", []):
+    for note in report.protocol.get("notes", []):
         out.print(f"  {note}", highlight=False)
-    for name, m in metrics["splits"].items():
-        if per_class:
+    if per_class:
+        for name, m in splits.items():
             out.print(_per_class_table(name, m))
     summary = Table(title="mIoU (%)")
     for col in ("split", "images", "skipped", "mIoU", "mIoU (no bg)", "mAcc", "aAcc"):
         summary.add_column(col, justify="right" if col != "split" else "left")
-    for name, m in metrics["splits"].items():
+    for name, m in splits.items():
         skipped = (m.get("skipped") or {}).get("count", 0)
-        summary.add_row(
-            name,
+        fg = _fmt(m.get("mIoU_fg")) if m.get("has_background", True) else "-"
+        row = (
             str(m.get("num_images", "")),
             str(skipped),
             _fmt(m["mIoU"]),
-            _fmt(m.get("mIoU_fg")) if m.get("has_background", True) else "-",
+            fg,
             _fmt(m["mAcc"]),
             _fmt(m["aAcc"]),
         )
+        summary.add_row(name, *row)
     out.print(summary)
-    for name, m in metrics["splits"].items():
+    for name, m in splits.items():
         if m.get("sweep"):
             out.print(_sweep_table(name, m["sweep"]))
-    if metrics.get("hIoU") is not None:
+    result = report.result
+    if result.hIoU is not None:
         out.print(
-            f"seen {_fmt(metrics.get('seen_mIoU'))}  unseen {_fmt(metrics.get('unseen_mIoU'))}  "
-            f"hIoU {_fmt(metrics.get('hIoU'))}"
+            f"seen {_fmt(result.seen_mIoU)}  unseen {_fmt(result.unseen_mIoU)}  hIoU {_fmt(result.hIoU)}"
         )
-    cache = metrics.get("cache")
-    if cache:
+    if report.cache is not None:
+        cache = report.cache
         out.print(
-            f"feature cache {cache['path']}: {cache['images_from_cache']} image(s) read, "
-            f"{cache['images_encoded']} encoded"
+            f"feature cache {cache.path}: {cache.images_from_cache} image(s) read, "
+            f"{cache.images_encoded} encoded"
         )
-    out.print(f"metrics written to {metrics['written_to']}")
+    out.print(f"metrics written to {report.written_to}")
 
 
 def register(app: typer.Typer) -> None:
@@ -89,16 +90,15 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def eval_cli(
         ctx: typer.Context,
-        checkpoint: Annotated[
-            str, typer.Option("--checkpoint", "-c", help="Checkpoint (pgseg, official, HF) or run directory.")
-        ],
+        checkpoint: CheckpointOpt,
         data: Annotated[
             Optional[str], typer.Option("--data", "-d", help="Validation shards (DIR or index.json).")
         ] = None,
         dataset: Annotated[
             Optional[str],
             typer.Option(
-                help="Benchmark dataset: voc21, voc20, pc60, pc59, coco-object, coco-stuff-171, ade20k-150, cityscapes."
+                help="Benchmark dataset: voc21, voc20, pc60, pc59, coco-object, coco-stuff-171, ade20k-150, "
+                "cityscapes."
             ),
         ] = None,
         data_root: Annotated[
@@ -117,20 +117,19 @@ def register(app: typer.Typer) -> None:
         sweep: Annotated[
             Optional[str],
             typer.Option(
-                help="Sweep one key from one pass, e.g. bg_thresh=0.3:0.99:0.05 (also prob_thresh, top_k, logit_scale)."
+                help="Sweep one key from one pass, e.g. bg_thresh=0.3:0.99:0.05 (also prob_thresh, top_k, "
+                "logit_scale)."
             ),
         ] = None,
         split: Annotated[
             Optional[list[str]],
             typer.Option(help="Shard split(s) (default: all val splits); dataset split (default val)."),
         ] = None,
-        bg_thresh: Annotated[
-            Optional[float], typer.Option(help="Background threshold (default: protocol's / checkpoint's).")
-        ] = None,
-        top_k: Annotated[Optional[int], typer.Option(help="Top-k class filter; 0 = off.")] = None,
-        device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+        bg_thresh: BgThreshOpt = None,
+        top_k: TopKOpt = None,
+        device: DeviceOpt = None,
         max_images: Annotated[
-            Optional[int], typer.Option(help="Evaluate at most this many images per split.")
+            Optional[int], typer.Option(min=1, help="Evaluate at most this many images per split.")
         ] = None,
         output: Annotated[Optional[Path], typer.Option("--output", help="metrics JSON path.")] = None,
         per_class: Annotated[bool, typer.Option(help="Print the per-class IoU table.")] = True,
@@ -139,13 +138,19 @@ def register(app: typer.Typer) -> None:
         from pgseg_core.api import evaluate_checkpoint
         from pgseg_core.config import parse_cli_overrides
 
+        if (data is None) == (dataset is None):
+            hint = "'--data' / '--dataset'"
+            raise typer.BadParameter("give either demo shards or a benchmark dataset name", param_hint=hint)
+        if dataset is not None and data_root is None:
+            hint = "'--data-root'"
+            raise typer.BadParameter(f"--dataset {dataset} needs its mmseg-layout folder", param_hint=hint)
         overrides = parse_cli_overrides(list(ctx.args))
         if bg_thresh is not None:
             overrides["eval.bg_thresh"] = bg_thresh
         if top_k is not None:
             overrides["eval.top_k"] = top_k
         with progress_bar("eval") as update:
-            metrics = evaluate_checkpoint(
+            report = evaluate_checkpoint(
                 checkpoint,
                 data,
                 dataset=dataset,
@@ -155,9 +160,9 @@ def register(app: typer.Typer) -> None:
                 sweep=sweep,
                 splits=split,
                 eval_overrides=overrides,
-                device=device,
+                device=device_or_auto(device),
                 max_images=max_images,
                 out=output,
                 progress=lambda p, d, t, i: update(d, t, phase=p),
             )
-        render(metrics, per_class=per_class)
+        render(report, per_class=per_class)

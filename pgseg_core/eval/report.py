@@ -1,0 +1,239 @@
+"""``pgseg eval`` for a loaded checkpoint: pick the protocol, open the feature cache, run, write metrics JSON.
+
+The result is an :class:`EvalReport`: the :class:`~pgseg_core.eval.result.EvalResult` plus where it came from
+(protocol, checkpoint identity, config hashes, device, dataset counts, cache use). ``to_dict()`` is the
+``metrics.json`` layout (docs/EVAL.md).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import EvalConfig, RunConfig, apply_overrides, config_hash
+from .protocol import ResolvedProtocol, model_family, resolve_protocol
+from .result import EvalResult
+from .runs import evaluate, evaluate_dataset
+from .sweep import parse_sweep
+
+__all__ = ["EvalReport", "CheckpointRef", "CacheUse", "EvalTarget", "evaluate_loaded", "eval_settings"]
+
+logger = logging.getLogger("pgseg.eval")
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """Which checkpoint was evaluated: path, training step, preset name, source format, family, sha256."""
+
+    path: str
+    step: int | None
+    model: str
+    source_format: str
+    family: str
+    sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "step": self.step,
+            "model": self.model,
+            "source_format": self.source_format,
+            "family": self.family,
+            "sha256": self.sha256,
+            "sha256_16": self.sha256[:16],
+        }
+
+
+@dataclass
+class CacheUse:
+    """Feature-cache use of a run: entries in the file, incomplete entries dropped, images encoded / read."""
+
+    path: str
+    images: int
+    dropped_incomplete: int
+    images_encoded: int = 0
+    images_from_cache: int = 0
+
+
+@dataclass(frozen=True)
+class EvalTarget:
+    """What to evaluate: demo shards (``data``) or a benchmark dataset object (``dataset``, named ``name``).
+
+    Attributes:
+        data: shard directory or index.json, or None.
+        dataset: an opened benchmark dataset (``pgseg_core.eval.datasets``), or None.
+        name: the benchmark dataset's name (``voc21``, ...), or None for shards.
+        splits: shard split names (None = all with a class list), or ``[dataset split]``.
+    """
+
+    data: str | Path | None = None
+    dataset: Any = None
+    name: str | None = None
+    splits: list[str] | None = None
+
+    @property
+    def split(self) -> str:
+        return (self.splits or ["val"])[0]
+
+    @property
+    def cache_name(self) -> str:
+        """The dataset name a feature cache records (``voc21/val`` or ``shards:/abs/path``)."""
+        if self.name is not None:
+            return f"{self.name}/{self.split}"
+        return f"shards:{Path(str(self.data)).resolve()}"
+
+
+@dataclass
+class EvalReport:
+    """A finished evaluation: metrics and provenance (``metrics.json`` is :meth:`to_dict`)."""
+
+    result: EvalResult
+    protocol: dict[str, Any]
+    checkpoint: CheckpointRef
+    config_hash: str
+    feature_config_hash: str
+    device: str
+    target: EvalTarget
+    cache: CacheUse | None = None
+    written_to: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def splits(self) -> dict[str, dict[str, Any]]:
+        """Per-split metrics (:func:`pgseg_core.eval.stream.evaluate_stream`)."""
+        return self.result.splits
+
+    def to_dict(self) -> dict[str, Any]:
+        """The metrics.json content: :meth:`EvalResult.to_dict` plus provenance."""
+        metrics = json.loads(self.result.to_json())
+        metrics["protocol"] = self.protocol
+        metrics["checkpoint"] = self.checkpoint.to_dict()
+        metrics["config_hash"] = self.config_hash
+        metrics["feature_config_hash"] = self.feature_config_hash
+        metrics["device"] = self.device
+        if self.target.name is None:
+            metrics["data"] = str(self.target.data)
+            counts = {k: v["num_images"] for k, v in metrics["splits"].items()}
+            metrics["dataset"] = {"name": "shards", "path": str(self.target.data), "splits": counts}
+        if self.cache is not None:
+            metrics["cache"] = dict(vars(self.cache))
+        return metrics
+
+
+def eval_settings(
+    cfg: RunConfig, protocol: str | None, dataset: str | None, overrides: dict[str, Any] | None
+) -> tuple[EvalConfig, ResolvedProtocol | None]:
+    """The eval settings of a run: a protocol preset's (for a dataset or when one is named), else the
+    checkpoint's own ``eval`` section; ``overrides`` (``{"bg_thresh": 0.5}``) apply last either way.
+
+    Raises:
+        ConfigError: unknown protocol or eval key.
+    """
+    if dataset is not None or protocol is not None:
+        family = model_family(cfg.model)
+        resolved = resolve_protocol(protocol or "groupvit", dataset or "", family, overrides)
+        for note in resolved.notes:
+            logger.info("protocol %s: %s", resolved.name, note)
+        return resolved.eval_cfg, resolved
+    if not overrides:
+        return cfg.eval, None
+    prefixed = {(k if k.startswith("eval.") else f"eval.{k}"): v for k, v in overrides.items()}
+    return apply_overrides(cfg, prefixed).eval, None
+
+
+def _run(model, target: EvalTarget, resolved, eval_cfg, dev, max_images, tick, fc, sweep) -> EvalResult:
+    if target.dataset is not None:
+        return evaluate_dataset(
+            model,
+            target.dataset,
+            class_names=resolved.class_names,
+            eval_cfg=eval_cfg,
+            device=dev,
+            split_name=target.split,
+            max_images=max_images,
+            progress=tick,
+            cache=fc,
+            sweep=sweep,
+        )
+    return evaluate(
+        model,
+        str(target.data),
+        splits=target.splits,
+        eval_cfg=eval_cfg,
+        device=dev,
+        max_images=max_images,
+        progress=tick,
+        cache=fc,
+        sweep=sweep,
+    )
+
+
+def evaluate_loaded(
+    model: Any,
+    cfg: RunConfig,
+    checkpoint: CheckpointRef,
+    target: EvalTarget,
+    *,
+    eval_cfg: EvalConfig,
+    resolved: ResolvedProtocol | None,
+    device: torch.device,
+    cache: str | Path | None = None,
+    sweep: str | None = None,
+    max_images: int | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
+) -> EvalReport:
+    """Evaluate a loaded model on ``target`` (see :class:`EvalTarget`), with an optional feature cache.
+
+    Args:
+        model: the PGSeg-contract model on ``device``.
+        cfg: its run config (model section: feature-config hash; whole: config hash).
+        checkpoint: its identity (recorded in the report and the cache).
+        target: shards or a benchmark dataset.
+        eval_cfg, resolved: from :func:`eval_settings`.
+        cache: HDF5 feature cache path (:mod:`pgseg_core.cache.features`): created, resumed or read.
+        sweep: ``KEY=START:STOP:STEP`` of a class-dependent key (bg_thresh, prob_thresh, top_k, logit_scale).
+        max_images: at most this many images per split.
+        progress: ``callback(done, total)``.
+
+    Raises:
+        ConfigError: a bad sweep. DataError: bad data, or a cache of another checkpoint or config.
+    """
+    from ..cache.features import CacheMeta, FeatureCache, feature_config_hash
+
+    sweep_spec = parse_sweep(sweep) if sweep else None
+    protocol_name = resolved.name if resolved is not None else "checkpoint"
+    feat_hash = feature_config_hash(cfg.model, eval_cfg)
+    fc = None
+    if cache is not None:
+        meta = CacheMeta(checkpoint.sha256, feat_hash, protocol_name, target.cache_name)
+        fc = FeatureCache.open(cache, meta)
+    try:
+        result = _run(model, target, resolved, eval_cfg, device, max_images, progress, fc, sweep_spec)
+        cache_use = None if fc is None else CacheUse(str(cache), len(fc), fc.dropped)
+    finally:
+        if fc is not None:
+            fc.close()
+    if cache_use is not None:
+        cache_use.images_encoded = sum(int(m.get("images_encoded", 0)) for m in result.splits.values())
+        cache_use.images_from_cache = sum(int(m.get("images_from_cache", 0)) for m in result.splits.values())
+    if resolved is not None:
+        protocol = resolved.to_dict()
+    else:
+        notes = ["the checkpoint's eval settings"]
+        protocol = {"name": "checkpoint", "family": checkpoint.family, "notes": notes}
+    return EvalReport(
+        result=result,
+        protocol=protocol,
+        checkpoint=checkpoint,
+        config_hash=config_hash(cfg),
+        feature_config_hash=feat_hash,
+        device=str(device),
+        target=target,
+        cache=cache_use,
+    )

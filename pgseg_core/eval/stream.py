@@ -1,0 +1,265 @@
+"""The evaluation loop shared by demo shards and benchmark datasets.
+
+Per image, the class-independent features come from a feature cache or the image encoder, the scoring
+rule runs once per eval setting (the main one and each sweep value), and each setting accumulates its own
+confusion matrix on the model's device (label 0 background, 1 + c class c, 255 ignored; metrics follow
+mmseg, see :mod:`pgseg_core.eval.metrics`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from ..segment.classes import ClassSpec, embed_classes
+from ..segment.inference import _check_eval_cfg, extract_image_features, iter_score_maps
+from .metrics import ConfusionAccumulator, metrics_from_confusion
+from .result import BACKGROUND
+from .sweep import Sweep
+
+__all__ = ["evaluate_stream", "evaluate_samples", "progress_ticker"]
+
+logger = logging.getLogger("pgseg.eval")
+
+
+def _check_sample(sample: Any) -> tuple[np.ndarray, np.ndarray]:
+    image, label = np.asarray(sample.image), np.asarray(sample.label)
+    if label.ndim != 2 or image.ndim != 3 or label.shape != image.shape[:2]:
+        raise DataError(
+            f"sample '{sample.key}': label map {label.shape} does not match image {image.shape}; "
+            "rebuild the shards / check the dataset files"
+        )
+    return image, label
+
+
+def _check_labels(key: str, gt: torch.Tensor, num_classes: int, ignore_index: int = 255) -> None:
+    valid = gt[gt != ignore_index]
+    if valid.numel() and int(valid.max()) >= num_classes:
+        raise DataError(
+            f"sample '{key}': label value {int(valid.max())} is outside 0..{num_classes - 1} and is not the "
+            f"ignore value {ignore_index}; check that the label map matches the class list"
+        )
+
+
+def _sample_features(model: Any, image: np.ndarray, cache: Any, cache_key: str, eval_cfg: Any, dev) -> tuple:
+    """(ImageFeatures, came from the cache) for one sample; new features are stored in ``cache``."""
+    if cache is not None and cache.has(cache_key):
+        return cache.get(cache_key, dev), True
+    feats = extract_image_features(model, image, eval_cfg, dev)
+    if cache is not None:
+        cache.put(cache_key, feats)
+    return feats, False
+
+
+def _summarise(conf: np.ndarray, names: list[str], spec: ClassSpec) -> dict[str, Any]:
+    """:func:`metrics_from_confusion` plus ``mIoU_fg`` (mean IoU over the foreground classes)."""
+    m = metrics_from_confusion(conf, names)
+    fg = np.array([m["per_class"][c]["IoU"] for c in spec.names], dtype=np.float64)
+    fg = fg[~np.isnan(fg)]
+    m["mIoU_fg"] = float(fg.mean()) if fg.size else float("nan")
+    return m
+
+
+def _sweep_points(sweep: Sweep, accs: list[ConfusionAccumulator], names: list[str], spec: ClassSpec) -> list:
+    points = []
+    for value, acc in zip(sweep.values, accs):
+        m = _summarise(acc.numpy(), names, spec)
+        points.append({"value": value, **{k: m[k] for k in ("mIoU", "mIoU_fg", "mAcc", "aAcc")}})
+    return points
+
+
+def _accumulate(
+    model: Any,
+    samples: Iterable[Any],
+    class_emb: Any,
+    cfgs: list[Any],
+    accs: list[ConfusionAccumulator],
+    dev: torch.device,
+    with_background: bool,
+    cache: Any,
+    key_prefix: str,
+    max_images: int | None,
+    on_image: Callable[[], None] | None,
+    skip_bad: bool,
+) -> tuple[int, int, int, list[str]]:
+    """Score every sample under each setting of ``cfgs`` into its accumulator of ``accs``.
+
+    Returns:
+        (images evaluated, images encoded, images read from the cache, keys of skipped samples).
+    """
+    n = encoded = from_cache = 0
+    skipped: list[str] = []
+    for sample in samples:
+        if max_images is not None and n >= max_images:
+            break
+        key = str(sample.key)
+        try:
+            image, label = _check_sample(sample)
+            gt = torch.from_numpy(np.require(label, requirements=["C", "W"])).to(dev)
+            _check_labels(key, gt, accs[0].num_classes)
+        except DataError as e:
+            if not skip_bad:
+                raise
+            logger.warning("skipping %s", e)
+            skipped.append(key)
+        else:
+            feats, hit = _sample_features(model, image, cache, key_prefix + key, cfgs[0], dev)
+            from_cache, encoded = from_cache + int(hit), encoded + int(not hit)
+            maps = iter_score_maps(feats, class_emb, cfgs, with_background=with_background)
+            for (pred, _), acc in zip(maps, accs):
+                acc.update(pred, gt)
+            n += 1
+        if on_image is not None:
+            on_image()
+    return n, encoded, from_cache, skipped
+
+
+def evaluate_stream(
+    model: Any,
+    samples: Iterable[Any],
+    spec: ClassSpec,
+    eval_cfg: Any,
+    device: torch.device | str,
+    *,
+    with_background: bool = True,
+    cache: Any = None,
+    key_prefix: str = "",
+    sweep: Sweep | None = None,
+    max_images: int | None = None,
+    on_image: Callable[[], None] | None = None,
+    skip_bad: bool = False,
+) -> dict[str, Any]:
+    """Evaluate a stream of labelled samples against one class vocabulary (docs/EVAL.md).
+
+    Args:
+        model: a PGSeg-contract model on ``device`` (eval mode).
+        samples: objects with ``.key``, ``.image`` uint8 [H,W,3] and ``.label`` uint8 [H,W] in the canonical
+            convention (with background: 0 background, 1 + c class c; without: c; 255 ignore).
+        spec: the C classes (synonyms, background words).
+        eval_cfg: :class:`pgseg_core.config.EvalConfig`.
+        device: torch device of the model.
+        with_background: the labels have a background class (metrics over C + 1 classes) or not (C).
+        cache: an open :class:`pgseg_core.cache.features.FeatureCache` or None.
+        key_prefix: prepended to sample keys in the cache (e.g. the split name).
+        sweep: evaluate these values of one class-dependent key as well.
+        max_images: stop after this many evaluated samples (None = all).
+        on_image: called after each sample (evaluated or skipped).
+        skip_bad: skip (and count) samples whose label map does not fit instead of raising.
+
+    Returns:
+        :func:`metrics_from_confusion` over the class names (``["background"] + names`` with background;
+        percent) plus ``mIoU_fg`` (without background), ``num_images``, ``classes``, ``seconds``,
+        ``images_encoded``, ``images_from_cache``, ``skipped`` ({"count", "keys"}) and, with a sweep,
+        ``sweep`` = {"key", "points": [{"value", "mIoU", "mIoU_fg", "mAcc", "aAcc"}]}.
+
+    Raises:
+        DataError: a malformed sample (naming its key) when ``skip_bad`` is False.
+        ConfigError: invalid eval settings or background words on a dataset without background.
+    """
+    names = ([BACKGROUND] if with_background else []) + spec.names
+    dev = torch.device(device)
+    class_emb = embed_classes(model, spec, list(eval_cfg.templates), dev)
+    cfgs = [eval_cfg]
+    if sweep is not None:
+        cfgs += [dataclasses.replace(eval_cfg, **{sweep.key: v}) for v in sweep.values]
+    for cfg in cfgs:
+        _check_eval_cfg(cfg)
+    accs = [ConfusionAccumulator(len(names), dev) for _ in cfgs]
+    start = time.perf_counter()
+    counts = _accumulate(
+        model,
+        samples,
+        class_emb,
+        cfgs,
+        accs,
+        dev,
+        with_background,
+        cache,
+        key_prefix,
+        max_images,
+        on_image,
+        skip_bad,
+    )
+    n, encoded, from_cache, skipped = counts
+    metrics = _summarise(accs[0].numpy(), names, spec)
+    metrics["num_images"] = n
+    metrics["classes"] = list(spec.names)
+    metrics["has_background"] = bool(with_background)
+    metrics["seconds"] = time.perf_counter() - start
+    metrics["images_encoded"] = encoded
+    metrics["images_from_cache"] = from_cache
+    metrics["skipped"] = {"count": len(skipped), "keys": skipped[:50]}
+    if sweep is not None:
+        metrics["sweep"] = {"key": sweep.key, "points": _sweep_points(sweep, accs[1:], names, spec)}
+    return metrics
+
+
+def evaluate_samples(
+    model: Any,
+    samples: Iterable[Any],
+    class_names: list[str],
+    eval_cfg: Any,
+    device: torch.device | str,
+    *,
+    max_images: int | None = None,
+    on_image: Callable[[], None] | None = None,
+    cache: Any = None,
+    key_prefix: str = "",
+    sweep: Sweep | None = None,
+) -> dict[str, Any]:
+    """Evaluate one split's samples against its class list (labels with background).
+
+    Args:
+        model: a PGSeg-contract model on ``device`` (put in eval mode by the caller).
+        samples: objects with ``.key``, ``.image`` uint8 [H,W,3] and ``.label`` uint8 [H,W]
+            (0 background, 1 + c class c, 255 ignore).
+        class_names: the split's C class names.
+        eval_cfg: :class:`pgseg_core.config.EvalConfig`.
+        device: torch device of the model.
+        max_images: stop after this many samples (None = all).
+        on_image: called after each image.
+        cache, key_prefix, sweep: see :func:`evaluate_stream`.
+
+    Returns:
+        :func:`evaluate_stream`'s metrics over ``["background"] + class_names``.
+
+    Raises:
+        DataError: a label map whose size differs from its image, or with values beyond the class list
+            (the message names the sample key).
+    """
+    spec = ClassSpec.from_names(class_names)
+    return evaluate_stream(
+        model,
+        samples,
+        spec,
+        eval_cfg,
+        device,
+        with_background=True,
+        cache=cache,
+        key_prefix=key_prefix,
+        sweep=sweep,
+        max_images=max_images,
+        on_image=on_image,
+    )
+
+
+def progress_ticker(
+    progress: Callable[[int, int | None], None] | None, total: int | None
+) -> Callable[[], None]:
+    """A callback that counts finished images and reports ``progress(done, total)`` after each."""
+    done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done, total)
+
+    return tick
