@@ -502,160 +502,48 @@ def visualize_prototypes(
     device: str = "auto",
     progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Render what the image encoder does with each image: group maps per grouping stage, NPR prototype maps,
-    the Hungarian group <-> prototype matching with its HRS-kept pairs (PGSeg §3.2-3.4), and across the
-    images the patches nearest to every prototype; writes PNGs, JSON and a static ``index.html``.
+    """Render what the image encoder does with each image (``pgseg visualize-prototypes``): group maps per
+    grouping stage, NPR prototype maps, the Hungarian group <-> prototype matching with its HRS-kept pairs
+    (PGSeg §3.2-3.4), and across the images the patches nearest to every prototype; PNGs, JSON and a static
+    ``index.html`` under ``out_dir``.
 
-    Two sources:
-
-    * images (``inputs``) and a ``checkpoint``: the encoder runs on each image. With ``cache``, each image's
-      encoder trace is stored in (and on later runs read from) the ``viz`` section of that HDF5 feature cache
-      (:mod:`pgseg_core.viz.prototype_cache`; the file may be shared with ``segment --cache``);
-    * ``cache`` alone (no inputs): every image the cache's ``viz`` section holds is rendered from the file,
-      without a model. A ``checkpoint``, if given, must be the one the cache was written with.
-
-    Args:
-        inputs: image files and folders (see :func:`resolve_inputs`); empty to render from ``cache``.
-        checkpoint: any checkpoint :func:`pgseg_core.models.factory.load_checkpoint` reads (required with
-            ``inputs``). A GroupViT without NPR renders group maps only.
-        out_dir: output folder (layout in :mod:`pgseg_core.viz.prototype_report`).
-        cache: HDF5 feature cache path (docs/FEATURE_CACHE.md).
-        max_images: use at most this many inputs (in sorted order) or cached entries.
-        short_side: resize images so the short side has this many pixels (default: the checkpoint's
-            ``eval.short_side``; the long side stays within ``eval.max_long``).
-        patches_per_prototype: patches shown per prototype in the nearest-patch grids.
-        device: auto, cpu, cuda or cuda:N.
-
-    Returns:
-        Summary (see :func:`pgseg_core.viz.prototype_report.render_states`) plus, with ``cache``,
-        ``"feature_cache": {"path", "images_encoded", "images_from_cache"}``; unreadable images are skipped
-        and listed in ``failed``.
+    With ``inputs`` (files, folders: :func:`resolve_inputs`) and a ``checkpoint`` the encoder runs on each
+    image (:func:`pgseg_core.viz.run.visualize_model`); with ``cache`` alone every image the cache's ``viz``
+    section holds is rendered without a model (:func:`pgseg_core.viz.run.visualize_cache`); a ``checkpoint``
+    given then must be the cache's. ``max_images`` caps the inputs (sorted order) or cached entries.
 
     Raises:
-        ConfigError: neither inputs nor cache, inputs without a checkpoint, non-positive ``max_images``,
-            ``short_side`` or ``patches_per_prototype``. DataError: missing inputs or no images; a cache that
-            is missing, not a feature cache, written for another checkpoint, or without ``viz`` entries.
-        CheckpointError: unreadable checkpoint. DeviceError: missing device.
+        ConfigError: neither inputs nor cache, or inputs without a checkpoint. DataError: no readable input;
+            a missing cache, one of another checkpoint or without ``viz`` entries. CheckpointError,
+            DeviceError: as the loaders.
     """
-    from .cache.features import CacheMeta, FeatureCache, feature_config_hash
     from .models.factory import load_checkpoint
     from .utils.device import resolve_device
-    from .viz.prototype_report import render_states, states_from_files
+    from .viz.run import visualize_cache, visualize_model
 
-    for name, value in (
-        ("--max-images", max_images),
-        ("--short-side", short_side),
-        ("--patches", patches_per_prototype),
-    ):
-        if value is not None and int(value) < 1:
-            raise ConfigError(f"{name} must be a positive number, got {value}")
+    tick = _phase_cb(progress, "visualize")
     if not inputs:
         if cache is None:
-            raise ConfigError(
-                "nothing to visualize: give image files or folders, or --cache FILE to render the "
-                "images a feature cache holds"
-            )
-        return _visualize_from_cache(cache, checkpoint, out_dir, max_images, patches_per_prototype, progress)
+            raise ConfigError("nothing to visualize: give images, or a feature cache to render what it holds")
+        want = _checkpoint_hash(checkpoint) if checkpoint is not None else ""
+        return visualize_cache(
+            cache, out_dir, checkpoint_sha256=want, checkpoint_name=str(checkpoint), max_images=max_images,
+            patches_per_prototype=patches_per_prototype, progress=tick,
+        )  # fmt: skip
     if checkpoint is None:
         raise ConfigError(
-            "--checkpoint is required to encode images (or give only --cache FILE to render "
-            "from a feature cache)"
+            "a checkpoint is needed to encode images (a feature cache alone renders without one)"
         )
     resolved = resolve_inputs(inputs)
     if not resolved.images:
         reasons = "; ".join(f"{item}: {why}" for item, why in resolved.missing)
         raise DataError(f"no images to visualize ({reasons or 'no inputs'})")
-    paths = [im.path for im in resolved.images]
-    if max_images is not None:
-        paths = paths[: int(max_images)]
+    paths = [im.path for im in resolved.images][:max_images]
     dev = resolve_device(device)
     model, info = load_checkpoint(checkpoint, dev)
-    model.eval()
-    short = int(short_side or info.config.eval.short_side)
-    max_long = max(int(info.config.eval.max_long), short)
-    failed: list[dict[str, str]] = [{"image": item, "error": why} for item, why in resolved.missing]
-    title = f"checkpoint {info.path} ({info.config.name}, step {info.step}); images at short side {short} px"
-    fc = None
-    if cache is not None:
-        # the meta segment --cache would write for this short side, so one file serves both; an existing file
-        # only has to come from the same checkpoint (the viz section records its own resize)
-        eval_cfg = dataclasses.replace(info.config.eval, short_side=short)
-        meta = CacheMeta(
-            _checkpoint_hash(info.path),
-            feature_config_hash(info.config.model, eval_cfg),
-            "checkpoint",
-            "segment",
-        )
-        fc = FeatureCache.open(cache, meta, check=("checkpoint_sha256",))
-    counts: dict[str, int] = {}
-    try:
-        states = states_from_files(model, paths, short, max_long, dev, failed, cache=fc, counts=counts)
-        summary = render_states(
-            states,
-            out_dir,
-            total=len(paths),
-            npr=bool(model.cfg.npr.enabled),
-            released_code=bool(model.cfg.npr.released_code),
-            patches_per_prototype=int(patches_per_prototype),
-            failed=failed,
-            title=title,
-            progress=_phase_cb(progress, "visualize"),
-        )
-    finally:
-        if fc is not None:
-            fc.close()
-    if fc is not None:
-        summary["feature_cache"] = {"path": str(cache), **counts}
-    return summary
-
-
-def _visualize_from_cache(
-    cache: str | Path,
-    checkpoint: str | Path | None,
-    out_dir: str | Path,
-    max_images: int | None,
-    patches_per_prototype: int,
-    progress: Progress | None,
-) -> dict[str, Any]:
-    """``visualize-prototypes --cache FILE`` without images: render every cached trace, no model."""
-    from .cache.features import FeatureCache
-    from .viz.prototype_cache import VIZ_SECTION as section
-    from .viz.prototype_cache import states_from_cache
-    from .viz.prototype_report import render_states
-
-    with FeatureCache.open(cache, readonly=True) as fc:
-        have = str(fc.attrs.get("checkpoint_sha256", ""))
-        if checkpoint is not None:
-            want = _checkpoint_hash(checkpoint)
-            if want and have and want != have:
-                raise DataError(
-                    f"feature cache {cache} was written with another checkpoint (sha256 {have[:12]}…, "
-                    f"{checkpoint} is {want[:12]}…): pass that checkpoint or another --cache"
-                )
-        keys = fc.section_keys(section)
-        if not keys:
-            raise DataError(
-                f"feature cache {cache} holds no visualize-prototypes data (segment/eval write only "
-                f"inference features): run pgseg visualize-prototypes IMAGES --checkpoint CKPT "
-                f"--cache {cache} first"
-            )
-        if max_images is not None:
-            keys = keys[: int(max_images)]
-        first = fc.section_attrs(section, keys[0])
-        title = (
-            f"feature cache {cache} (checkpoint sha256 {have[:12]}); {len(keys)} cached image(s) at short "
-            f"side {int(first['short_side'])} px"
-        )
-        summary = render_states(
-            states_from_cache(fc, keys),
-            out_dir,
-            total=len(keys),
-            npr=bool(int(first["npr"])),
-            released_code=bool(int(first["released_code"])),
-            patches_per_prototype=int(patches_per_prototype),
-            failed=[],
-            title=title,
-            progress=_phase_cb(progress, "visualize"),
-        )
-    summary["feature_cache"] = {"path": str(cache), "images_encoded": 0, "images_from_cache": len(keys)}
-    return summary
+    return visualize_model(
+        model, info.config, paths, out_dir, device=dev, title=f"checkpoint {info.path} ({info.config.name}, "
+        f"step {info.step})", checkpoint_sha256=_checkpoint_hash(info.path) if cache is not None else "",
+        failed=[{"image": item, "error": why} for item, why in resolved.missing], cache=cache,
+        short_side=short_side, patches_per_prototype=patches_per_prototype, progress=tick,
+    )  # fmt: skip

@@ -372,7 +372,7 @@ def test_cli_rejects_a_bad_option_value(files, tmp_path):
         "--max-images",
         "0",
     )
-    assert result.exit_code == 1
-    assert [ln for ln in result.output.splitlines() if ln.startswith("error:")] == [
-        "error: --max-images must be a positive number, got 0"
+    assert result.exit_code == 2  # a usage error, naming the flag
+    assert [ln for ln in result.output.splitlines() if ln.startswith("Error:")] == [
+        "Error: Invalid value for '--max-images': Input should be greater than or equal to 1"
     ]

@@ -228,7 +228,7 @@ def test_cli_shares_the_file_with_segment(env, tmp_path):
     assert seg.exit_code == 0, seg.output
     # a cache with inference features only: the cache-only mode says what to run
     msg = _one_error(_run("visualize-prototypes", "--cache", cache, "--out", tmp_path / "v0"))
-    assert "holds no visualize-prototypes data" in msg and "--cache" in msg
+    assert "holds no visualize-prototypes data" in msg and "run visualize-prototypes on images" in msg
     viz = _run(
         "visualize-prototypes",
         env["photos"],
@@ -302,11 +302,18 @@ def test_cli_refuses_a_cache_of_another_checkpoint(env, tmp_path):
     assert "another checkpoint" in msg
 
 
+def _usage_error(result) -> str:
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    return errors[0]
+
+
 def test_cli_bad_cache_inputs_are_one_line(env, tmp_path):
-    msg = _one_error(_run("visualize-prototypes", "--out", tmp_path / "o"))
+    msg = _usage_error(_run("visualize-prototypes", "--out", tmp_path / "o"))
     assert "nothing to visualize" in msg
-    msg = _one_error(_run("visualize-prototypes", env["photos"], "--out", tmp_path / "o"))
-    assert "--checkpoint is required" in msg
+    msg = _usage_error(_run("visualize-prototypes", env["photos"], "--out", tmp_path / "o"))
+    assert "'--checkpoint': required to encode images" in msg
     msg = _one_error(
         _run("visualize-prototypes", "--cache", tmp_path / "missing.h5", "--out", tmp_path / "o")
     )

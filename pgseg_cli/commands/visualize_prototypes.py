@@ -8,27 +8,21 @@ from typing import Annotated, Optional
 import typer
 
 from .._console import err, handle_errors, out, progress_bar
+from ..options import DeviceOpt, OptionalCheckpointOpt, OutDirOpt, device_or_auto
 
 
 def register(app: typer.Typer) -> None:
     @app.command("visualize-prototypes")
     @handle_errors
     def visualize_prototypes_cli(
-        out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output directory (gets index.html).")],
+        out_dir: OutDirOpt,
         images: Annotated[
             Optional[list[str]],
             typer.Argument(
                 help="Image files or directories (leave out with --cache to render what the cache holds)."
             ),
         ] = None,
-        checkpoint: Annotated[
-            Optional[str],
-            typer.Option(
-                "--checkpoint",
-                "-c",
-                help="Checkpoint (pgseg, NVlabs, HF) or run directory; needed with images.",
-            ),
-        ] = None,
+        checkpoint: OptionalCheckpointOpt = None,
         cache: Annotated[
             Optional[Path],
             typer.Option(
@@ -38,15 +32,19 @@ def register(app: typer.Typer) -> None:
                 "model. The file may be shared with segment --cache.",
             ),
         ] = None,
-        max_images: Annotated[Optional[int], typer.Option(help="Use at most this many images.")] = None,
+        max_images: Annotated[
+            Optional[int], typer.Option(min=1, help="Use at most this many images.")
+        ] = None,
         short_side: Annotated[
             Optional[int],
-            typer.Option(help="Resize the short side to this many pixels (default: the checkpoint's)."),
+            typer.Option(
+                min=1, help="Resize the short side to this many pixels (default: the checkpoint's)."
+            ),
         ] = None,
         patches: Annotated[
-            int, typer.Option(help="Patches shown per prototype in the nearest-patch grids.")
+            int, typer.Option(min=1, help="Patches shown per prototype in the nearest-patch grids.")
         ] = 8,
-        device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+        device: DeviceOpt = None,
     ) -> None:
         """Show what the image encoder does: per image the group maps of both grouping stages, the NPR
         prototype maps and the Hungarian group<->prototype matching with its HRS-kept pairs; across the
@@ -57,6 +55,18 @@ def register(app: typer.Typer) -> None:
         pgseg visualize-prototypes --cache viz.h5 --out viz2/ (render from the cache, no model)."""
         from pgseg_core.api import visualize_prototypes
 
+        if not images and cache is None:
+            raise typer.BadParameter(
+                "nothing to visualize: give image files or folders, or --cache FILE to render the images a "
+                "feature cache holds",
+                param_hint="'IMAGES' / '--cache'",
+            )
+        if images and checkpoint is None:
+            raise typer.BadParameter(
+                "required to encode images (or give only --cache FILE to render from a feature cache)",
+                param_hint="'--checkpoint'",
+            )
+
         with progress_bar("visualize") as update:
             summary = visualize_prototypes(
                 images or [],
@@ -66,7 +76,7 @@ def register(app: typer.Typer) -> None:
                 max_images=max_images,
                 short_side=short_side,
                 patches_per_prototype=patches,
-                device=device,
+                device=device_or_auto(device),
                 progress=lambda p, d, t, i: update(d, t, phase=p),
             )
         note = "" if summary["npr"] else " (no NPR in this checkpoint: group maps only)"

@@ -1,6 +1,7 @@
 """The ``viz`` section of the HDF5 feature cache: encoder traces for ``visualize-prototypes``.
 
-``segment`` and ``eval`` store the class-independent inference features under ``/images`` (docs/FEATURE_CACHE.md).
+``segment`` and ``eval`` store the class-independent inference features under ``/images``
+(docs/FEATURE_CACHE.md).
 ``visualize-prototypes --cache FILE`` adds, under ``/viz/<escaped key>`` of the same file, what
 :func:`pgseg_core.viz.prototypes.state_from_trace` needs: the resized image and, per grouping stage, the soft
 assignment, the hard assignment's group index per token, the group centres, the stage's input tokens and,
