@@ -1,4 +1,4 @@
-"""Grouping: assign image tokens to group tokens (GroupViT §3.1, pgseg_method.md §1.3).
+"""Grouping: assign image tokens to group tokens (GroupViT, Xu et al. CVPR 2022 §3.1; docs/METHOD.md §1.3).
 
 Legend: B batch, N input tokens, S_1 incoming group tokens, S_2 output groups, C channels.
 """

@@ -1,4 +1,4 @@
-"""GroupViT image encoder with optional NPR per grouping stage (pgseg_method.md §1.2, §3.1).
+"""GroupViT image encoder with optional NPR per grouping stage (docs/METHOD.md §1.2, §3.1).
 
 Legend: B batch, N = h·w patch tokens, S_i groups after stage i, C channels.
 
