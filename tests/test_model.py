@@ -234,9 +234,9 @@ def test_image_npr_buffers_update_in_default_mode_only():
         model, _ = _model(variant)
         model.train()
         bufs = {
-            i: l.downsample_spatial.mu.clone()
-            for i, l in enumerate(model.img_encoder.layers)
-            if l.downsample_spatial is not None
+            i: layer.downsample_spatial.mu.clone()
+            for i, layer in enumerate(model.img_encoder.layers)
+            if layer.downsample_spatial is not None
         }
         text_mu = model.text_npr.mu.clone()
         model.forward_train(CAPTIONS, _images())

@@ -132,7 +132,8 @@ def resolve_protocol(
         name: protocol name (:func:`list_protocols`) or a protocol JSON path.
         dataset: dataset name (``voc21``, ``pc60``, ...); unknown names get the protocol's base settings.
         family: ``"groupvit"`` or ``"pgseg"`` (:func:`model_family`).
-        overrides: ``{"bg_thresh": 0.5}`` or ``{"eval.bg_thresh": "0.5"}``; strings are parsed like CLI values.
+        overrides: ``{"bg_thresh": 0.5}`` or ``{"eval.bg_thresh": "0.5"}``; strings are parsed like CLI
+            values.
 
     Returns:
         :class:`ResolvedProtocol`.
