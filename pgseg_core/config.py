@@ -23,7 +23,7 @@ PRESET_DIR = Path(__file__).parent / "presets"
 
 @dataclass
 class VisionConfig:
-    """GroupViT image encoder (pgseg_method.md §1.1-1.3)."""
+    """GroupViT image encoder (docs/METHOD.md §1.1-1.3)."""
 
     stem: Literal["patch", "efficientnet_lite0"] = (
         "patch"  # patch = Conv2d(16, 16) + LN; efficientnet_lite0 = demo hybrid
@@ -69,7 +69,7 @@ class TextConfig:
 
 @dataclass
 class NPRConfig:
-    """Non-learnable Prototypical Regularization (PGSeg, pgseg_method.md §3)."""
+    """Non-learnable Prototypical Regularization (PGSeg, docs/METHOD.md §3)."""
 
     enabled: bool = False  # False = plain GroupViT
     em_iters: int = 10  # T, no-grad EM iterations (image and text)

@@ -234,9 +234,9 @@ def test_image_npr_buffers_update_in_default_mode_only():
         model, _ = _model(variant)
         model.train()
         bufs = {
-            i: l.downsample_spatial.mu.clone()
-            for i, l in enumerate(model.img_encoder.layers)
-            if l.downsample_spatial is not None
+            i: layer.downsample_spatial.mu.clone()
+            for i, layer in enumerate(model.img_encoder.layers)
+            if layer.downsample_spatial is not None
         }
         text_mu = model.text_npr.mu.clone()
         model.forward_train(CAPTIONS, _images())
@@ -281,7 +281,7 @@ def test_npr_reconstruction_changes_grouping_input():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# parameter counts of the paper presets (pgseg_method.md §0.6)
+# parameter counts of the paper presets (docs/METHOD.md §1.6)
 
 
 def _image_branch_flops(model, size: int = 224) -> int:
@@ -328,7 +328,7 @@ def test_pgseg_s_parameter_count(paper_param_counts):
     assert 2.6e6 < paper_param_counts["mapping_text"] < 2.7e6  # "2.63M in an unused mapping_text head"
 
 
-# FLOPs of the image branch at 224x224 (pgseg_method.md §7.2: torch FlopCounter, batch 1, eval, 2 x MACs)
+# FLOPs of the image branch at 224x224 (docs/METHOD.md §1.6: torch FlopCounter, batch 1, eval, 2 x MACs)
 
 
 def test_groupvit_s_image_flops(paper_param_counts):

@@ -1,4 +1,4 @@
-"""GroupViT's multi-label contrastive loss (pgseg_method.md §2.2): caption phrase splitting, the loss
+"""GroupViT's multi-label contrastive loss (docs/METHOD.md §2.2): caption phrase splitting, the loss
 against a plain numpy re-computation, the per-group (max) variant, and the model option."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""NPR: the no-grad EM vs a plain numpy EM (pgseg_method.md §3.2), gradient isolation, momentum buffers,
+"""NPR: the no-grad EM vs a plain numpy EM (docs/METHOD.md §3.2), gradient isolation, momentum buffers,
 and the text-side NPR in released (1-d) and default ([B, L, D] with mask) modes."""
 
 from __future__ import annotations

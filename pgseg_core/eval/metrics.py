@@ -4,7 +4,7 @@ Symbols: C classes (background included when the label map has one), H×W pixels
 
 The confusion matrix has the ground truth on the rows and the prediction on the columns, so for class c
 ``TP = conf[c, c]``, ``FN = conf[c, :].sum() - TP`` and ``FP = conf[:, c].sum() - TP``. From it (mmseg
-``total_intersect_and_union`` / ``eval_metrics``, pgseg_method.md §4.1):
+``total_intersect_and_union`` / ``eval_metrics``, docs/METHOD.md §4.5):
 
 - ``IoU_c = TP / (TP + FP + FN)``, NaN when the class is absent from both prediction and ground truth;
 - ``Acc_c = TP / (TP + FN)``, NaN when the class is absent from the ground truth;

@@ -1,7 +1,7 @@
 """Evaluation protocol presets: packaged JSON files with per-dataset overrides.
 
 A protocol (``pgseg_core/eval/protocols/<name>.json``) fixes every inference knob of one published
-evaluation (peers_and_eval.md §2.1, pgseg_method.md §4):
+evaluation (docs/METHOD.md §4.2-4.4; the presets are tabulated in docs/EVAL.md):
 
 - ``groupvit``: GroupViT / PGSeg as released; short side 448, slide 448/224, "a photo of a {}.",
   GroupViT rule with the top-5 filter and a per-dataset bg_thresh that depends on the checkpoint family

@@ -1,4 +1,4 @@
-"""Symmetric image-text InfoNCE (GroupViT §3.2, pgseg_method.md §2.1)."""
+"""Symmetric image-text InfoNCE (GroupViT, Xu et al. CVPR 2022 §3.2; docs/METHOD.md §2.1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GroupViT's multi-label image-text contrastive loss (pgseg_method.md §2.2), with shared prompts merged.
+"""GroupViT's multi-label image-text contrastive loss (docs/METHOD.md §2.2), with shared prompts merged.
 
 Legend: B images, S groups, P distinct prompts in the batch, D joint embedding width.
 
@@ -38,7 +38,7 @@ def multi_label_contrastive(
 ) -> torch.Tensor:
     """L_ml = ½ [SoftCE(s·I·Pᵀ, row-normalised T) + SoftCE(s·P·Iᵀ, row-normalised Tᵀ)].
 
-    s = min(exp(logit_scale), 100); pgseg_method.md §2.2.
+    s = min(exp(logit_scale), 100); docs/METHOD.md §2.2.
 
     Args:
         image_emb: [B, D] image embeddings, or [B, S, D] group embeddings (score = max over groups);

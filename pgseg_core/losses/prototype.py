@@ -1,4 +1,4 @@
-"""PGSeg's prototype-group contrastive loss L_PG (pgseg_method.md §3.3-3.4).
+"""PGSeg's prototype-group contrastive loss L_PG (docs/METHOD.md §3.3-3.4).
 
 Legend: B batch, K groups = prototypes per image, C channels.
 

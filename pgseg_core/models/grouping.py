@@ -1,4 +1,4 @@
-"""Grouping: assign image tokens to group tokens (GroupViT §3.1, pgseg_method.md §1.3).
+"""Grouping: assign image tokens to group tokens (GroupViT, Xu et al. CVPR 2022 §3.1; docs/METHOD.md §1.3).
 
 Legend: B batch, N input tokens, S_1 incoming group tokens, S_2 output groups, C channels.
 """
@@ -17,7 +17,8 @@ __all__ = ["hard_softmax", "gumbel_softmax", "AssignAttention", "GroupingBlock",
 
 
 def hard_softmax(logits: torch.Tensor, dim: int) -> torch.Tensor:
-    """One-hot argmax along ``dim`` with a straight-through gradient (``y_hard - y_soft.detach() + y_soft``)."""
+    """One-hot argmax along ``dim`` with a straight-through gradient
+    (``y_hard - y_soft.detach() + y_soft``)."""
     y_soft = logits.softmax(dim)
     index = y_soft.argmax(dim, keepdim=True)
     y_hard = torch.zeros_like(y_soft).scatter_(dim, index, 1.0)
@@ -65,7 +66,10 @@ class AssignAttention(nn.Module):
         self.assign_eps = assign_eps
 
     def extra_repr(self) -> str:
-        return f"hard={self.hard}, gumbel={self.gumbel}, gumbel_tau={self.gumbel_tau}, assign_eps={self.assign_eps}"
+        return (
+            f"hard={self.hard}, gumbel={self.gumbel}, gumbel_tau={self.gumbel_tau}, "
+            f"assign_eps={self.assign_eps}"
+        )
 
     def forward(
         self, query: torch.Tensor, key: torch.Tensor

@@ -2,7 +2,7 @@
 
 Legend: B batch, N tokens, S group tokens, C channels. Parameter names follow the released GroupViT
 checkpoints (``attn.qkv``, ``attn.proj``, ``mlp.fc1``, ``norm1`` ...) so conversion is mechanical.
-Source: GroupViT (Xu et al., CVPR 2022) §3.1; pgseg_method.md §1.2-1.3.
+Source: GroupViT (Xu et al., CVPR 2022) §3.1; docs/METHOD.md §1.2-1.3.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Non-learnable Prototypical Regularization (NPR): prototypes by no-grad EM (PGSeg §3.2, §3.5).
+"""Non-learnable Prototypical Regularization (NPR): prototypes by no-grad EM (docs/METHOD.md §3.2, §3.5).
 
 Legend: B batch, N tokens, K prototypes, C channels, D joint embedding width.
 
@@ -9,11 +9,11 @@ prototype buffer, run for T iterations without gradient:
     M-step   Mu = Zᵀ X,             then Mu_k /= (1e-6 + ‖Mu_k‖₂)
 
 The reconstruction ``Z Mu`` (last Z, last Mu; both constants) goes through a trainable MLP and is added
-to the tokens before the grouping block, in training and at inference (pgseg_method.md §3.1-3.2).
+to the tokens before the grouping block, in training and at inference (docs/METHOD.md §3.1-3.2).
 
-Text NPR: in released-code mode the caption's EOT feature [B, W] is viewed as W one-dimensional tokens
-[B, W, 1] with K scalar prototypes (§3.5). In the default mode the EM runs over the caption's token
-features in the joint embedding space [B, L, D], giving K prototypes of width D.
+Text NPR (docs/METHOD.md §3.5): in released-code mode the caption's EOT feature [B, W] is viewed as W
+one-dimensional tokens [B, W, 1] with K scalar prototypes. In the default mode the EM runs over the caption's
+token features in the joint embedding space [B, L, D], giving K prototypes of width D.
 """
 
 from __future__ import annotations

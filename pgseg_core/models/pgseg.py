@@ -4,7 +4,7 @@ Legend: B batch, S groups, N tokens, C token width, W text width, D joint embedd
 
 With ``cfg.npr.enabled`` this is PGSeg (Zhang et al., NeurIPS 2023): NPR per grouping stage, matched
 group-prototype contrast L_PG, text-side NPR, total loss ``L_itc + w·(L_I1 + L_I2 + w_T·L_T)``
-(pgseg_method.md §3.6). Without it, this is GroupViT (Xu et al., CVPR 2022) trained with L_itc.
+(docs/METHOD.md §3.6). Without it, this is GroupViT (Xu et al., CVPR 2022) trained with L_itc.
 """
 
 from __future__ import annotations
@@ -66,7 +66,8 @@ class PGSeg(nn.Module):
         if npr.enabled:
             final_groups = int(cfg.vision.num_output_groups[-1])
             if npr.text_prototypes != final_groups:
-                # the text term Hungarian-matches text prototypes to the final groups one to one (PGSeg §3.4)
+                # the text term Hungarian-matches text prototypes to the final groups one to one
+                # (docs/METHOD.md §3.5)
                 raise ConfigError(
                     f"model.npr.text_prototypes ({npr.text_prototypes}) must equal the last stage's "
                     f"model.vision.num_output_groups ({final_groups}): set "
@@ -228,7 +229,7 @@ class PGSeg(nn.Module):
         return losses
 
     def caption_prompts(self, texts: list[str]) -> tuple[list[str], torch.Tensor]:
-        """Prompts of the multi-label loss (pgseg_method.md §2.2) for a batch of captions.
+        """Prompts of the multi-label loss (docs/METHOD.md §2.2) for a batch of captions.
 
         Each caption's object phrases (:func:`~pgseg_core.data.caption_nouns.caption_nouns`; the caption
         itself when none is found) are put into ``multi_label_template``; with more than ``multi_label``

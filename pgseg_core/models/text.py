@@ -88,7 +88,7 @@ class Transformer(nn.Module):
 
 
 class TextTransformer(nn.Module):
-    """CLIP-style causal text transformer (``text_encoder`` of GroupViT; pgseg_method.md §1.4)."""
+    """CLIP-style causal text transformer (``text_encoder`` of GroupViT; docs/METHOD.md §1.4)."""
 
     def __init__(self, cfg: TextConfig):
         super().__init__()

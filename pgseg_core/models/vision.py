@@ -1,4 +1,4 @@
-"""GroupViT image encoder with optional NPR per grouping stage (pgseg_method.md §1.2, §3.1).
+"""GroupViT image encoder with optional NPR per grouping stage (docs/METHOD.md §1.2, §3.1).
 
 Legend: B batch, N = h·w patch tokens, S_i groups after stage i, C channels.
 
@@ -234,9 +234,9 @@ class GroupViTEncoder(nn.Module):
             len(cfg.num_heads) == len(cfg.num_group_tokens) == n_stages == len(cfg.num_output_groups) + 1
         ):
             raise ConfigError(
-                f"model.vision: depths ({len(cfg.depths)}), num_heads ({len(cfg.num_heads)}) and num_group_tokens "
-                f"({len(cfg.num_group_tokens)}) need one entry per stage and num_output_groups "
-                f"({len(cfg.num_output_groups)}) one fewer"
+                f"model.vision: depths ({len(cfg.depths)}), num_heads ({len(cfg.num_heads)}) and "
+                f"num_group_tokens ({len(cfg.num_group_tokens)}) need one entry per stage and "
+                f"num_output_groups ({len(cfg.num_output_groups)}) one fewer"
             )
         self.cfg = cfg
         C = cfg.embed_dim

@@ -1,4 +1,4 @@
-"""AdamW with the released parameter groups and timm's warm-up + cosine schedule (pgseg_method.md §2.5)."""
+"""AdamW with the released parameter groups and timm's warm-up + cosine schedule (docs/METHOD.md §2.4)."""
 
 from __future__ import annotations
 
