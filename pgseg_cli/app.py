@@ -9,6 +9,7 @@ import typer
 from pgseg_core.version import __version__
 
 from ._console import out, setup_logging
+from .options import QuietOpt, VerboseOpt
 
 app = typer.Typer(
     name="pgseg",
@@ -29,12 +30,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="Debug logging and full tracebacks.")
-    ] = False,
-    quiet: Annotated[
-        bool, typer.Option("--quiet", "-q", help="Only warnings and results; no progress bars.")
-    ] = False,
+    verbose: VerboseOpt = False,
+    quiet: QuietOpt = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,

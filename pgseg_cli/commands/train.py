@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from .._console import handle_errors, out, progress_bar
+from ..options import DeviceOpt, OutDirOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -18,9 +18,7 @@ def register(app: typer.Typer) -> None:
         data: Annotated[
             str, typer.Option("--data", "-d", help="Training shards: DIR, index.json or brace pattern.")
         ],
-        out_dir: Annotated[
-            Path, typer.Option("--out", "-o", help="Run directory (checkpoints, metrics.jsonl).")
-        ],
+        out_dir: OutDirOpt,
         model: Annotated[
             str,
             typer.Option(
@@ -29,7 +27,7 @@ def register(app: typer.Typer) -> None:
                 help="Preset name (groupvit-s, pgseg-s, pgseg-demo, pgseg-tiny) or config JSON.",
             ),
         ] = "pgseg-demo",
-        device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+        device: DeviceOpt = None,
         resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
         init: Annotated[
             Optional[str],
@@ -39,7 +37,9 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
     ) -> None:
-        """Train a model. Extra '--section.key value' arguments override the preset (e.g. --train.steps 200)."""
+        """Train a model into the run directory --out (checkpoints, metrics.jsonl, config.json).
+
+        Extra '--section.key value' arguments override the preset (e.g. --train.steps 200)."""
         from pgseg_core.api import train
         from pgseg_core.config import parse_cli_overrides
 
