@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pgseg_core.config import load_config
-from pgseg_core.data.caption_nouns import caption_nouns
+from pgseg_core.losses.caption_nouns import caption_nouns
 from pgseg_core.data.demo import _TEMPLATES, _phrase
 from pgseg_core.losses.multi_label import multi_label_contrastive
 from pgseg_core.models.factory import create_model
