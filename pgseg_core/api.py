@@ -79,7 +79,7 @@ def prep_shards(
                 "--source coco-object needs --coco-root DIR (the coco_stuff164k folder with "
                 "annotations/val2017/*.png)"
             )
-        from .data.coco_object import convert_coco_object
+        from .eval.datasets.coco_object import convert_coco_object
 
         return convert_coco_object(
             coco_root, coco_splits or None, workers=workers, progress=_phase_cb(progress, "label maps")
@@ -159,7 +159,7 @@ def _eval_config(cfg: RunConfig, overrides: dict[str, Any] | None):
 def _open_dataset(name: str, root: str | Path, split: str) -> Any:
     """``pgseg_core.data.benchmarks.open_dataset`` (imported here so tests can substitute a fake)."""
     try:
-        from .data.benchmarks import open_dataset
+        from .eval.datasets import open_dataset
     except ImportError as e:
         raise DependencyError(
             f"benchmark dataset readers are missing from this build ({e}): reinstall pgseg "

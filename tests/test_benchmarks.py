@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pgseg_core.data.benchmarks import (
+from pgseg_core.eval.datasets import (
     PROTOCOLS,
     DatasetInfo,
     SegDataset,
@@ -24,7 +24,7 @@ from pgseg_core.data.benchmarks import (
     load_class_spec,
     open_dataset,
 )
-from pgseg_core.data.coco_object import (
+from pgseg_core.eval.datasets.coco_object import (
     COCO_OBJECT_LUT,
     COCO_THING_IDS,
     COCO_THING_NAMES,
@@ -446,7 +446,8 @@ def test_convert_coco_object_writes_resumes_and_counts_bad(tmp_path):
         "existing": 0,
         "bad": 1,
         "bad_files": [
-            f"{val / '000000000003.png'}: values [11] are not COCO-Stuff ids (things 0..89, stuff 91..181, 255)"
+            f"{val / '000000000003.png'}: values [11] are not COCO-Stuff ids "
+            "(things 0..89, stuff 91..181, 255)"
         ],
     }
     assert "train2017" not in s["splits"]

@@ -17,11 +17,6 @@ from .transforms import (
 )
 
 __all__ = [
-    "DatasetInfo",
-    "SegDataset",
-    "convert_coco_object",
-    "dataset_names",
-    "open_dataset",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "DemoRoots",
@@ -47,14 +42,6 @@ def __getattr__(name: str):
         from . import demo
 
         return getattr(demo, name)
-    if name in ("DatasetInfo", "SegDataset", "dataset_names", "open_dataset"):
-        from . import benchmarks
-
-        return getattr(benchmarks, name)
-    if name == "convert_coco_object":
-        from .coco_object import convert_coco_object
-
-        return convert_coco_object
     if name in ("ValSample", "iter_val_samples", "iter_images_for_cache", "make_train_loader"):
         from . import loader
 

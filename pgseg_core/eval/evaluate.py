@@ -5,7 +5,7 @@ feature cache or the encoder, the scoring rule runs once per eval setting (the m
 value), and each setting accumulates its own confusion matrix on the model's device.
 :func:`evaluate` walks the splits of demo shards; :func:`evaluate_dataset` adapts any dataset object with
 ``info.has_background``, ``class_spec(protocol)``, ``len`` and iteration (the mmseg-layout readers of
-``pgseg_core.data.benchmarks``).
+``pgseg_core.eval.datasets``).
 
 For each split, the class names of ``index.json`` ("splits"[name]["classes"]) are embedded once with
 ``eval_cfg.templates``; each sample is predicted with the GroupViT rule (pgseg_method.md §4.2-4.3) and
@@ -408,7 +408,7 @@ def evaluate_dataset(
     sweep: Sweep | None = None,
     class_spec: ClassSpec | None = None,
 ) -> EvalResult:
-    """Evaluate a model on a benchmark dataset (mmseg layouts, via ``pgseg_core.data.benchmarks``).
+    """Evaluate a model on a benchmark dataset (mmseg layouts, via ``pgseg_core.eval.datasets``).
 
     Any object works that has ``.info.has_background`` (and optionally ``.info.name``),
     ``.class_spec(protocol) -> ClassSpec``, ``__len__`` and ``__iter__`` yielding ValSample-like objects
