@@ -106,7 +106,7 @@ def prep_shards(
     if source == "folder":
         if images is None:
             raise ConfigError("--source folder needs --images DIR (a folder of images with captions)")
-        from .data.shards import write_folder_shards
+        from .data.sources.folder import write_folder_shards
 
         return write_folder_shards(
             images, out_dir, captions=captions, shard_size=shard_size, progress=_phase_cb(progress, "images")

@@ -6,7 +6,7 @@ transforms and shard helpers load with the package.
 
 from __future__ import annotations
 
-from .shards import read_index, resolve_shards, write_folder_shards
+from .shards import read_index, resolve_shards
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -42,6 +42,10 @@ def __getattr__(name: str):
         from . import demo
 
         return getattr(demo, name)
+    if name == "write_folder_shards":
+        from .sources.folder import write_folder_shards
+
+        return write_folder_shards
     if name in ("ValSample", "iter_val_samples", "iter_images_for_cache", "make_train_loader"):
         from . import loader
 
