@@ -87,7 +87,7 @@ def prep_shards(
     if out_dir is None:
         raise ConfigError(f"--source {source} needs --out DIR (the shard directory to write)")
     if source == "demo":
-        from .data.demo import build_demo_shards
+        from .data.sources.demo import build_demo_shards
 
         summary = build_demo_shards(
             out_dir,
@@ -99,7 +99,7 @@ def prep_shards(
             progress=_phase_cb(progress, "composites"),
         )
         if photos_dir is not None:
-            from .data.demo import export_demo_photos
+            from .data.sources.demo import export_demo_photos
 
             summary["photos"] = export_demo_photos(photos_dir)
         return summary

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
+from pgseg_core.errors import ConfigError, DataError
 from pgseg_core.eval.datasets import (
     PROTOCOLS,
     DatasetInfo,
@@ -31,7 +32,6 @@ from pgseg_core.eval.datasets.coco_object import (
     coco_object_label,
     convert_coco_object,
 )
-from pgseg_core.errors import ConfigError, DataError
 
 BENCHMARKS = ["voc21", "voc20", "pc60", "pc59", "coco-object", "coco-stuff-171", "ade20k-150", "cityscapes"]
 SIZES = [(5, 7), (6, 4), (3, 3)]  # (H, W) of the three images
@@ -606,7 +606,7 @@ def test_pycocotools_path_errors(tmp_path):
 
 def test_demo_shards_adapter(tmp_path):
     from _fixtures import make_fake_roots
-    from pgseg_core.data.demo import build_demo_shards
+    from pgseg_core.data.sources.demo import build_demo_shards
     from pgseg_core.data.loader import iter_val_samples
 
     build_demo_shards(

@@ -39,7 +39,7 @@ __all__ = [
 def __getattr__(name: str):
     # Lazy re-exports: the demo builder and the loaders pull in numpy-heavy and webdataset code.
     if name in ("DemoRoots", "build_demo_shards", "export_demo_photos"):
-        from . import demo
+        from .sources import demo
 
         return getattr(demo, name)
     if name == "write_folder_shards":
