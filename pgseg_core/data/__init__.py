@@ -1,6 +1,8 @@
-"""Data: demo composites, webdataset shards, loaders and image preprocessing.
+"""Training data: webdataset shards and ``index.json`` (``shards``), caption files (``captions``), the
+shard sources (``sources/``: demo composites, captioned-image folders), loaders and image preprocessing.
+The benchmark readers used for evaluation are in :mod:`pgseg_core.eval.datasets`.
 
-webdataset, the demo sources (scikit-image, emoji, ...) and the loaders are imported lazily: only the
+webdataset, the shard sources (scikit-image, emoji, ...) and the loaders are imported lazily: only the
 transforms and shard helpers load with the package.
 """
 
@@ -37,15 +39,11 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # Lazy re-exports: the demo builder and the loaders pull in numpy-heavy and webdataset code.
-    if name in ("DemoRoots", "build_demo_shards", "export_demo_photos"):
-        from .sources import demo
+    # Lazy re-exports: the shard sources and the loaders pull in numpy-heavy and webdataset code.
+    if name in ("DemoRoots", "build_demo_shards", "export_demo_photos", "write_folder_shards"):
+        from . import sources
 
-        return getattr(demo, name)
-    if name == "write_folder_shards":
-        from .sources.folder import write_folder_shards
-
-        return write_folder_shards
+        return getattr(sources, name)
     if name in ("ValSample", "iter_val_samples", "iter_images_for_cache", "make_train_loader"):
         from . import loader
 

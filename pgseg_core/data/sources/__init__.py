@@ -1,4 +1,5 @@
-"""Shard sources: each turns some input into webdataset shards plus ``index.json`` (:mod:`..shards`).
+"""Shard sources: each turns some input into webdataset shards plus ``index.json``
+(:mod:`pgseg_core.data.shards`).
 
 ============  ==================================================================================
 ``demo``      :mod:`.demo`: real-photo backgrounds with pasted cut-out objects, captions and label maps
