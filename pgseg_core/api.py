@@ -63,9 +63,9 @@ def prep_shards(
         source: ``"demo"`` (built-in composites from real photos, cutouts, clip art and emoji),
             ``"folder"`` (a folder of images with captions, given by ``images``) or ``"coco-object"``
             (COCO-Object label maps next to the raw COCO-Stuff-164k PNGs of ``coco_root``, GroupViT's
-            mapping, see :func:`pgseg_core.data.coco_object.convert_coco_object`).
+            mapping, see :func:`pgseg_core.eval.datasets.coco_object.convert_coco_object`).
         out_dir: shard directory; gets ``*.tar`` shards and ``index.json`` (not used by "coco-object").
-        images / captions: folder source only (see :func:`pgseg_core.data.shards.write_folder_shards`).
+        images / captions: folder source only (see :func:`pgseg_core.data.sources.folder.write_folder_shards`).
         seed, n_train, n_val, img_size, shard_size: demo source sizes (n_val per validation split).
         photos_dir: demo source only: also export the bundled real photos (for ``pgseg segment``) here.
         coco_root / coco_splits / workers: coco-object source only: the coco_stuff164k folder, the splits
@@ -81,7 +81,7 @@ def prep_shards(
                 "--source coco-object needs --coco-root DIR (the coco_stuff164k folder with "
                 "annotations/val2017/*.png)"
             )
-        from .data.coco_object import convert_coco_object
+        from .eval.datasets.coco_object import convert_coco_object
 
         return convert_coco_object(
             coco_root, coco_splits or None, workers=workers, progress=_phase_cb(progress, "label maps")
@@ -89,7 +89,7 @@ def prep_shards(
     if out_dir is None:
         raise ConfigError(f"--source {source} needs --out DIR (the shard directory to write)")
     if source == "demo":
-        from .data.demo import build_demo_shards
+        from .data.sources.demo import build_demo_shards
 
         summary = build_demo_shards(
             out_dir,
@@ -101,14 +101,14 @@ def prep_shards(
             progress=_phase_cb(progress, "composites"),
         )
         if photos_dir is not None:
-            from .data.demo import export_demo_photos
+            from .data.sources.demo import export_demo_photos
 
             summary["photos"] = export_demo_photos(photos_dir)
         return summary
     if source == "folder":
         if images is None:
             raise ConfigError("--source folder needs --images DIR (a folder of images with captions)")
-        from .data.shards import write_folder_shards
+        from .data.sources.folder import write_folder_shards
 
         return write_folder_shards(
             images, out_dir, captions=captions, shard_size=shard_size, progress=_phase_cb(progress, "images")
@@ -159,9 +159,9 @@ def _eval_config(cfg: RunConfig, overrides: dict[str, Any] | None):
 
 
 def _open_dataset(name: str, root: str | Path, split: str) -> Any:
-    """``pgseg_core.data.benchmarks.open_dataset`` (imported here so tests can substitute a fake)."""
+    """``pgseg_core.eval.datasets.open_dataset`` (imported here so tests can substitute a fake)."""
     try:
-        from .data.benchmarks import open_dataset
+        from .eval.datasets import open_dataset
     except ImportError as e:
         raise DependencyError(
             f"benchmark dataset readers are missing from this build ({e}): reinstall pgseg "

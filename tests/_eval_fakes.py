@@ -1,5 +1,5 @@
 """Fakes for the evaluation tests: a colour-grouping model that counts encoder calls, and a tiny dataset
-with the interface of ``pgseg_core.data.benchmarks.SegDataset`` (info, class_spec, len, iter)."""
+with the interface of ``pgseg_core.eval.datasets.SegDataset`` (info, class_spec, len, iter)."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from pgseg_core.data.demo import DemoRoots
+from pgseg_core.data.sources.demo import DemoRoots
 
 
 def _sprite(path: Path, colour, size=(90, 70), shape="ellipse"):

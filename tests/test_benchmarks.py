@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from pgseg_core.data.benchmarks import (
+from pgseg_core.errors import ConfigError, DataError
+from pgseg_core.eval.datasets import (
     PROTOCOLS,
     DatasetInfo,
     SegDataset,
@@ -24,14 +25,13 @@ from pgseg_core.data.benchmarks import (
     load_class_spec,
     open_dataset,
 )
-from pgseg_core.data.coco_object import (
+from pgseg_core.eval.datasets.coco_object import (
     COCO_OBJECT_LUT,
     COCO_THING_IDS,
     COCO_THING_NAMES,
     coco_object_label,
     convert_coco_object,
 )
-from pgseg_core.errors import ConfigError, DataError
 
 BENCHMARKS = ["voc21", "voc20", "pc60", "pc59", "coco-object", "coco-stuff-171", "ade20k-150", "cityscapes"]
 SIZES = [(5, 7), (6, 4), (3, 3)]  # (H, W) of the three images
@@ -446,7 +446,8 @@ def test_convert_coco_object_writes_resumes_and_counts_bad(tmp_path):
         "existing": 0,
         "bad": 1,
         "bad_files": [
-            f"{val / '000000000003.png'}: values [11] are not COCO-Stuff ids (things 0..89, stuff 91..181, 255)"
+            f"{val / '000000000003.png'}: values [11] are not COCO-Stuff ids "
+            "(things 0..89, stuff 91..181, 255)"
         ],
     }
     assert "train2017" not in s["splits"]
@@ -605,7 +606,7 @@ def test_pycocotools_path_errors(tmp_path):
 
 def test_demo_shards_adapter(tmp_path):
     from _fixtures import make_fake_roots
-    from pgseg_core.data.demo import build_demo_shards
+    from pgseg_core.data.sources.demo import build_demo_shards
     from pgseg_core.data.loader import iter_val_samples
 
     build_demo_shards(

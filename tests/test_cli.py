@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from _fixtures import make_fake_roots
 from pgseg_cli.app import app
-from pgseg_core.data.demo import build_demo_shards
+from pgseg_core.data.sources.demo import build_demo_shards
 
 runner = CliRunner()
 

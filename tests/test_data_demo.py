@@ -11,8 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pgseg_core.data.demo import DemoRoots, build_demo_shards, export_demo_photos, load_vocab, make_caption
 from pgseg_core.data.shards import read_index
+from pgseg_core.data.sources.demo import (
+    DemoRoots,
+    build_demo_shards,
+    export_demo_photos,
+    load_vocab,
+    make_caption,
+)
 from pgseg_core.errors import DataError
 
 from _fixtures import make_fake_roots, read_tar_samples

@@ -14,9 +14,9 @@ from pgseg_core.data.shards import (
     new_index,
     read_index,
     resolve_shards,
-    write_folder_shards,
     write_index,
 )
+from pgseg_core.data.sources.folder import write_folder_shards
 from pgseg_core.errors import DataError
 
 from _fixtures import read_tar_samples

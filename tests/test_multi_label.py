@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from pgseg_core.config import load_config
-from pgseg_core.data.caption_nouns import caption_nouns
-from pgseg_core.data.demo import _TEMPLATES, _phrase
+from pgseg_core.losses.caption_nouns import caption_nouns
+from pgseg_core.data.sources.demo.vocab import CAPTION_TEMPLATES as _TEMPLATES, class_phrase as _phrase
 from pgseg_core.losses.multi_label import multi_label_contrastive
 from pgseg_core.models.factory import create_model
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _vocab():
-    from pgseg_core.data.demo import load_vocab
+    from pgseg_core.data.sources.demo import load_vocab
 
     return load_vocab()
 

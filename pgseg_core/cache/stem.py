@@ -94,7 +94,6 @@ def build_stem_cache(
     """
     import h5py
 
-    from ..data.loader import iter_images_for_cache
     from ..data.shards import read_index, resolve_shards
 
     shards = resolve_shards(shards_spec, "train")
@@ -105,77 +104,18 @@ def build_stem_cache(
         total = None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    h = w = img_size // 16
     with h5py.File(path, "a") as f:
-        if "feats" in f:
-            if (
-                f.attrs.get("data_fingerprint") != fingerprint
-                or int(f.attrs.get("img_size", -1)) != img_size
-                or int(f.attrs.get("schema", -1)) != STEM_CACHE_SCHEMA
-            ):
-                raise DataError(
-                    f"stem cache {path} was built from other data or settings; delete it to rebuild"
-                )
-        else:
-            f.attrs.update(
-                {
-                    "schema": STEM_CACHE_SCHEMA,
-                    "kind": "pgseg-stem-cache",
-                    "stem": "efficientnet_lite0",
-                    "img_size": img_size,
-                    "data_fingerprint": fingerprint,
-                    "complete": 0,
-                }
-            )
-            f.create_dataset(
-                "feats",
-                shape=(0, 112, h, w),
-                maxshape=(None, 112, h, w),
-                dtype="float16",
-                chunks=(16, 112, h, w),
-            )
-            str_dt = h5py.string_dtype("utf-8")
-            f.create_dataset("captions", shape=(0,), maxshape=(None,), dtype=str_dt, chunks=(1024,))
-            f.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=str_dt, chunks=(1024,))
+        _init_or_check(f, path, fingerprint, img_size)
         done = int(f.attrs["complete"])
         if total is None or done < total:
             if done:
                 _log.info("resuming stem cache %s at %d images", path, done)
             was_training = model.training  # the training loop calls this with the model in train mode
             model.eval()
-            buf_x, buf_cap, buf_key = [], [], []
-
-            def flush() -> None:
-                nonlocal done
-                x = torch.stack(buf_x).to(device)
-                with torch.no_grad():
-                    feats = model.stem_features(x).float().cpu().numpy().astype(np.float16)
-                n = len(buf_x)
-                for name, data in (("feats", feats), ("captions", buf_cap), ("keys", buf_key)):
-                    f[name].resize(done + n, axis=0)
-                    f[name][done : done + n] = data
-                done += n
-                f.attrs["complete"] = done
-                f.flush()
-                buf_x.clear()
-                buf_cap.clear()
-                buf_key.clear()
-                if progress:
-                    progress(done, total)
-
             try:
-                for i, (key, img, caption) in enumerate(
-                    iter_images_for_cache(shards_spec, "train", img_size)
-                ):
-                    if i < done:
-                        continue
-                    buf_x.append(img)
-                    buf_cap.append(caption)
-                    buf_key.append(key)
-                    if len(buf_x) == batch_size:
-                        flush()
-                if buf_x:
-                    flush()
+                done = _encode_rest(
+                    f, model, shards_spec, img_size, device, batch_size, done, total, progress
+                )
             finally:
                 model.train(was_training)
             if total is None:
@@ -186,3 +126,91 @@ def build_stem_cache(
     if n == 0:
         raise DataError(f"no training images found in {shards_spec}")
     return StemCache(feats=feats, captions=captions, path=str(path))
+
+
+def _init_or_check(f, path: Path, fingerprint: str, img_size: int) -> None:
+    """Create the empty datasets and attributes of a new cache file, or check that an existing one was
+    built from the same data and settings.
+
+    Raises:
+        DataError: the file holds features of other data or settings.
+    """
+    import h5py
+
+    h = w = img_size // 16
+    if "feats" in f:
+        if (
+            f.attrs.get("data_fingerprint") != fingerprint
+            or int(f.attrs.get("img_size", -1)) != img_size
+            or int(f.attrs.get("schema", -1)) != STEM_CACHE_SCHEMA
+        ):
+            raise DataError(f"stem cache {path} was built from other data or settings; delete it to rebuild")
+        return
+    f.attrs.update(
+        {
+            "schema": STEM_CACHE_SCHEMA,
+            "kind": "pgseg-stem-cache",
+            "stem": "efficientnet_lite0",
+            "img_size": img_size,
+            "data_fingerprint": fingerprint,
+            "complete": 0,
+        }
+    )
+    f.create_dataset(
+        "feats",
+        shape=(0, 112, h, w),
+        maxshape=(None, 112, h, w),
+        dtype="float16",
+        chunks=(16, 112, h, w),
+    )
+    str_dt = h5py.string_dtype("utf-8")
+    f.create_dataset("captions", shape=(0,), maxshape=(None,), dtype=str_dt, chunks=(1024,))
+    f.create_dataset("keys", shape=(0,), maxshape=(None,), dtype=str_dt, chunks=(1024,))
+
+
+def _encode_rest(
+    f,
+    model,
+    shards_spec: str,
+    img_size: int,
+    device: torch.device,
+    batch_size: int,
+    done: int,
+    total: int | None,
+    progress: Callable[[int, int | None], None] | None,
+) -> int:
+    """Encode the training images after the first ``done`` (model in eval mode) and append them to ``f``
+    batch by batch, updating ``complete`` after each; returns the number of rows written in all."""
+    from ..data.loader import iter_images_for_cache
+
+    buf_x, buf_cap, buf_key = [], [], []
+
+    def flush() -> None:
+        nonlocal done
+        x = torch.stack(buf_x).to(device)
+        with torch.no_grad():
+            feats = model.stem_features(x).float().cpu().numpy().astype(np.float16)
+        n = len(buf_x)
+        for name, data in (("feats", feats), ("captions", buf_cap), ("keys", buf_key)):
+            f[name].resize(done + n, axis=0)
+            f[name][done : done + n] = data
+        done += n
+        f.attrs["complete"] = done
+        f.flush()
+        buf_x.clear()
+        buf_cap.clear()
+        buf_key.clear()
+        if progress:
+            progress(done, total)
+
+    for i, (key, img, caption) in enumerate(iter_images_for_cache(shards_spec, "train", img_size)):
+        if i < done:
+            continue
+        buf_x.append(img)
+        buf_cap.append(caption)
+        buf_key.append(key)
+        if len(buf_x) == batch_size:
+            flush()
+    if buf_x:
+        flush()
+    return done

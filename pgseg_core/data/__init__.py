@@ -1,12 +1,14 @@
-"""Data: demo composites, webdataset shards, loaders and image preprocessing.
+"""Training data: webdataset shards and ``index.json`` (``shards``), caption files (``captions``), the
+shard sources (``sources/``: demo composites, captioned-image folders), loaders and image preprocessing.
+The benchmark readers used for evaluation are in :mod:`pgseg_core.eval.datasets`.
 
-webdataset, the demo sources (scikit-image, emoji, ...) and the loaders are imported lazily: only the
+webdataset, the shard sources (scikit-image, emoji, ...) and the loaders are imported lazily: only the
 transforms and shard helpers load with the package.
 """
 
 from __future__ import annotations
 
-from .shards import read_index, resolve_shards, write_folder_shards
+from .shards import read_index, resolve_shards
 from .transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -17,11 +19,6 @@ from .transforms import (
 )
 
 __all__ = [
-    "DatasetInfo",
-    "SegDataset",
-    "convert_coco_object",
-    "dataset_names",
-    "open_dataset",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "DemoRoots",
@@ -42,19 +39,11 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # Lazy re-exports: the demo builder and the loaders pull in numpy-heavy and webdataset code.
-    if name in ("DemoRoots", "build_demo_shards", "export_demo_photos"):
-        from . import demo
+    # Lazy re-exports: the shard sources and the loaders pull in numpy-heavy and webdataset code.
+    if name in ("DemoRoots", "build_demo_shards", "export_demo_photos", "write_folder_shards"):
+        from . import sources
 
-        return getattr(demo, name)
-    if name in ("DatasetInfo", "SegDataset", "dataset_names", "open_dataset"):
-        from . import benchmarks
-
-        return getattr(benchmarks, name)
-    if name == "convert_coco_object":
-        from .coco_object import convert_coco_object
-
-        return convert_coco_object
+        return getattr(sources, name)
     if name in ("ValSample", "iter_val_samples", "iter_images_for_cache", "make_train_loader"):
         from . import loader
 

@@ -135,7 +135,7 @@ class ValSample:
         key: sample key.
         image: uint8 RGB ``[H,W,3]``.
         label: uint8 ``[H,W]`` canonical labels: with background 0 = background and 1 + i = ``classes[i]``;
-            for a benchmark without background (see :mod:`pgseg_core.data.benchmarks`) i = ``classes[i]``;
+            for a benchmark without background (see :mod:`pgseg_core.eval.datasets`) i = ``classes[i]``;
             255 ignore.
         classes: the split's class list.
         split: split name ("val-caption", "val-heldout", or a benchmark split such as "val").

@@ -1,20 +1,18 @@
-"""WebDataset shard writing, ``index.json`` (schema 1) and the folder-of-captioned-images source.
+"""WebDataset shard writing, ``index.json`` (schema 1), and shard specifications -> tar paths.
 
 A shard directory holds ``<split>-%06d.tar`` files plus one ``index.json`` (docs/ARCHITECTURE.md,
 "Shards"). Shards and the index are written to a temporary name and renamed into place, so a directory
 whose ``index.json`` exists is complete. Only the public webdataset API is used (``wds.TarWriter``).
+The sources that fill shards are in :mod:`pgseg_core.data.sources`.
 """
 
 from __future__ import annotations
 
-import csv
 import glob as _glob
-import io
 import json
 import logging
 import os
 import re
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,8 +25,6 @@ log = logging.getLogger("pgseg.data.shards")
 INDEX_NAME = "index.json"
 SCHEMA = 1
 KIND = "pgseg-shards"
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-CAPTION_FORMATS = (".tsv", ".csv", ".jsonl")
 _TAR_MTIME = 1_704_067_200.0  # fixed member timestamp (2024-01-01) so identical inputs give identical bytes
 _SHARD_RE = r"-(\d{6})\.tar$"
 
@@ -346,257 +342,3 @@ def resolve_shards(spec: str | Path, split: str = "train") -> list[str]:
         f"no shards at '{s}': expected a directory with {INDEX_NAME}, an {INDEX_NAME} file, a brace "
         "pattern like dir/train-{000000..000003}.tar, or a glob"
     )
-
-
-# ----------------------------------------------------------------------------------------------------------
-# folder of captioned images
-
-
-_IMAGE_COLS = ("image", "file", "filename", "path", "image_path", "img", "url")
-_TEXT_COLS = ("caption", "text", "captions", "title")
-
-
-def _norm_rel(name: str) -> str:
-    name = name.strip().replace("\\", "/")
-    while name.startswith("./"):
-        name = name[2:]
-    return name
-
-
-def _read_caption_table(path: Path) -> list[tuple[str, str]]:
-    """Rows ``(image name, caption)`` of a captions.tsv / .csv / .jsonl file."""
-    suffix = path.suffix.lower()
-    if suffix not in CAPTION_FORMATS:
-        raise DataError(
-            f"unsupported caption file {path}: use captions.tsv, captions.csv or captions.jsonl "
-            "(or <stem>.txt files next to the images)"
-        )
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read caption file {path}: {e}") from e
-    rows: list[tuple[str, str]] = []
-    if suffix == ".jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{n}: not valid JSON ({e.msg})") from e
-            obj = obj if isinstance(obj, dict) else {}
-            image = next((obj[k] for k in ("image", "file", "path") if k in obj), None)
-            caption = next((obj[k] for k in ("caption", "text") if k in obj), None)
-            if not isinstance(image, str) or not isinstance(caption, str):
-                raise DataError(
-                    f'{path}:{n}: each line needs "image" (or "file"/"path") and "caption" '
-                    '(or "text") strings'
-                )
-            rows.append((image, caption))
-        return rows
-    reader = csv.reader(io.StringIO(text), delimiter="\t" if suffix == ".tsv" else ",")
-    for n, row in enumerate(reader, 1):
-        if not row or all(not c.strip() for c in row):
-            continue
-        if len(row) < 2:
-            raise DataError(f"{path}:{n}: expected two columns (image, caption), got {len(row)}")
-        if n == 1 and (row[0].strip().lower() in _IMAGE_COLS or row[1].strip().lower() in _TEXT_COLS):
-            continue  # header
-        sep = "\t" if suffix == ".tsv" else ","
-        caption = sep.join(row[1:])  # an unquoted separator inside the caption splits it; rejoin
-        rows.append((row[0], caption))
-    return rows
-
-
-def _list_images(image_dir: Path, exclude: Path | None) -> list[Path]:
-    out = []
-    for p in image_dir.rglob("*"):
-        if p.suffix.lower() not in IMAGE_EXTENSIONS or not p.is_file():
-            continue
-        if exclude is not None and exclude in p.resolve().parents:
-            continue
-        out.append(p)
-    return sorted(out, key=lambda q: q.relative_to(image_dir).as_posix())
-
-
-def _clean_caption(text: str) -> str:
-    return " ".join(text.split())
-
-
-def collect_captioned_images(
-    image_dir: str | Path, captions: str | Path | None = None, *, exclude: Path | None = None
-) -> tuple[list[tuple[Path, str]], dict[str, int]]:
-    """Pair the images of a folder with their captions.
-
-    Captions come from ``captions`` if given, else from ``captions.tsv`` / ``captions.csv`` /
-    ``captions.jsonl`` inside ``image_dir`` if present, else from ``<stem>.txt`` sidecar files.
-    Caption-file entries are matched by path relative to ``image_dir``, then by file name.
-
-    Args:
-        image_dir: folder searched recursively for images.
-        captions: optional caption file.
-        exclude: a folder (resolved path) whose images are ignored, e.g. the output directory.
-
-    Returns:
-        ``([(image path, caption)], {"no_caption": n, "missing_image": m})``.
-
-    Raises:
-        DataError: the folder is missing or has no images, or the caption file is unreadable/unsupported.
-    """
-    image_dir = Path(image_dir)
-    if not image_dir.is_dir():
-        raise DataError(f"image folder {image_dir} not found")
-    images = _list_images(image_dir, exclude)
-    if not images:
-        raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {image_dir}")
-    counts = {"no_caption": 0, "missing_image": 0}
-    if captions is None:
-        for name in ("captions.tsv", "captions.csv", "captions.jsonl"):
-            if (image_dir / name).is_file():
-                captions = image_dir / name
-                break
-    pairs: list[tuple[Path, str]] = []
-    if captions is None:
-        for img in images:
-            side = img.with_suffix(".txt")
-            text = ""
-            if side.is_file():
-                try:
-                    text = _clean_caption(side.read_text(encoding="utf-8-sig"))
-                except (OSError, UnicodeDecodeError) as e:
-                    log.warning("cannot read caption %s: %s", side, e)
-            if text:
-                pairs.append((img, text))
-            else:
-                counts["no_caption"] += 1
-        return pairs, counts
-
-    captions = Path(captions)
-    if not captions.is_file():
-        raise DataError(f"caption file {captions} not found")
-    rows = _read_caption_table(captions)
-    by_rel = {p.relative_to(image_dir).as_posix(): p for p in images}
-    by_name: dict[str, list[Path]] = {}
-    for p in images:
-        by_name.setdefault(p.name, []).append(p)
-    assigned: dict[Path, str] = {}
-    for name, caption in rows:
-        rel = _norm_rel(name)
-        path = by_rel.get(rel)
-        if path is None and os.path.isabs(rel):
-            try:
-                path = by_rel.get(Path(rel).resolve().relative_to(image_dir.resolve()).as_posix())
-            except ValueError:
-                path = None
-        if path is None and len(by_name.get(Path(rel).name, [])) == 1:
-            path = by_name[Path(rel).name][0]
-        text = _clean_caption(caption)
-        if path is None or not text:
-            counts["missing_image" if path is None else "no_caption"] += 1
-            continue
-        assigned[path] = text
-    counts["no_caption"] += sum(1 for p in images if p not in assigned)
-    pairs = [(p, assigned[p]) for p in images if p in assigned]
-    return pairs, counts
-
-
-def write_folder_shards(
-    image_dir: str | Path,
-    out_dir: str | Path,
-    *,
-    captions: str | Path | None = None,
-    shard_size: int = 1000,
-    progress: Progress | None = None,
-    jpeg_quality: int = 95,
-    max_side: int | None = None,
-) -> dict[str, Any]:
-    """Convert a folder of captioned images into ``train-%06d.tar`` shards plus ``index.json``.
-
-    Each sample is img2dataset-style: ``jpg`` (the image re-encoded as RGB JPEG), ``txt`` (caption) and
-    ``json`` ``{"key", "caption", "width", "height", "original_path"}``. Images that cannot be decoded
-    are skipped and counted, never fatal.
-
-    Args:
-        image_dir: folder of images (searched recursively).
-        out_dir: shard directory to write (created; stale ``train-*.tar`` shards are removed).
-        captions: caption file (.tsv/.csv/.jsonl with columns image, caption; a header row is allowed);
-            None = ``captions.{tsv,csv,jsonl}`` in ``image_dir`` or ``<stem>.txt`` sidecars.
-        shard_size: samples per tar.
-        progress: called as ``progress(done, total)`` after each image.
-        jpeg_quality: JPEG quality 1..95 of the re-encoded images.
-        max_side: if set, downscale images whose longer side exceeds this many pixels.
-
-    Returns:
-        Summary ``{"out_dir", "index", "count", "shards", "skipped": {...}, "seconds"}``.
-
-    Raises:
-        DataError: missing folder, no images, an unsupported/unreadable caption file, or no image could
-            be written.
-    """
-    from PIL import Image
-
-    from .transforms import load_image_rgb
-
-    t0 = time.perf_counter()
-    image_dir, out_dir = Path(image_dir), Path(out_dir)
-    pairs, skipped = collect_captioned_images(image_dir, captions, exclude=out_dir.resolve())
-    skipped = {"unreadable": 0, **skipped}
-    total = len(pairs)
-    if total == 0:
-        raise DataError(
-            f"none of the images under {image_dir} has a caption: add <stem>.txt files or a "
-            "captions.tsv / captions.csv / captions.jsonl"
-        )
-    with SplitWriter(out_dir, "train", shard_size) as writer:
-        for i, (path, caption) in enumerate(pairs):
-            try:
-                img = load_image_rgb(path)
-            except DataError as e:
-                skipped["unreadable"] += 1
-                if skipped["unreadable"] <= 10:
-                    log.warning("skipping %s", e)
-                if progress is not None:
-                    progress(i + 1, total)
-                continue
-            if max_side is not None and max(img.size) > max_side:
-                img.thumbnail((max_side, max_side), Image.BICUBIC)
-            buf = io.BytesIO()
-            img.save(buf, format="JPEG", quality=int(jpeg_quality))
-            key = f"{writer.count:09d}"
-            writer.write(
-                {
-                    "__key__": key,
-                    "jpg": buf.getvalue(),
-                    "txt": caption,
-                    "json": {
-                        "key": key,
-                        "caption": caption,
-                        "width": img.width,
-                        "height": img.height,
-                        "original_path": path.relative_to(image_dir).as_posix(),
-                    },
-                }
-            )
-            if progress is not None:
-                progress(i + 1, total)
-        shards = writer.close()
-        count = writer.count
-    if skipped["unreadable"] > 10:
-        log.warning("skipped %d unreadable images in total", skipped["unreadable"])
-    if count == 0:
-        raise DataError(f"no image under {image_dir} could be decoded ({skipped['unreadable']} unreadable)")
-    index = new_index(
-        {"train": {"shards": shards, "count": count}},
-        sources=[{"name": "folder", "path": str(image_dir), "licence": "user-provided", "items": count}],
-        skipped=skipped,
-        generator="folder",
-    )
-    index_path = write_index(out_dir, index)
-    return {
-        "out_dir": str(out_dir),
-        "index": str(index_path),
-        "count": count,
-        "shards": shards,
-        "skipped": skipped,
-        "seconds": time.perf_counter() - t0,
-    }

@@ -170,7 +170,7 @@ def evaluate_dataset(
     sweep: Sweep | None = None,
     class_spec: ClassSpec | None = None,
 ) -> EvalResult:
-    """Evaluate a model on a benchmark dataset (mmseg layouts, via ``pgseg_core.data.benchmarks``).
+    """Evaluate a model on a benchmark dataset (mmseg layouts, via ``pgseg_core.eval.datasets``).
 
     Any object works that has ``.info.has_background`` (and optionally ``.info.name``),
     ``.class_spec(protocol) -> ClassSpec``, ``__len__`` and ``__iter__`` yielding ValSample-like objects

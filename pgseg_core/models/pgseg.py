@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..data.caption_nouns import caption_nouns
+from ..losses.caption_nouns import caption_nouns
 from ..errors import ConfigError
 from ..losses.contrastive import image_text_contrastive
 from ..losses.multi_label import multi_label_contrastive
@@ -231,7 +231,7 @@ class PGSeg(nn.Module):
     def caption_prompts(self, texts: list[str]) -> tuple[list[str], torch.Tensor]:
         """Prompts of the multi-label loss (docs/METHOD.md §2.2) for a batch of captions.
 
-        Each caption's object phrases (:func:`~pgseg_core.data.caption_nouns.caption_nouns`; the caption
+        Each caption's object phrases (:func:`~pgseg_core.losses.caption_nouns.caption_nouns`; the caption
         itself when none is found) are put into ``multi_label_template``; with more than ``multi_label``
         phrases a random subset of that size is kept (GroupViT samples min(M, #nouns)).
 

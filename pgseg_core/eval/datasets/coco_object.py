@@ -28,9 +28,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from ..errors import DataError
+from ...errors import DataError
 
-log = logging.getLogger("pgseg.data.coco_object")
+log = logging.getLogger("pgseg.eval.datasets.coco_object")
 
 __all__ = [
     "COCO_THING_IDS",
@@ -269,7 +269,7 @@ def _convert_one(src: str) -> tuple[str, str]:
     """Convert one raw PNG; returns (status, message) with status "converted" | "existing" | "bad"."""
     from PIL import Image
 
-    from ..utils.io import atomic_write
+    from ...utils.io import atomic_write
 
     src_path = Path(src)
     dst = src_path.with_name(src_path.name[: -len(".png")] + INSTANCE_SUFFIX)
@@ -310,6 +310,24 @@ def _resolve_stuff_root(root: Path) -> Path:
     )
 
 
+def _split_folders(ann: Path, splits: Sequence[str] | None) -> list[str]:
+    """The ``<split>2017`` folder names to convert: the requested ones, else every one present."""
+    if splits:
+        names = [s if s.endswith("2017") else f"{s}2017" for s in splits]
+        for name in names:
+            if not (ann / name).is_dir():
+                raise DataError(
+                    f"split folder not found: {ann / name}: unpack stuffthingmaps_trainval2017.zip into {ann}"
+                )
+        return names
+    names = [n for n in ("train2017", "val2017") if (ann / n).is_dir()]
+    if not names:
+        raise DataError(
+            f"no train2017/ or val2017/ folder in {ann}: unpack stuffthingmaps_trainval2017.zip there"
+        )
+    return names
+
+
 def convert_coco_object(
     coco_stuff_root: str | Path,
     splits: Sequence[str] | None = None,
@@ -339,19 +357,7 @@ def convert_coco_object(
     """
     root = _resolve_stuff_root(Path(coco_stuff_root))
     ann = root / "annotations"
-    if splits:
-        names = [s if s.endswith("2017") else f"{s}2017" for s in splits]
-        for name in names:
-            if not (ann / name).is_dir():
-                raise DataError(
-                    f"split folder not found: {ann / name}: unpack stuffthingmaps_trainval2017.zip into {ann}"
-                )
-    else:
-        names = [n for n in ("train2017", "val2017") if (ann / n).is_dir()]
-        if not names:
-            raise DataError(
-                f"no train2017/ or val2017/ folder in {ann}: unpack stuffthingmaps_trainval2017.zip there"
-            )
+    names = _split_folders(ann, splits)
     jobs: list[tuple[str, Path]] = [(n, p) for n in names for p in _raw_pngs(ann / n)]
     if not jobs:
         raise DataError(f"no raw COCO-Stuff PNGs in {', '.join(str(ann / n) for n in names)}")
@@ -423,7 +429,7 @@ class CocoInstanceRasterizer:
     """
 
     def __init__(self, ann_file: str | Path, crowd: Literal["category", "ignore"] = "category"):
-        from ..errors import ConfigError, DependencyError
+        from ...errors import ConfigError, DependencyError
 
         try:
             from pycocotools.coco import COCO
