@@ -504,7 +504,7 @@ def visualize_prototypes(
 ) -> dict[str, Any]:
     """Render what the image encoder does with each image (``pgseg visualize-prototypes``): group maps per
     grouping stage, NPR prototype maps, the Hungarian group <-> prototype matching with its HRS-kept pairs
-    (PGSeg §3.2-3.4), and across the images the patches nearest to every prototype; PNGs, JSON and a static
+    (docs/METHOD.md §3.2-3.4), and across the images the patches nearest to every prototype; PNGs, JSON and a static
     ``index.html`` under ``out_dir``.
 
     With ``inputs`` (files, folders: :func:`resolve_inputs`) and a ``checkpoint`` the encoder runs on each

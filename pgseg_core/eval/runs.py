@@ -89,7 +89,7 @@ def evaluate(
     cache: Any = None,
     sweep: Sweep | None = None,
 ) -> EvalResult:
-    """Evaluate a model on the validation splits of a shard set (pgseg_method.md §4).
+    """Evaluate a model on the validation splits of a shard set (docs/METHOD.md §4).
 
     Args:
         model: a PGSeg-contract model on ``device``; it is put in eval mode.

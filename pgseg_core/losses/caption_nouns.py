@@ -1,4 +1,4 @@
-"""Object phrases of a caption, for GroupViT's multi-label contrastive loss (pgseg_method.md §2.2).
+"""Object phrases of a caption, for GroupViT's multi-label contrastive loss (docs/METHOD.md §2.2).
 
 GroupViT picks the nouns of each caption with nltk's part-of-speech tagger and turns each into a prompt
 ("a photo of a {noun}."). nltk needs a separate data download, which the offline demo cannot do, so this

@@ -9,12 +9,12 @@ One forward pass of the image encoder (``encode_image(..., stage_inputs=True)``)
 
 * the group assignment, hard (argmax over groups of the assignment the model used) and soft (softmax
   over groups), chained down to the stage-0 token cells for stage 1 like the GroupViT inference rule
-  (:func:`pgseg_core.segment.inference.group_probabilities`, pgseg_method.md §4.3);
-* with NPR (PGSeg §3.2): the stage's EM prototypes and their responsibilities over the stage's input
-  tokens, exactly as the encoder computed them (EM is deterministic given the tokens);
-* the Hungarian group <-> prototype matching and the HRS-kept pairs of L_PG (PGSeg §3.3-3.4), computed
-  with the loss's own functions (:func:`pgseg_core.losses.prototype.hungarian_match`, ``hrs_mask``) and
-  the same arguments as ``PGSeg._prototype_losses``, honouring ``model.npr.released_code``.
+  (:func:`pgseg_core.segment.inference.group_probabilities`, docs/METHOD.md §4.3);
+* with NPR (docs/METHOD.md §3.2): the stage's EM prototypes and their responsibilities over the stage's
+  input tokens, exactly as the encoder computed them (EM is deterministic given the tokens);
+* the Hungarian group <-> prototype matching and the HRS-kept pairs of L_PG (docs/METHOD.md §3.3-3.4),
+  computed with the loss's own functions (:func:`pgseg_core.losses.prototype.hungarian_match`,
+  ``hrs_mask``) and the same arguments as ``PGSeg._prototype_losses``, honouring ``model.npr.released_code``.
 
 :class:`VizSample` is the per-image input: an RGB image plus optionally its normalised pixels or
 precomputed frozen-stem features. :func:`trace_image` runs the encoder and keeps an :class:`EncoderTrace`

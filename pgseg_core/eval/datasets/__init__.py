@@ -3,14 +3,14 @@
 ``open_dataset(name, root, split)`` returns a :class:`SegDataset`: ``len(ds)``, lazy iteration (PIL, in
 split-file order, or sorted file order where the split is a folder) over :class:`~pgseg_core.data.loader.
 ValSample` objects, ``ds.info`` (:class:`DatasetInfo`) and ``ds.class_spec(protocol)`` (the packaged
-class-name file of the dataset for the ``groupvit`` or ``sclip`` protocol, peers_and_eval.md §2.1).
+class-name file of the dataset for the ``groupvit`` or ``sclip`` protocol, docs/METHOD.md §4.1, §4.4).
 
 Canonical labels (uint8 [H,W], the evaluator's convention): a dataset WITH background (voc21, pc60,
 coco-object) has 0 = background and 1 + i = class i of its C-class list; a dataset WITHOUT background (voc20,
 pc59, coco-stuff-171, ade20k-150, cityscapes) has 0..C-1 = class i. 255 is ignore everywhere. Datasets
 with mmseg's ``reduce_zero_label`` (voc20, pc59, ade20k-150) map raw 0 -> 255 and raw v -> v - 1.
 
-Layouts (peers_and_eval.md §5); ``root`` may be the dataset's own folder or a ``data/`` folder above it:
+Layouts (mmseg's, docs/DATASETS.md); ``root`` may be the dataset's own folder or a ``data/`` folder above it:
 
 ========================  ==========================================================================
 voc21 / voc20             VOCdevkit/VOC2012/{JPEGImages/*.jpg, SegmentationClass/*.png (palette),

@@ -1,6 +1,6 @@
 """COCO-Object label maps: the 80 COCO thing classes plus background, as GroupViT evaluates them.
 
-COCO-Object (GroupViT / PGSeg / TCL / SCLIP protocols, peers_and_eval.md §5, pgseg_method.md §4.1) is built
+COCO-Object (GroupViT / PGSeg / TCL / SCLIP protocols, docs/METHOD.md §4.5, docs/DATASETS.md) is built
 from the COCO-Stuff-164k "stuffthingmaps" PNGs, whose pixel value is the COCO category id minus one
 (things 0..89 with gaps, stuff 91..181, 255 unlabelled). GroupViT's mapping:
 
