@@ -65,7 +65,8 @@ def prep_shards(
             (COCO-Object label maps next to the raw COCO-Stuff-164k PNGs of ``coco_root``, GroupViT's
             mapping, see :func:`pgseg_core.eval.datasets.coco_object.convert_coco_object`).
         out_dir: shard directory; gets ``*.tar`` shards and ``index.json`` (not used by "coco-object").
-        images / captions: folder source only (see :func:`pgseg_core.data.sources.folder.write_folder_shards`).
+        images / captions: folder source only (see
+            :func:`pgseg_core.data.sources.folder.write_folder_shards`).
         seed, n_train, n_val, img_size, shard_size: demo source sizes (n_val per validation split).
         photos_dir: demo source only: also export the bundled real photos (for ``pgseg segment``) here.
         coco_root / coco_splits / workers: coco-object source only: the coco_stuff164k folder, the splits
@@ -78,8 +79,7 @@ def prep_shards(
     if source == "coco-object":
         if coco_root is None:
             raise ConfigError(
-                "--source coco-object needs --coco-root DIR (the coco_stuff164k folder with "
-                "annotations/val2017/*.png)"
+                "source coco-object needs coco_root (the coco_stuff164k folder with annotations/val2017/*.png)"
             )
         from .eval.datasets.coco_object import convert_coco_object
 
@@ -87,7 +87,7 @@ def prep_shards(
             coco_root, coco_splits or None, workers=workers, progress=_phase_cb(progress, "label maps")
         )
     if out_dir is None:
-        raise ConfigError(f"--source {source} needs --out DIR (the shard directory to write)")
+        raise ConfigError(f"source {source} needs out_dir (the shard directory to write)")
     if source == "demo":
         from .data.sources.demo import build_demo_shards
 
@@ -107,7 +107,7 @@ def prep_shards(
         return summary
     if source == "folder":
         if images is None:
-            raise ConfigError("--source folder needs --images DIR (a folder of images with captions)")
+            raise ConfigError("source folder needs images (a folder of images with captions)")
         from .data.sources.folder import write_folder_shards
 
         return write_folder_shards(

@@ -648,11 +648,15 @@ def test_cli_prep_shards_coco_object(tmp_path):
     again = runner.invoke(app, ["-q", "prep-shards", "--source", "coco-object", "--coco-root", str(root)])
     assert again.exit_code == 0 and "val2017: 0 converted, 2 already there, 1 bad" in again.stdout
     assert "train2017: 1 converted" in again.stdout
+    bad = runner.invoke(app, ["prep-shards", "--source", "coco-object", "--coco-root", str(tmp_path / "no")])
+    assert bad.exit_code == 1 and "Traceback" not in bad.output
+    assert "root not found" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     for args, needle in (
-        (["--source", "coco-object"], "needs --coco-root"),
-        (["--source", "coco-object", "--coco-root", str(tmp_path / "no")], "root not found"),
-        (["--source", "demo"], "needs --out"),
+        (["--source", "coco-object"], "'--coco-root': --source coco-object needs"),
+        (["--source", "demo"], "'--out': --source demo needs"),
+        (["--source", "folder", "--out", str(tmp_path / "s")], "'--images': --source folder needs"),
+        (["--source", "demx"], "unknown source 'demx'"),
     ):
-        bad = runner.invoke(app, ["prep-shards", *args])
-        assert bad.exit_code == 1 and "Traceback" not in bad.output
-        assert needle in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+        bad = runner.invoke(app, ["prep-shards", *args])  # usage errors: exit 2, naming the flag
+        assert bad.exit_code == 2 and "Traceback" not in bad.output
+        assert needle in bad.output, bad.output

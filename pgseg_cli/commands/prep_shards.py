@@ -34,11 +34,11 @@ def register(app: typer.Typer) -> None:
                 help="Caption file .tsv/.csv/.jsonl (source 'folder'; default: captions.* or <stem>.txt)."
             ),
         ] = None,
-        n_train: Annotated[int, typer.Option(help="Demo: training composites.")] = 8000,
-        n_val: Annotated[int, typer.Option(help="Demo: composites per validation split.")] = 200,
-        img_size: Annotated[int, typer.Option(help="Demo: composite side in pixels.")] = 224,
+        n_train: Annotated[int, typer.Option(min=1, help="Demo: training composites.")] = 8000,
+        n_val: Annotated[int, typer.Option(min=1, help="Demo: composites per validation split.")] = 200,
+        img_size: Annotated[int, typer.Option(min=16, help="Demo: composite side in pixels.")] = 224,
         seed: Annotated[int, typer.Option(help="Demo: random seed (same seed, same shards).")] = 0,
-        shard_size: Annotated[int, typer.Option(help="Samples per tar shard.")] = 1000,
+        shard_size: Annotated[int, typer.Option(min=1, help="Samples per tar shard.")] = 1000,
         photos: Annotated[
             Optional[Path],
             typer.Option(
@@ -58,12 +58,13 @@ def register(app: typer.Typer) -> None:
                 help="coco-object: split to convert (train / val; repeatable; default: all present).",
             ),
         ] = None,
-        workers: Annotated[int, typer.Option(help="coco-object: worker processes.")] = 0,
+        workers: Annotated[int, typer.Option(min=0, help="coco-object: worker processes.")] = 0,
     ) -> None:
         """Build training/validation shards (demo composites, a folder of images with captions), or write
         COCO-Object label maps (*_instanceTrainIds.png) next to the raw COCO-Stuff PNGs."""
         from pgseg_core.api import prep_shards
 
+        _check_source_options(source, out_dir, images, coco_root)
         with progress_bar("prep-shards") as update:
             summary = prep_shards(
                 source,
@@ -94,6 +95,27 @@ def register(app: typer.Typer) -> None:
             err.print(f"skipped {n_skipped} unreadable image(s): {skipped}")
         if summary.get("photos"):
             out.print(f"exported {len(summary['photos'])} real photos to {photos}")
+
+
+SOURCES = ("demo", "folder", "coco-object")
+
+
+def _check_source_options(source: str, out_dir, images, coco_root) -> None:
+    """Usage errors (exit 2) for a missing option the chosen --source needs."""
+    if source not in SOURCES:
+        raise typer.BadParameter(
+            f"unknown source '{source}': use {', '.join(SOURCES)}", param_hint="'--source'"
+        )
+    if source == "coco-object" and coco_root is None:
+        hint = "'--coco-root'"
+        raise typer.BadParameter("--source coco-object needs the coco_stuff164k folder", param_hint=hint)
+    if source != "coco-object" and out_dir is None:
+        raise typer.BadParameter(
+            f"--source {source} needs the shard directory to write", param_hint="'--out'"
+        )
+    if source == "folder" and images is None:
+        hint = "'--images'"
+        raise typer.BadParameter("--source folder needs a folder of images with captions", param_hint=hint)
 
 
 def _render_coco_object(summary: dict) -> None:
