@@ -45,3 +45,30 @@ def positive(value: int | None, flag: str) -> int | None:
     if value is not None and int(value) < 1:
         raise typer.BadParameter(f"must be a positive number, got {value}", param_hint=flag)
     return value
+
+
+def parse_overrides(args: list[str]) -> dict[str, str]:
+    """Turn the extra arguments ``["--train.lr", "3e-4", "--eval.top_k=3"]`` into dotted config overrides
+    ``{"train.lr": "3e-4", "eval.top_k": "3"}`` (dashes in keys become underscores).
+
+    Raises:
+        typer.BadParameter: an argument that is not ``--section.key value`` or ``--section.key=value``
+            (a usage error, exit 2).
+    """
+    out: dict[str, str] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or "." not in arg:
+            raise typer.BadParameter(f"unexpected argument '{arg}': overrides look like --train.lr 3e-4")
+        key = arg[2:]
+        if "=" in key:
+            key, value = key.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(args):
+                raise typer.BadParameter(f"override '{arg}' needs a value")
+            value = args[i + 1]
+            i += 2
+        out[key.replace("-", "_")] = value
+    return out

@@ -79,7 +79,8 @@ def prep_shards(
     if source == "coco-object":
         if coco_root is None:
             raise ConfigError(
-                "source coco-object needs coco_root (the coco_stuff164k folder with annotations/val2017/*.png)"
+                "source coco-object needs coco_root (the coco_stuff164k folder with "
+                "annotations/val2017/*.png)"
             )
         from .eval.datasets.coco_object import convert_coco_object
 
@@ -504,8 +505,8 @@ def visualize_prototypes(
 ) -> dict[str, Any]:
     """Render what the image encoder does with each image (``pgseg visualize-prototypes``): group maps per
     grouping stage, NPR prototype maps, the Hungarian group <-> prototype matching with its HRS-kept pairs
-    (docs/METHOD.md §3.2-3.4), and across the images the patches nearest to every prototype; PNGs, JSON and a static
-    ``index.html`` under ``out_dir``.
+    (docs/METHOD.md §3.2-3.4), and across the images the patches nearest to every prototype; PNGs, JSON and
+    a static ``index.html`` under ``out_dir``.
 
     With ``inputs`` (files, folders: :func:`resolve_inputs`) and a ``checkpoint`` the encoder runs on each
     image (:func:`pgseg_core.viz.run.visualize_model`); with ``cache`` alone every image the cache's ``viz``

@@ -306,31 +306,6 @@ def load_config(name_or_path: str | Path, overrides: dict[str, Any] | None = Non
     return apply_overrides(cfg, overrides or {})
 
 
-def parse_cli_overrides(args: list[str]) -> dict[str, str]:
-    """Turn ``["--train.lr", "3e-4", "--eval.top_k=3"]`` into ``{"train.lr": "3e-4", "eval.top_k": "3"}``.
-
-    Raises:
-        ConfigError: an argument that is not ``--section.key value`` or ``--section.key=value``.
-    """
-    out: dict[str, str] = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--") or "." not in arg:
-            raise ConfigError(f"unexpected argument '{arg}': overrides look like --train.lr 3e-4")
-        key = arg[2:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-            i += 1
-        else:
-            if i + 1 >= len(args):
-                raise ConfigError(f"override '{arg}' needs a value")
-            value = args[i + 1]
-            i += 2
-        out[key.replace("-", "_")] = value
-    return out
-
-
 def config_hash(cfg: RunConfig | dict[str, Any], section: str = "model") -> str:
     """Short stable hash of one config section (default: the model), for caches and checkpoints."""
     import hashlib

@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 
 import pytest
+import typer
 
+from pgseg_cli.options import parse_overrides
 from pgseg_core.config import (
     RunConfig,
     apply_overrides,
     config_hash,
     list_presets,
     load_config,
-    parse_cli_overrides,
 )
 from pgseg_core.errors import ConfigError, PgsegError
 
@@ -140,17 +141,17 @@ def test_overrides_do_not_mutate_the_input_config():
     ],
 )
 def test_parse_cli_overrides_forms(args, expected):
-    assert parse_cli_overrides(args) == expected
+    assert parse_overrides(args) == expected
 
 
 @pytest.mark.parametrize("args", [["train.lr", "1e-3"], ["--lr", "1e-3"], ["--train.lr"], ["-x"]])
 def test_parse_cli_overrides_bad_args(args):
-    with pytest.raises(ConfigError):
-        parse_cli_overrides(args)
+    with pytest.raises(typer.BadParameter):
+        parse_overrides(args)
 
 
 def test_cli_overrides_round_trip_into_typed_config():
-    cfg = load_config("pgseg-tiny", parse_cli_overrides(["--train.lr", "2e-3", "--model.npr.enabled=false"]))
+    cfg = load_config("pgseg-tiny", parse_overrides(["--train.lr", "2e-3", "--model.npr.enabled=false"]))
     assert cfg.train.lr == pytest.approx(2e-3) and cfg.model.npr.enabled is False
 
 

@@ -99,7 +99,7 @@ def test_train_loader_is_seeded(shard_dir):
 
 
 def test_train_loader_errors(tmp_path):
-    with pytest.raises(DataError, match="--data.train"):
+    with pytest.raises(DataError, match="set data.train"):
         make_train_loader(DataConfig(train=""), batch_size=2, seed=0)
     with pytest.raises(DataError):
         make_train_loader(DataConfig(train=str(tmp_path / "none")), batch_size=2, seed=0)

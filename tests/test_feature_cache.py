@@ -146,7 +146,7 @@ def test_foreign_cache_is_refused_with_the_attribute_named(tmp_path) -> None:
         with pytest.raises(DataError) as info:
             FeatureCache.open(path, _meta(**change))
         msg = str(info.value)
-        assert attr in msg and "new --cache path or delete" in msg and "\n" not in msg
+        assert attr in msg and "use another cache file or delete" in msg and "\n" not in msg
     # only class-independent settings enter the config hash
     assert feature_config_hash(ModelConfig(), _cfg()) == feature_config_hash(
         ModelConfig(), _cfg(bg_thresh=0.1, top_k=3, templates=["{}"], rule="prob", prob_thresh=0.3)

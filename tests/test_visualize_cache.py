@@ -295,7 +295,7 @@ def test_cli_refuses_a_cache_of_another_checkpoint(env, tmp_path):
             "cpu",
         )
     )
-    assert "checkpoint_sha256" in msg and "--cache" in msg
+    assert "checkpoint_sha256" in msg and "use another cache file" in msg
     msg = _one_error(
         _run("visualize-prototypes", "--cache", cache, "-c", env["ckpt"]["other"], "--out", tmp_path / "o3")
     )

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from .._console import handle_errors, out, progress_bar
-from ..options import BgThreshOpt, CheckpointOpt, DeviceOpt, TopKOpt, device_or_auto
+from ..options import parse_overrides, BgThreshOpt, CheckpointOpt, DeviceOpt, TopKOpt, device_or_auto
 
 
 def _fmt(v: Any) -> str:
@@ -136,7 +136,6 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Evaluate mIoU/mAcc/aAcc (and seen/unseen hIoU). Extra '--eval.key value' overrides are accepted."""
         from pgseg_core.api import evaluate_checkpoint
-        from pgseg_core.config import parse_cli_overrides
 
         if (data is None) == (dataset is None):
             hint = "'--data' / '--dataset'"
@@ -144,7 +143,7 @@ def register(app: typer.Typer) -> None:
         if dataset is not None and data_root is None:
             hint = "'--data-root'"
             raise typer.BadParameter(f"--dataset {dataset} needs its mmseg-layout folder", param_hint=hint)
-        overrides = parse_cli_overrides(list(ctx.args))
+        overrides = parse_overrides(list(ctx.args))
         if bg_thresh is not None:
             overrides["eval.bg_thresh"] = bg_thresh
         if top_k is not None:

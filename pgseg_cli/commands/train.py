@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from .._console import handle_errors, out, progress_bar
-from ..options import DeviceOpt, OutDirOpt
+from ..options import parse_overrides, DeviceOpt, OutDirOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -41,9 +41,8 @@ def register(app: typer.Typer) -> None:
 
         Extra '--section.key value' arguments override the preset (e.g. --train.steps 200)."""
         from pgseg_core.api import train
-        from pgseg_core.config import parse_cli_overrides
 
-        overrides = parse_cli_overrides(list(ctx.args))
+        overrides = parse_overrides(list(ctx.args))
         with progress_bar("train") as update:
 
             def cb(phase: str, done: int, total: int, info: dict) -> None:

@@ -76,7 +76,8 @@ class CacheMeta:
     """What a cache was written for; a cache is only reused when all of it matches.
 
     Attributes:
-        checkpoint_sha256: hash of the checkpoint file(s) (:func:`pgseg_core.utils.hashing.checkpoint_sha256`).
+        checkpoint_sha256: hash of the checkpoint file(s)
+            (:func:`pgseg_core.utils.hashing.checkpoint_sha256`).
         config_hash: :func:`feature_config_hash` of the model config and class-independent eval settings.
         protocol: protocol name (``groupvit``, ``sclip``, or ``checkpoint`` for a checkpoint's own settings).
         dataset: dataset name (keys are only unique within a dataset).
@@ -179,7 +180,7 @@ class FeatureCache:
         except OSError as e:
             raise DataError(
                 f"cannot read feature cache {path} ({e.__class__.__name__}: {str(e).splitlines()[0]}): "
-                "delete it or pass a new --cache path"
+                "delete it or use another cache file"
             ) from e
         try:
             if existed or readonly:
@@ -203,12 +204,12 @@ class FeatureCache:
     @staticmethod
     def _check(handle: Any, path: Path, meta: CacheMeta | None, check: tuple[str, ...] | None = None) -> None:
         if handle.attrs.get("kind") != _KIND:
-            raise DataError(f"{path} is not a pgseg feature cache: delete it or pass a new --cache path")
+            raise DataError(f"{path} is not a pgseg feature cache: delete it or use another cache file")
         schema = int(handle.attrs.get("schema", -1))
         if schema != FEATURE_CACHE_SCHEMA:
             raise DataError(
                 f"feature cache {path} has schema {schema}, this pgseg reads schema "
-                f"{FEATURE_CACHE_SCHEMA}: delete it or pass a new --cache path"
+                f"{FEATURE_CACHE_SCHEMA}: delete it or use another cache file"
             )
         if meta is None:
             return
@@ -219,7 +220,7 @@ class FeatureCache:
             if have != want:
                 raise DataError(
                     f"feature cache {path} was written for {name} {have or '(none)'!r}, this run has "
-                    f"{want!r}: pass a new --cache path or delete the file"
+                    f"{want!r}: use another cache file or delete this one"
                 )
 
     # ------------------------------------------------------------------------------------------------

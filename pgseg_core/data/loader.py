@@ -104,7 +104,7 @@ def make_train_loader(data_cfg: DataConfig, batch_size: int, seed: int, *, img_s
     from .transforms import train_transform
 
     if not data_cfg.train:
-        raise DataError("no training shards configured: set --data.train to a shard directory or index.json")
+        raise DataError("no training shards configured: set data.train to a shard directory or index.json")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     urls = resolve_shards(data_cfg.train, "train")

@@ -116,7 +116,7 @@ def _strip_eval_prefix(overrides: dict[str, Any]) -> dict[str, Any]:
             section, rest = key.split(".", 1)
             if section != "eval":
                 raise ConfigError(
-                    f"'--{key}' is not an eval setting: evaluation accepts --eval.KEY overrides only"
+                    f"'{key}' is not an eval setting: evaluation accepts eval.KEY overrides only"
                 )
             key = rest
         out[key] = parse_scalar(value) if isinstance(value, str) else value

@@ -203,7 +203,7 @@ def evaluate_dataset(
     name = str(getattr(info, "name", "") or type(dataset).__name__)
     total = len(dataset)
     if total == 0:
-        raise DataError(f"dataset {name} ({split_name}) has no samples: check --data-root")
+        raise DataError(f"dataset {name} ({split_name}) has no samples: check the dataset folder")
     if max_images is not None:
         total = min(total, max_images)
     if hasattr(model, "eval"):

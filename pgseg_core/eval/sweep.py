@@ -39,7 +39,7 @@ def parse_sweep(text: str) -> Sweep:
             more than 1000 points, or a non-integer value for ``top_k``.
     """
     if "=" not in text:
-        raise ConfigError(f"--sweep {text!r} must look like bg_thresh=0.3:0.99:0.05")
+        raise ConfigError(f"sweep {text!r} must look like bg_thresh=0.3:0.99:0.05")
     key, _, rng = text.partition("=")
     key = key.strip().removeprefix("eval.").replace("-", "_")
     if key not in SWEEPABLE:
@@ -51,21 +51,21 @@ def parse_sweep(text: str) -> Sweep:
                 raise ValueError
             start, stop, step = parts
             if step <= 0 or stop < start:
-                raise ConfigError(f"--sweep {text!r}: need STOP >= START and STEP > 0")
+                raise ConfigError(f"sweep {text!r}: need STOP >= START and STEP > 0")
             n = int(math.floor((stop - start) / step + 1e-9)) + 1
             if n > MAX_POINTS:
                 raise ConfigError(
-                    f"--sweep {text!r} has {n} points, more than {MAX_POINTS}: use a larger step"
+                    f"sweep {text!r} has {n} points, more than {MAX_POINTS}: use a larger step"
                 )
             values = [round(start + i * step, 10) for i in range(n)]
         else:
             values = [float(v) for v in rng.split(",") if v.strip()]
     except ValueError:
-        raise ConfigError(f"--sweep {text!r} must look like {key}=START:STOP:STEP or {key}=v1,v2") from None
+        raise ConfigError(f"sweep {text!r} must look like {key}=START:STOP:STEP or {key}=v1,v2") from None
     if not values:
-        raise ConfigError(f"--sweep {text!r} has no values")
+        raise ConfigError(f"sweep {text!r} has no values")
     if SWEEPABLE[key] is int:
         if any(not float(v).is_integer() for v in values):
-            raise ConfigError(f"--sweep {text!r}: {key} takes whole numbers")
+            raise ConfigError(f"sweep {text!r}: {key} takes whole numbers")
         values = [int(v) for v in values]
     return Sweep(key, tuple(values))

@@ -70,8 +70,8 @@ class PGSeg(nn.Module):
                 # (docs/METHOD.md §3.5)
                 raise ConfigError(
                     f"model.npr.text_prototypes ({npr.text_prototypes}) must equal the last stage's "
-                    f"model.vision.num_output_groups ({final_groups}): set "
-                    f"--model.npr.text_prototypes {final_groups}"
+                    f"model.vision.num_output_groups ({final_groups}): set model.npr.text_prototypes to "
+                    f"{final_groups}"
                 )
             # the L_PG temperature lives in the image encoder, as in the released checkpoints
             self.img_encoder.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / npr.pg_temperature)))

@@ -220,7 +220,7 @@ def prepare_image(image: np.ndarray, short_side: int, max_long: int, name: str =
     if h == 0 or w == 0:
         raise DataError(
             f"{name}: {image.shape[1]}x{image.shape[0]} px is below one 16x16 token at short "
-            f"side {short_side}; use a larger --short-side"
+            f"side {short_side}; use a larger short side"
         )
     return VizSample(name=name, image=np.ascontiguousarray(resized[:h, :w]))
 
