@@ -491,3 +491,46 @@ def test_feature_cache_of_another_checkpoint_is_refused(env, tmp_path):
         extra=("--cache", str(cache), "--backend", "onnx", "--onnx", str(tmp_path / "m.onnx")),
     )
     assert onnx.exit_code != 0 and "torch backend only" in onnx.output
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "groupvit",
+        pytest.param("prob", marks=pytest.mark.xfail(strict=True, reason="batch path ignores eval.rule")),
+    ],
+)
+def test_feature_cache_gives_the_same_masks_under_either_rule(env, tmp_path, rule):
+    """``segment`` with and without ``--cache`` follows the checkpoint's ``eval.rule`` alike: the label PNGs
+    are byte-identical (the batched path and the cache path share the rule selection and the accumulator)."""
+    from pgseg_core.config import apply_overrides
+
+    cfg = apply_overrides(load_config("pgseg-tiny"), {"eval.rule": rule})
+    ckpt = tmp_path / f"tiny_{rule}.pt"
+    save_checkpoint(ckpt, varied_model(cfg), cfg, 0)
+    common = (
+        "segment",
+        env / "photos",
+        "-r",
+        "-c",
+        ckpt,
+        "--classes",
+        CLASSES,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--bg-thresh",
+        "0.5",
+        "--top-k",
+        "2",
+        "--format",
+        "png",
+        "--no-text-cache",
+    )
+    plain = run(*common, "-o", tmp_path / "plain", "--batch-size", "2")
+    cached = run(*common, "-o", tmp_path / "cached", "--cache", tmp_path / "features.h5")
+    assert plain.exit_code == 0, plain.output
+    assert cached.exit_code == 0, cached.output
+    for rel in ("a_label.png", "trip/b_label.png", "trip/day2/c_label.png"):
+        assert (tmp_path / "plain" / rel).read_bytes() == (tmp_path / "cached" / rel).read_bytes(), rel
