@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from pgseg_core.config import EvalConfig
 from pgseg_core.errors import ConfigError, DataError
-from pgseg_core.segment.inference import (
+from pgseg_core.inference import (
     CropFeatures,
     compute_class_embeddings,
     crop_scores,

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import pgseg_core.segment.batch as batch_mod
+import pgseg_core.inference.batch as batch_mod
 from pgseg_cli.app import app
 from pgseg_core.config import load_config
 from pgseg_core.models.factory import create_model
@@ -435,7 +435,7 @@ def test_onnx_from_another_checkpoint_is_refused(env, tmp_path):
     )
 
 
-# ------------------------------------------------------------------------------------------------ feature cache
+# ---------------------------------------------------------------------------------------------- feature cache
 
 
 def test_feature_cache_reuse_skips_the_image_encoder(env, tmp_path, monkeypatch):
@@ -443,7 +443,7 @@ def test_feature_cache_reuse_skips_the_image_encoder(env, tmp_path, monkeypatch)
     (the eval --cache schema) and never calls the image encoder; its masks equal an uncached run's."""
     import h5py
 
-    import pgseg_core.segment.inference as inference_mod
+    import pgseg_core.inference as inference_mod
 
     calls = []
     real = PGSeg.encode_image
@@ -493,13 +493,7 @@ def test_feature_cache_of_another_checkpoint_is_refused(env, tmp_path):
     assert onnx.exit_code != 0 and "torch backend only" in onnx.output
 
 
-@pytest.mark.parametrize(
-    "rule",
-    [
-        "groupvit",
-        pytest.param("prob", marks=pytest.mark.xfail(strict=True, reason="batch path ignores eval.rule")),
-    ],
-)
+@pytest.mark.parametrize("rule", ["groupvit", "prob"])
 def test_feature_cache_gives_the_same_masks_under_either_rule(env, tmp_path, rule):
     """``segment`` with and without ``--cache`` follows the checkpoint's ``eval.rule`` alike: the label PNGs
     are byte-identical (the batched path and the cache path share the rule selection and the accumulator)."""

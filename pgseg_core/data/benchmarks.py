@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, DataError
-from ..segment.classes import ClassSpec, read_class_file
+from ..inference.classes import ClassSpec, read_class_file
 from .loader import ValSample
 
 log = logging.getLogger("pgseg.data.benchmarks")

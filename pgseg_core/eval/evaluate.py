@@ -32,8 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..segment.classes import ClassSpec, embed_classes
-from ..segment.inference import _check_eval_cfg, extract_image_features, iter_score_maps
+from ..inference import ClassSpec, check_eval_config, embed_classes, extract_image_features, iter_score_maps
 from .metrics import ConfusionAccumulator, harmonic_mean, metrics_from_confusion
 from .sweep import Sweep
 
@@ -171,7 +170,7 @@ def evaluate_stream(
     if sweep is not None:
         cfgs += [dataclasses.replace(eval_cfg, **{sweep.key: v}) for v in sweep.values]
     for cfg in cfgs:
-        _check_eval_cfg(cfg)
+        check_eval_config(cfg)
     accs = [ConfusionAccumulator(len(names), dev) for _ in cfgs]
     n = encoded = from_cache = 0
     skipped: list[str] = []

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..utils.io import atomic_write
-from .classes import ClassEmbeddings, ClassSpec, embed_classes
+from ..inference.classes import ClassEmbeddings, ClassSpec, embed_classes
 
 __all__ = ["checkpoint_digest", "text_cache_key", "cached_class_embeddings"]
 
