@@ -35,7 +35,7 @@ from pgseg_core.eval.runs import evaluate_dataset  # noqa: E402
 from pgseg_core.eval.protocol import resolve_protocol  # noqa: E402
 from pgseg_core.eval.sweep import parse_sweep  # noqa: E402
 from pgseg_core.models.factory import create_model  # noqa: E402
-from pgseg_core.segment.classes import ClassSpec  # noqa: E402
+from pgseg_core.inference import ClassSpec  # noqa: E402
 from pgseg_core.utils.device import resolve_device  # noqa: E402
 
 # twenty everyday object words (the size of a VOC vocabulary; any words work for a speed test)

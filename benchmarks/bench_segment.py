@@ -13,7 +13,7 @@ What is timed (median of ``--repeats`` after ``--warmup`` runs):
   - ``hf_segmentation``: transformers' ``GroupViTModel(input_ids, pixel_values, output_segmentation=True)``,
     the documented HF way to segment: it also runs the text tower on the C class prompts on every call.
 * ``image``: one 448×672 image (short side 448, slide 448/224: 2 windows) end to end through pgseg's
-  segment path (prepare + :func:`pgseg_core.segment.batch.predict_batch`, class embeddings precomputed), torch
+  segment path (prepare + :func:`pgseg_core.inference.predict_batch`, class embeddings precomputed), torch
   and onnxruntime.
 * GPU only: images/s of the image path at ``--gpu-batch`` images per batch, fp32 and bf16 autocast.
 
@@ -46,9 +46,14 @@ sys.path.insert(0, str(ROOT))
 
 from pgseg_core.config import load_config  # noqa: E402
 from pgseg_core.models.factory import create_model  # noqa: E402
-from pgseg_core.segment.batch import TorchEncoder, predict_batch, prepare_image  # noqa: E402
-from pgseg_core.segment.classes import ClassSpec, embed_classes  # noqa: E402
-from pgseg_core.segment.inference import extract_features  # noqa: E402
+from pgseg_core.inference import (  # noqa: E402
+    ClassSpec,
+    TorchEncoder,
+    embed_classes,
+    extract_features,
+    predict_batch,
+    prepare_image,
+)
 
 CLASSES = ["cat", "dog", "person", "car", "tree", "sky", "building", "road", "grass", "water"]
 
@@ -127,7 +132,7 @@ def main() -> None:
         results["image_448x672_ms"]["pgseg_torch"] = t * 1e3
 
         if not args.skip_onnx:
-            from pgseg_core.segment.onnx_export import OnnxEncoder, export_onnx
+            from pgseg_core.segment.onnx import OnnxEncoder, export_onnx
 
             with tempfile.TemporaryDirectory() as tmp:
                 path = Path(tmp) / "groupvit-s.onnx"

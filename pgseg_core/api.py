@@ -6,7 +6,6 @@ JSON-serialisable summary. Long stages accept ``progress(phase, done, total, inf
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -256,27 +255,6 @@ def resolve_inputs(inputs: list[str], *, recursive: bool = False, stdin: Iterabl
     return _resolve(inputs, recursive=recursive, stdin=stdin)
 
 
-def _read_templates(templates: list[str] | None, templates_file: str | Path | None) -> list[str] | None:
-    found = [t for t in (templates or []) if t.strip()]
-    if templates_file:
-        path = Path(templates_file)
-        if not path.is_file():
-            raise DataError(f"templates file not found: {path}")
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"cannot read templates file {path}: {e}") from e
-        found += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-        if not found:
-            raise ConfigError(
-                f"templates file {path} holds no template: one per line, e.g. 'a photo of a {{}}.'"
-            )
-    for tpl in found:
-        if tpl.count("{}") != 1:
-            raise ConfigError(f"template {tpl!r} must contain exactly one '{{}}' where the class name goes")
-    return found or None
-
-
 def segment_files(
     inputs: list[str],
     checkpoint: str | Path,
@@ -306,158 +284,61 @@ def segment_files(
 ) -> dict[str, Any]:
     """Segment image files into the named classes and write label PNGs, overlays, JSON and/or COCO RLE.
 
-    Args:
-        inputs: files, directories, glob patterns, ``-`` (paths on ``stdin``); see
-            :mod:`pgseg_core.segment.inputs`. Outputs mirror the inputs' sub-folders under ``out_dir``.
-        checkpoint: any checkpoint :func:`pgseg_core.models.factory.load_checkpoint` reads.
-        classes / classes_file / bg_words: the vocabulary (:func:`pgseg_core.segment.classes.parse_class_spec`;
-            a class scores the max over its synonyms, a pixel won by a background word is background).
-        templates / templates_file: prompt templates (default: the checkpoint's eval templates).
-        eval_overrides: EvalConfig fields such as ``{"bg_thresh": 0.5, "top_k": 3, "short_side": 448}``.
-        device: ``auto | cpu | cuda | cuda:N`` (bf16 autocast on CUDA unless ``bf16=False``).
-        formats: ``"png,overlay,json,coco-rle"`` subset (default png, overlay, json).
-        skip_existing: skip images whose requested outputs all exist (no decode, no inference; the model is
-            not even loaded when every image is done).
-        batch_size / num_workers: images per encoder batch; DataLoader decode processes.
-        backend: ``torch`` or ``onnx`` (image encoder through ONNX Runtime on the CPU, from ``onnx_path``
-            written by :func:`export_onnx`; text embeddings still come from ``checkpoint``).
-        text_cache: True = ``out_dir/.pgseg_cache``; a path = that folder; False/None = off.
-        export_onnx_to: first export the checkpoint's image encoder to this ``.onnx`` file (as
-            :func:`export_onnx`), then segment with it through ONNX Runtime (``backend`` becomes ``onnx``).
-        feature_cache: HDF5 feature cache (docs/FEATURE_CACHE.md, the schema ``eval --cache`` writes): images
-            it holds (keyed by the SHA-256 of their bytes) skip the image encoder, so a rerun with other
-            classes, templates, bg_thresh or top-k only re-scores. torch backend only.
-        on_record: receives one JSON record per image (status ok / skipped / failed).
-        progress: ``progress("segment", done, total, {"images_per_s": float})``.
+    :meth:`pgseg_core.segment.Segmenter.from_checkpoint` then :meth:`~pgseg_core.segment.Segmenter.run`, which
+    document the arguments; here ``inputs`` go through :func:`resolve_inputs`, the vocabulary through
+    :func:`pgseg_core.inference.parse_class_spec`, the templates through
+    :func:`pgseg_core.inference.read_templates`, and ``text_cache`` True means ``out_dir/.pgseg_cache``.
 
     Returns:
-        Summary: ``out_dir, classes, formats, total, processed, skipped, failed [{image, error}], num_failed,
-        seconds, images_per_s, backend, device, text_cache`` ("hit", "miss", "off" or "unused").
+        :meth:`pgseg_core.segment.SegmentSummary.to_dict`: ``out_dir, classes, formats, total, processed,
+        skipped, failed [{image, error}], num_failed, seconds, images_per_s, backend, device, text_cache``
+        ("hit", "miss", "off" or "unused"), ``class_spec`` and, with a feature cache, ``feature_cache``.
 
     Raises:
-        ConfigError: bad classes / templates / formats / settings. DataError: a bad class or templates file.
-        CheckpointError, DeviceError, DependencyError: as the loaders. Bad images never raise: they are
-        counted in ``failed``.
+        ConfigError, DataError, CheckpointError, DeviceError, DependencyError on bad settings or files; bad
+        images never raise: they are counted in ``failed``.
     """
-    from .segment.classes import parse_class_spec
-    from .segment.outputs import parse_formats, plan_outputs
-    from .segment.segmenter import segment_images
-    from .utils.device import resolve_device
+    from .inference import parse_class_spec, read_templates
+    from .segment.outputs import parse_formats
+    from .segment.segmenter import Segmenter, check_run_options
 
     spec = parse_class_spec(classes, classes_file, bg_words)
     fmts = parse_formats(formats)
-    tpls = _read_templates(templates, templates_file)
-    if export_onnx_to is not None:
-        if backend == "onnx" and onnx_path is not None:
-            raise ConfigError("give either --export-onnx FILE (export, then use it) or --onnx FILE, not both")
-        backend, onnx_path = "onnx", export_onnx_to
-    if backend not in ("torch", "onnx"):
-        raise ConfigError(f"unknown backend '{backend}': use torch or onnx")
-    if backend == "onnx" and onnx_path is None:
-        raise ConfigError("--backend onnx needs --onnx MODEL.onnx (write it with 'pgseg export-onnx')")
-    if int(batch_size) < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
-    if feature_cache is not None and backend != "torch":
-        raise ConfigError("--cache works with the torch backend only: drop --cache or --backend onnx")
-    overrides = dict(eval_overrides or {})
-    if "bg_thresh" in overrides and not 0.0 <= float(overrides["bg_thresh"]) <= 1.0:
-        raise ConfigError(f"--bg-thresh must lie in [0, 1], got {overrides['bg_thresh']}")
-    if backend == "onnx":
-        if device not in ("auto", "cpu"):
-            raise ConfigError(
-                f"--backend onnx runs on the CPU; drop --device {device} (or use --backend torch)"
-            )
-        device = "cpu"
-    dev = resolve_device(device)
-    if export_onnx_to is not None:
-        export_onnx(checkpoint, export_onnx_to)
-    resolved = resolve_inputs(inputs, recursive=recursive, stdin=stdin)
+    tpls = read_templates(templates, templates_file)
+    check_run_options(batch_size, feature_cache, "onnx" if export_onnx_to is not None else backend)
     out_dir = Path(out_dir)
-    plans = plan_outputs([im.rel for im in resolved.images], out_dir, fmts)
-    pending = [not (skip_existing and p.all_exist()) for p in plans]
-
-    encoder = class_emb = None
-    logit_scale, cache_state = 0.0, "unused"
-    eval_cfg = None
-    if any(pending):
-        from .models.factory import load_checkpoint
-        from .segment.batch import TorchEncoder
-        from .segment.text_cache import cached_class_embeddings, checkpoint_digest
-
-        model, info = load_checkpoint(checkpoint, dev)
-        eval_cfg = _eval_config(info.config, overrides)
-        if tpls:
-            eval_cfg = dataclasses.replace(eval_cfg, templates=list(tpls))
-        digest = None
-        if text_cache or backend == "onnx":
-            try:
-                digest = checkpoint_digest(info.path)
-            except OSError as e:  # e.g. weights that are not plain files: run without the cache
-                _log.warning("cannot hash %s (%s): text-embedding cache off", info.path, e)
-        cache_dir = None
-        if text_cache:
-            cache_dir = out_dir / ".pgseg_cache" if text_cache is True else Path(text_cache)
-        class_emb, hit = cached_class_embeddings(
-            model, spec, list(eval_cfg.templates), dev, digest=digest, cache_dir=cache_dir
-        )
-        cache_state = "off" if cache_dir is None else ("hit" if hit else "miss")
-        logit_scale = float(model.logit_scale_value())
-        if backend == "onnx":
-            from .segment.onnx_export import OnnxEncoder
-
-            encoder = OnnxEncoder(onnx_path, checkpoint_digest=digest)
-        else:
-            encoder = TorchEncoder(model, dev, bf16=bf16)
-    else:
-        from .config import EvalConfig
-
-        eval_cfg = EvalConfig()  # nothing to run: every image is done
-    if not resolved.images and not resolved.missing:
-        _log.warning("no input images: nothing to segment")
-    fc = None
-    if feature_cache is not None and any(pending):
-        from .cache.features import CacheMeta, FeatureCache, feature_config_hash
-
-        fc = FeatureCache.open(
-            feature_cache,
-            CacheMeta(
-                _checkpoint_hash(info.path),
-                feature_config_hash(info.config.model, eval_cfg),
-                "checkpoint",
-                "segment",
-            ),
-        )
-    try:
-        summary = segment_images(
-            encoder,
-            resolved.images,
-            class_emb,
-            spec.names,
-            logit_scale,
-            out_dir,
-            eval_cfg,
-            dev,
-            formats=fmts,
-            skip_existing=skip_existing,
-            batch_size=batch_size,
-            num_workers=num_workers,
-            missing=resolved.missing,
-            on_record=on_record,
-            feature_cache=fc,
-            model=model if fc is not None else None,
-            progress=(lambda d, t, info: progress("segment", d, t, info)) if progress else None,
-        )
-    finally:
-        if fc is not None:
-            fc.close()
-    summary.update(
-        {"backend": backend, "device": str(dev), "text_cache": cache_state, "class_spec": spec.to_dict()}
+    cache_dir = (out_dir / ".pgseg_cache" if text_cache is True else Path(text_cache)) if text_cache else None
+    segmenter = Segmenter.from_checkpoint(
+        checkpoint,
+        spec,
+        templates=tpls,
+        eval_overrides=eval_overrides,
+        device=device,
+        backend=backend,
+        onnx_path=onnx_path,
+        export_onnx_to=export_onnx_to,
+        text_cache=cache_dir,
+        bf16=bf16,
     )
-    return summary
+    resolved = resolve_inputs(inputs, recursive=recursive, stdin=stdin)
+    summary = segmenter.run(
+        resolved.images,
+        out_dir,
+        formats=fmts,
+        skip_existing=skip_existing,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        missing=resolved.missing,
+        feature_cache=feature_cache,
+        on_record=on_record,
+        progress=(lambda d, t, info: progress("segment", d, t, info)) if progress else None,
+    )
+    return summary.to_dict()
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, *, size: int = 448) -> dict[str, Any]:
-    """Export a checkpoint's image encoder to ONNX (``pgseg export-onnx``), with a ``.json`` sidecar.
+    """Export a checkpoint's image encoder to ONNX (``pgseg export-onnx``), with a ``.json`` sidecar:
+    :func:`pgseg_core.segment.onnx.export_checkpoint`.
 
     Args:
         checkpoint: any checkpoint :func:`pgseg_core.models.factory.load_checkpoint` reads.
@@ -470,25 +351,9 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, size: int = 448) -> 
     Raises:
         ConfigError: a bad size. CheckpointError, DependencyError: unreadable checkpoint, onnx missing.
     """
-    from .models.factory import load_checkpoint
-    from .segment.onnx_export import export_onnx as _export, onnx_sidecar_path
-    from .segment.text_cache import checkpoint_digest
+    from .segment.onnx import export_checkpoint
 
-    if size <= 0 or size % 16:
-        raise ConfigError(f"--size must be a positive multiple of 16 pixels, got {size}")
-    out = Path(out)
-    if out.suffix.lower() != ".onnx":
-        raise ConfigError(f"--out must name a .onnx file, got {out}")
-    model, info = load_checkpoint(checkpoint, "cpu")
-    meta = _export(
-        model,
-        out,
-        size=size,
-        config=info.config.to_dict(),
-        checkpoint=str(info.path),
-        checkpoint_digest=checkpoint_digest(info.path),
-    )
-    return {**meta, "path": str(out), "sidecar": str(onnx_sidecar_path(out))}
+    return export_checkpoint(checkpoint, out, size=size)
 
 
 def visualize_prototypes(

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pgseg_core.segment.classes import ClassSpec
+from pgseg_core.inference import ClassSpec
 
 AXES = {"red": 0, "green": 1, "blue": 2, "sky": 2}
 

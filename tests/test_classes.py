@@ -6,14 +6,15 @@ import pytest
 import torch
 
 from pgseg_core.errors import ConfigError, DataError
-from pgseg_core.segment.classes import (
+from pgseg_core.inference import (
     ClassEmbeddings,
     ClassSpec,
+    CropFeatures,
+    crop_scores,
     parse_class_lines,
     parse_class_spec,
     read_class_file,
 )
-from pgseg_core.segment.inference import CropFeatures, crop_scores
 
 
 def test_parse_lines_synonyms_background_and_comments():

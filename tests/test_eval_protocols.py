@@ -19,8 +19,13 @@ from pgseg_core.eval.runs import evaluate_dataset
 from pgseg_core.eval.metrics import ConfusionAccumulator, metrics_from_confusion
 from pgseg_core.eval.protocol import list_protocols, model_family, resolve_protocol
 from pgseg_core.eval.sweep import parse_sweep
-from pgseg_core.segment.classes import ClassSpec, embed_classes
-from pgseg_core.segment.inference import extract_image_features, predict, scores_from_features
+from pgseg_core.inference import (
+    ClassSpec,
+    embed_classes,
+    extract_image_features,
+    predict,
+    scores_from_features,
+)
 
 
 def _cfg(**kw) -> EvalConfig:
@@ -414,9 +419,9 @@ def test_cli_eval_dataset_protocol_cache_sweep(tiny_checkpoint, tmp_path, monkey
 
 
 def test_channel_argmax_matches_torch_argmax_including_ties() -> None:
-    from pgseg_core.segment.inference import _channel_argmax
+    from pgseg_core.inference import channel_argmax
 
     x = torch.rand(7, 13, 17, generator=torch.Generator().manual_seed(0))
     x[2, :4] = x[5, :4] = 3.0  # ties: the first channel wins
     x[:, 8:] = 0.0  # all equal: channel 0
-    assert torch.equal(_channel_argmax(x), x.argmax(dim=0))
+    assert torch.equal(channel_argmax(x), x.argmax(dim=0))

@@ -21,8 +21,7 @@ from pgseg_core.config import EvalConfig, ModelConfig
 from pgseg_core.errors import DataError
 from pgseg_core.eval.runs import evaluate_dataset
 from pgseg_core.eval.sweep import parse_sweep
-from pgseg_core.segment.classes import ClassSpec
-from pgseg_core.segment.inference import extract_image_features
+from pgseg_core.inference import ClassSpec, extract_image_features
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,7 +174,7 @@ _WRITER = textwrap.dedent(
     from _eval_fakes import CountingColourModel, FakeDataset
     from pgseg_core.cache.features import CacheMeta, FeatureCache
     from pgseg_core.config import EvalConfig
-    from pgseg_core.segment.inference import extract_image_features
+    from pgseg_core.inference import extract_image_features
 
     cfg = EvalConfig(short_side=64, max_long=256, mode="slide", crop=48, stride=32, bg_thresh=0.5, top_k=0)
     meta = CacheMeta({ck!r}, {ch!r}, "groupvit", "fake21/val")
@@ -231,7 +230,8 @@ def test_killed_write_resumes_from_last_complete_image(tmp_path) -> None:
 
 
 def test_sigkill_during_writes_leaves_a_readable_cache(tmp_path) -> None:
-    """A writer killed by SIGKILL at an arbitrary moment: the file opens, keeps only complete images, resumes."""
+    """A writer killed by SIGKILL at an arbitrary moment: the file opens, keeps only complete images,
+    resumes."""
     import signal
     import time
 
@@ -266,10 +266,11 @@ def test_sigkill_during_writes_leaves_a_readable_cache(tmp_path) -> None:
 
 
 def test_real_model_scores_from_cache_are_bit_identical_to_predict(tmp_path) -> None:
-    """pgseg-tiny returns group embeddings in a transposed (Conv1d) layout; cached scoring must still match."""
+    """pgseg-tiny returns group embeddings in a transposed (Conv1d) layout; cached scoring must still
+    match."""
     from pgseg_core.config import load_config
     from pgseg_core.models.factory import create_model
-    from pgseg_core.segment.inference import compute_class_embeddings, predict, scores_from_features
+    from pgseg_core.inference import compute_class_embeddings, predict, scores_from_features
 
     torch.manual_seed(0)
     cfg = load_config("pgseg-tiny")

@@ -1,4 +1,4 @@
-"""GroupViT inference rule (pgseg_method.md §4.2-4.3) against hand-computed and loop references."""
+"""GroupViT inference rule (docs/METHOD.md §4.2-4.3) against hand-computed and loop references."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from pgseg_core.config import EvalConfig
 from pgseg_core.errors import ConfigError, DataError
-from pgseg_core.segment.inference import (
+from pgseg_core.inference import (
     CropFeatures,
     compute_class_embeddings,
     crop_scores,

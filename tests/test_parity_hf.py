@@ -262,7 +262,7 @@ def test_hf_directory_load_and_convert(tmp_path):
 
 
 def _official_reference_state(pgseg: bool, multi_label: bool = False) -> dict[str, torch.Tensor]:
-    """A state dict with exactly the names and shapes listed in pgseg_method.md §5.3 (GroupViT-S)."""
+    """A state dict with exactly the names and shapes listed in docs/METHOD.md §5.2 (GroupViT-S)."""
     C, W, D, H, V, L = 384, 256, 256, 4096, 49408, 77
     s: dict[str, torch.Tensor] = {}
 
@@ -350,8 +350,8 @@ def reference_states():
 
 
 def test_reference_state_matches_documented_entry_counts(reference_states):
-    # pgseg_method.md §5.3 counts 412 entries for GroupViT (multi_label=3) and 442 for PGSeg. The names it
-    # lists give 407 and 437: 5 fewer in both, which the brief does not name (not a BatchNorm or projector we
+    # docs/METHOD.md §5.2 counts 412 entries for GroupViT (multi_label=3) and 442 for PGSeg. The names it
+    # lists give 407 and 437: 5 fewer in both, which it does not name (not a BatchNorm or projector we
     # lack: every listed name loads strictly below). The PGSeg extras agree: 442 - (412 - 1) = 31.
     assert len(reference_states["groupvit"]) == 407
     assert len(reference_states["pgseg"]) - (len(reference_states["groupvit"]) - 1) == 442 - (412 - 1)

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-import pgseg_core.segment.batch as batch_mod
+import pgseg_core.inference.batch as batch_mod
 from pgseg_cli.app import app
 from pgseg_core.config import load_config
 from pgseg_core.models.factory import create_model
@@ -435,7 +435,7 @@ def test_onnx_from_another_checkpoint_is_refused(env, tmp_path):
     )
 
 
-# ------------------------------------------------------------------------------------------------ feature cache
+# ---------------------------------------------------------------------------------------------- feature cache
 
 
 def test_feature_cache_reuse_skips_the_image_encoder(env, tmp_path, monkeypatch):
@@ -443,7 +443,7 @@ def test_feature_cache_reuse_skips_the_image_encoder(env, tmp_path, monkeypatch)
     (the eval --cache schema) and never calls the image encoder; its masks equal an uncached run's."""
     import h5py
 
-    import pgseg_core.segment.inference as inference_mod
+    import pgseg_core.inference as inference_mod
 
     calls = []
     real = PGSeg.encode_image
@@ -491,3 +491,40 @@ def test_feature_cache_of_another_checkpoint_is_refused(env, tmp_path):
         extra=("--cache", str(cache), "--backend", "onnx", "--onnx", str(tmp_path / "m.onnx")),
     )
     assert onnx.exit_code != 0 and "torch backend only" in onnx.output
+
+
+@pytest.mark.parametrize("rule", ["groupvit", "prob"])
+def test_feature_cache_gives_the_same_masks_under_either_rule(env, tmp_path, rule):
+    """``segment`` with and without ``--cache`` follows the checkpoint's ``eval.rule`` alike: the label PNGs
+    are byte-identical (the batched path and the cache path share the rule selection and the accumulator)."""
+    from pgseg_core.config import apply_overrides
+
+    cfg = apply_overrides(load_config("pgseg-tiny"), {"eval.rule": rule})
+    ckpt = tmp_path / f"tiny_{rule}.pt"
+    save_checkpoint(ckpt, varied_model(cfg), cfg, 0)
+    common = (
+        "segment",
+        env / "photos",
+        "-r",
+        "-c",
+        ckpt,
+        "--classes",
+        CLASSES,
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--bg-thresh",
+        "0.5",
+        "--top-k",
+        "2",
+        "--format",
+        "png",
+        "--no-text-cache",
+    )
+    plain = run(*common, "-o", tmp_path / "plain", "--batch-size", "2")
+    cached = run(*common, "-o", tmp_path / "cached", "--cache", tmp_path / "features.h5")
+    assert plain.exit_code == 0, plain.output
+    assert cached.exit_code == 0, cached.output
+    for rel in ("a_label.png", "trip/b_label.png", "trip/day2/c_label.png"):
+        assert (tmp_path / "plain" / rel).read_bytes() == (tmp_path / "cached" / rel).read_bytes(), rel

@@ -13,9 +13,15 @@ from PIL import Image
 
 from pgseg_core.config import EvalConfig
 from pgseg_core.errors import ConfigError
-from pgseg_core.segment.batch import TorchEncoder, predict_batch, prepare_image
-from pgseg_core.segment.classes import ClassSpec, embed_classes
-from pgseg_core.segment.inference import predict, slide_windows
+from pgseg_core.inference import (
+    ClassSpec,
+    TorchEncoder,
+    embed_classes,
+    predict,
+    predict_batch,
+    prepare_image,
+    slide_windows,
+)
 from pgseg_core.segment.inputs import resolve_inputs
 from pgseg_core.segment.outputs import coco_rle_record, parse_formats, plan_outputs
 from pgseg_core.segment.text_cache import cached_class_embeddings, checkpoint_digest
@@ -137,6 +143,33 @@ def test_predict_batch_equals_predict(mode):
         windows = slide_windows(h, w, 48, 32) if mode == "slide" else [(0, h, 0, w)]
         sizes |= {(y2 - y1, x2 - x1) for y1, y2, x1, x2 in windows}
     assert encoder.calls == len(sizes) < len(images)
+
+
+@pytest.mark.parametrize("rule", ["groupvit", "prob"])
+@pytest.mark.parametrize("mode", ["slide", "whole"])
+def test_batched_and_single_image_paths_are_identical_under_either_rule(rule, mode):
+    """predict_batch (several images, same-size crops through one forward) and predict (one image, then
+    the feature-cache scoring) pick the rule from eval.rule and share the window accumulator: equal bits."""
+    model = _SynonymColours()
+    cfg = EvalConfig(
+        short_side=48, max_long=256, mode=mode, crop=48, stride=32, bg_thresh=0.5, top_k=2, rule=rule,
+        prob_thresh=0.4,
+    )  # fmt: skip
+    spec = ClassSpec((("red", "crimson"), ("green",), ("blue",)), ("black",))
+    ce = embed_classes(model, spec, ["{}"], "cpu")
+    rng = np.random.default_rng(2)
+    images = [rng.integers(0, 255, s, dtype=np.uint8) for s in [(48, 80, 3), (60, 48, 3), (48, 80, 3)]]
+    got = predict_batch(
+        TorchEncoder(model, "cpu"), [prepare_image(im, cfg) for im in images], ce, 100.0, cfg, "cpu"
+    )
+    labels = set()
+    for im, (label, scores) in zip(images, got):
+        ref_label, ref_scores = predict(model, im, ce, cfg, "cpu")
+        assert scores.shape == ref_scores.shape == (4, *im.shape[:2])
+        np.testing.assert_array_equal(scores, ref_scores)
+        np.testing.assert_array_equal(label, ref_label)
+        labels |= set(np.unique(label).tolist())
+    assert len(labels) >= 2, "agreement on a constant label map would prove little"
 
 
 def test_text_cache_hit_skips_the_text_tower(tmp_path):

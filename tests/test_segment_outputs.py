@@ -14,9 +14,8 @@ from PIL import Image
 
 from pgseg_core.config import EvalConfig
 from pgseg_core.errors import ConfigError
-from pgseg_core.segment.batch import TorchEncoder
-from pgseg_core.segment.classes import ClassSpec, embed_classes
-from pgseg_core.segment.segmenter import Segmenter, segment_images
+from pgseg_core.inference import ClassSpec, TorchEncoder, embed_classes
+from pgseg_core.segment.segmenter import Segmenter
 from pgseg_core.viz.overlay import render_overlay
 from pgseg_core.viz.palette import PALETTE, colorize, label_to_palette_png
 
@@ -69,7 +68,7 @@ def test_segmenter_predict() -> None:
         Segmenter(ColourModel(), ["red", "red"], _cfg(), "cpu")
 
 
-def test_segment_images_outputs_and_failures(tmp_path: Path) -> None:
+def test_segmenter_run_outputs_and_failures(tmp_path: Path) -> None:
     good = tmp_path / "in" / "photo.png"
     good.parent.mkdir()
     Image.fromarray(_red_green()).save(good)
@@ -84,14 +83,17 @@ def test_segment_images_outputs_and_failures(tmp_path: Path) -> None:
 
     names = ["red", "green", "blue"]
     ce = embed_classes(ColourModel(), ClassSpec.from_names(names), ["{}"], "cpu")
-    summary = segment_images(
-        TorchEncoder(ColourModel(), "cpu"), [good, broken, same_stem], ce, names, 100.0, out, _cfg(), "cpu",
+    segmenter = Segmenter(ColourModel(), names, _cfg(), "cpu", ce, encoder=TorchEncoder(ColourModel(), "cpu"))
+    summary = segmenter.run(
+        [good, broken, same_stem], out,
         missing=[(str(missing), "not found")], progress=lambda d, t, info: ticks.append((d, t)),
     )  # fmt: skip
-    assert summary["processed"] == 2
-    assert summary["num_failed"] == 2 and len(summary["failed"]) == 2
-    assert {Path(f["image"]).name for f in summary["failed"]} == {"broken.jpg", "missing.png"}
-    assert all(f["error"] for f in summary["failed"])
+    assert summary.processed == 2
+    assert summary.num_failed == 2 and len(summary.failed) == 2
+    assert {Path(f["image"]).name for f in summary.failed} == {"broken.jpg", "missing.png"}
+    assert all(f["error"] for f in summary.failed)
+    as_dict = summary.to_dict()
+    assert as_dict["num_failed"] == 2 and as_dict["text_cache"] == "off" and "feature_cache" not in as_dict
     assert ticks == [(1, 4), (2, 4), (3, 4), (4, 4)]
 
     label_img = Image.open(out / "photo_label.png")

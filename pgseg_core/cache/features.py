@@ -1,8 +1,8 @@
 """HDF5 cache of the class-independent image features of inference (docs/FEATURE_CACHE.md).
 
 Inference splits into an expensive, class-independent half (resize, slide windows, image encoder:
-:func:`pgseg_core.segment.inference.extract_image_features`) and a cheap, class-dependent half (the
-scoring rule: :func:`~pgseg_core.segment.inference.scores_from_features`). This cache stores the first
+:func:`pgseg_core.inference.extract_image_features`) and a cheap, class-dependent half (the
+scoring rule: :func:`~pgseg_core.inference.scores_from_features`). This cache stores the first
 half per image, so a re-run with another bg_thresh, class list, template set, top-k or rule, and every
 point of a threshold sweep, never runs the image encoder again.
 
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..segment.inference import ImageFeatures
+from ..inference import ImageFeatures
 
 __all__ = [
     "FeatureCache",
@@ -97,7 +97,7 @@ def _escape(key: str) -> str:
 
 
 class FeatureCache:
-    """Per-image :class:`~pgseg_core.segment.inference.ImageFeatures` in one HDF5 file.
+    """Per-image :class:`~pgseg_core.inference.ImageFeatures` in one HDF5 file.
 
     Use :meth:`open` (also a context manager)::
 

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError
-from ..segment.classes import ClassSpec
+from ..inference.classes import ClassSpec
 from .metrics import harmonic_mean
 from .result import SEEN_SPLIT, UNSEEN_SPLIT, EvalResult
 from .stream import evaluate_samples, evaluate_stream, progress_ticker

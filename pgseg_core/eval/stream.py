@@ -18,8 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from ..segment.classes import ClassSpec, embed_classes
-from ..segment.inference import _check_eval_cfg, extract_image_features, iter_score_maps
+from ..inference import ClassSpec, check_eval_config, embed_classes, extract_image_features, iter_score_maps
 from .metrics import ConfusionAccumulator, metrics_from_confusion
 from .result import BACKGROUND
 from .sweep import Sweep
@@ -170,7 +169,7 @@ def evaluate_stream(
     if sweep is not None:
         cfgs += [dataclasses.replace(eval_cfg, **{sweep.key: v}) for v in sweep.values]
     for cfg in cfgs:
-        _check_eval_cfg(cfg)
+        check_eval_config(cfg)
     accs = [ConfusionAccumulator(len(names), dev) for _ in cfgs]
     start = time.perf_counter()
     counts = _accumulate(

@@ -1,6 +1,6 @@
 """Checkpoint interoperability: NVlabs GroupViT / Ferenas PGSeg ``.pth`` and Hugging Face GroupViT.
 
-Three naming schemes are understood (pgseg_method.md §5.3, peers_and_eval.md §3):
+Three naming schemes are understood (docs/METHOD.md §5.2-5.3):
 
 * **ours** (``pgseg``): the released names almost everywhere (``img_encoder.*``, ``text_encoder.*``,
   ``img_projector.*`` as Conv1d k=1 ...), plus ``text_npr.mu`` for the text prototypes.

@@ -1,17 +1,21 @@
-"""Segmenter facade (embed the vocabulary once, segment many images) and the files -> outputs runner.
+"""The Segmenter facade: embed the vocabulary once, segment one image or many image files.
 
 Symbols: C classes (no background), H×W pixels. Label maps: 0 background, 1 + c class c.
 
-:func:`segment_images` is the engine of ``pgseg segment``: a torch DataLoader decodes images (in worker
-processes with ``num_workers > 0``), :func:`.batch.predict_batch` runs the encoder on the crops of a batch of
-images together, and :mod:`.outputs` writes the requested files atomically. A bad image is recorded and
-skipped; the run goes on.
+``Segmenter(model, classes, eval_cfg, device)`` wraps a model already in memory;
+:meth:`Segmenter.from_checkpoint` reads a checkpoint (on first use), with the text-embedding cache
+(:mod:`.text_cache`), the torch or ONNX Runtime image encoder (:mod:`.onnx`) and eval overrides.
+:meth:`Segmenter.predict` segments one image (:func:`pgseg_core.inference.predict`); :meth:`Segmenter.run`
+segments image files into label PNGs, overlays, JSON and COCO RLE (:mod:`.runner`, :mod:`.outputs`),
+batching the crops of several images through one encoder forward (:func:`pgseg_core.inference.predict_batch`)
+or reading class-independent features from a feature cache (:mod:`pgseg_core.cache.features`). Both paths
+apply the rule ``eval.rule`` names, so their masks are identical.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,18 +24,31 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..data.transforms import load_image_rgb
-from ..errors import ConfigError, DataError
+from ..config import apply_overrides
+from ..errors import ConfigError
+from ..inference import (
+    ClassEmbeddings,
+    ClassSpec,
+    Encoder,
+    PreparedImage,
+    TorchEncoder,
+    embed_classes,
+    extract_image_features,
+    predict,
+    predict_batch,
+    scores_from_features,
+)
 from ..utils.hashing import image_cache_key
-from .batch import Encoder, predict_batch, prepare_image
-from .classes import ClassEmbeddings, ClassSpec, embed_classes
-from .inference import extract_image_features, predict, scores_from_features
 from .inputs import InputImage
-from .outputs import DEFAULT_FORMATS, plan_outputs, write_outputs
+from .outputs import DEFAULT_FORMATS, plan_outputs
+from .runner import SegmentSummary, run_plans
+
+__all__ = ["MAX_PNG_CLASSES", "SegResult", "SegmentSummary", "Segmenter", "check_run_options"]
 
 logger = logging.getLogger("pgseg.segment")
 
 MAX_PNG_CLASSES = 254  # label values 1..254; 0 is background and 255 the ignore value
+BACKENDS = ("torch", "onnx")
 
 
 @dataclass
@@ -49,19 +66,113 @@ class SegResult:
     classes: list[str]
 
 
-class Segmenter:
-    """Open-vocabulary segmenter over a fixed class list (GroupViT rule, pgseg_method.md §4.3).
+@dataclass
+class _Loaded:
+    """What a segmenter needs to predict: the model and everything derived from it."""
 
-    The class text embeddings are computed once at construction; :meth:`predict` then only runs the
-    image encoder.
+    model: Any
+    eval_cfg: Any
+    class_emb: ClassEmbeddings
+    encoder: Encoder
+    checkpoint_info: Any = None
+
+
+@dataclass(frozen=True)
+class _CheckpointSource:
+    """How :meth:`Segmenter.from_checkpoint` loads, on first use."""
+
+    checkpoint: str | Path
+    overrides: dict[str, Any]
+    templates: list[str] | None
+    onnx_path: str | Path | None
+    text_cache: Path | None
+    bf16: bool
+
+
+def check_run_options(batch_size: int, feature_cache: Any | None, backend: str) -> None:
+    """Validate the options of :meth:`Segmenter.run` that do not need a model.
+
+    Raises:
+        ConfigError: ``batch_size`` below 1, or a feature cache with a backend other than torch.
+    """
+    if int(batch_size) < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+    if feature_cache is not None and backend != "torch":
+        raise ConfigError("--cache works with the torch backend only: drop --cache or --backend onnx")
+
+
+def eval_config_of(run_cfg: Any, overrides: dict[str, Any] | None, templates: list[str] | None) -> Any:
+    """``run_cfg.eval`` with ``overrides`` (EvalConfig field names, ``eval.`` prefix optional) and
+    ``templates`` (None keeps the config's) applied.
+
+    Raises:
+        ConfigError: an unknown field or a bad value.
+    """
+    eval_cfg = run_cfg.eval
+    if overrides:
+        prefixed = {(k if k.startswith("eval.") else f"eval.{k}"): v for k, v in overrides.items()}
+        eval_cfg = apply_overrides(run_cfg, prefixed).eval
+    if templates:
+        eval_cfg = dataclasses.replace(eval_cfg, templates=list(templates))
+    return eval_cfg
+
+
+def _as_spec(classes: Sequence[str] | ClassSpec) -> ClassSpec:
+    if isinstance(classes, ClassSpec):
+        return classes
+    names = [str(n).strip() for n in classes]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"duplicate class names {dupes}: list each class once")
+    return ClassSpec.from_names(names)
+
+
+def _check_backend(
+    backend: str, onnx_path: str | Path | None, export_onnx_to: str | Path | None, device: str
+) -> tuple[str, str | Path | None, str]:
+    """(backend, ONNX file, device) after ``--export-onnx``; the ONNX backend runs on the CPU."""
+    if export_onnx_to is not None:
+        if backend == "onnx" and onnx_path is not None:
+            raise ConfigError("give either --export-onnx FILE (export, then use it) or --onnx FILE, not both")
+        backend, onnx_path = "onnx", export_onnx_to
+    if backend not in BACKENDS:
+        raise ConfigError(f"unknown backend '{backend}': use torch or onnx")
+    if backend == "onnx" and onnx_path is None:
+        raise ConfigError("--backend onnx needs --onnx MODEL.onnx (write it with 'pgseg export-onnx')")
+    if backend == "onnx":
+        if device not in ("auto", "cpu"):
+            raise ConfigError(
+                f"--backend onnx runs on the CPU; drop --device {device} (or use --backend torch)"
+            )
+        device = "cpu"
+    return backend, onnx_path, device
+
+
+def _checkpoint_sha256(path: str | Path) -> str:
+    from ..utils.hashing import checkpoint_sha256
+
+    try:
+        return checkpoint_sha256(path)
+    except (FileNotFoundError, OSError) as e:
+        logger.warning("cannot hash checkpoint %s: %s", path, e)
+        return ""
+
+
+class Segmenter:
+    """Open-vocabulary segmenter over a fixed class list (docs/METHOD.md §4.2-4.3, rule ``eval.rule``).
+
+    The class text embeddings are computed once; :meth:`predict` and :meth:`run` then only run the image
+    encoder (or read its features from a feature cache).
 
     Args:
         model: a PGSeg-contract model, already on ``device``; it is put in eval mode.
         class_names: C class names to segment (background is implicit, label 0), or a
-            :class:`~pgseg_core.segment.classes.ClassSpec` with synonyms and background words.
-        eval_cfg: :class:`pgseg_core.config.EvalConfig` (resize, slide, bg_thresh, top_k, templates).
+            :class:`~pgseg_core.inference.ClassSpec` with synonyms and background words.
+        eval_cfg: :class:`pgseg_core.config.EvalConfig` (resize, slide, rule, bg_thresh, top_k, templates).
         device: torch device of the model.
         class_emb: precomputed embeddings of the vocabulary (e.g. from the text cache); computed if None.
+        encoder: image encoder of :meth:`run` (crops -> CropFeatures); :class:`TorchEncoder` of ``model``
+            (bf16 autocast on CUDA) if None.
 
     Raises:
         ConfigError: empty or duplicated class names, or bad templates.
@@ -74,26 +185,148 @@ class Segmenter:
         eval_cfg: Any,
         device: torch.device | str,
         class_emb: ClassEmbeddings | None = None,
+        *,
+        encoder: Encoder | None = None,
     ) -> None:
-        spec = class_names if isinstance(class_names, ClassSpec) else None
-        if spec is None:
-            names = [str(n).strip() for n in class_names]
-            dupes = sorted({n for n in names if names.count(n) > 1})
-            if dupes:
-                raise ConfigError(f"duplicate class names {dupes}: list each class once")
-            spec = ClassSpec.from_names(names)
-        self.model = model
-        self.spec = spec
-        self.classes = spec.names
-        self.eval_cfg = eval_cfg
-        self.device = torch.device(device)
+        self._setup(_as_spec(class_names), torch.device(device), "torch")
         if hasattr(model, "eval"):
             model.eval()
-        self.class_emb = (
-            class_emb
-            if class_emb is not None
-            else embed_classes(model, spec, list(eval_cfg.templates), self.device)
+        if class_emb is None:
+            class_emb = embed_classes(model, self.spec, list(eval_cfg.templates), self.device)
+        encoder = encoder if encoder is not None else TorchEncoder(model, self.device)
+        self._state = _Loaded(model, eval_cfg, class_emb, encoder)
+        self.text_cache_state = "off"
+
+    def _setup(self, spec: ClassSpec, device: torch.device, backend: str) -> None:
+        self.spec = spec
+        self.classes = spec.names
+        self.device = device
+        self.backend = backend
+        self._state: _Loaded | None = None
+        self._source: _CheckpointSource | None = None
+        self._logit_scale: float | None = None
+        self.text_cache_state = "unused"
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        checkpoint: str | Path,
+        classes: Sequence[str] | ClassSpec,
+        *,
+        templates: list[str] | None = None,
+        eval_overrides: dict[str, Any] | None = None,
+        device: str = "auto",
+        backend: str = "torch",
+        onnx_path: str | Path | None = None,
+        export_onnx_to: str | Path | None = None,
+        text_cache: str | Path | None = None,
+        bf16: bool = True,
+    ) -> "Segmenter":
+        """A segmenter over a checkpoint; the checkpoint is read on first use (:meth:`load`).
+
+        Args:
+            checkpoint: any checkpoint :func:`pgseg_core.models.factory.load_checkpoint` reads.
+            classes: class names or a :class:`~pgseg_core.inference.ClassSpec` (synonyms, background words).
+            templates: prompt templates (None: the checkpoint's eval templates).
+            eval_overrides: EvalConfig fields such as ``{"bg_thresh": 0.5, "top_k": 3, "short_side": 448}``.
+            device: ``auto | cpu | cuda | cuda:N`` (bf16 autocast on CUDA unless ``bf16=False``).
+            backend: ``torch`` or ``onnx`` (the image encoder through ONNX Runtime on the CPU, from
+                ``onnx_path`` written by :func:`.onnx.export_checkpoint`; text embeddings still come from
+                ``checkpoint``).
+            export_onnx_to: export the checkpoint's image encoder to this ``.onnx`` file now, and use it
+                (``backend`` becomes ``onnx``).
+            text_cache: folder of the text-embedding cache (:mod:`.text_cache`); None = off.
+
+        Raises:
+            ConfigError: duplicated class names, bad backend / ONNX / device / bg_thresh options.
+            DeviceError: an unavailable device. CheckpointError, DependencyError: from the ONNX export.
+        """
+        from ..utils.device import resolve_device
+
+        spec = _as_spec(classes)
+        backend, onnx_path, device = _check_backend(backend, onnx_path, export_onnx_to, device)
+        overrides = dict(eval_overrides or {})
+        if "bg_thresh" in overrides and not 0.0 <= float(overrides["bg_thresh"]) <= 1.0:
+            raise ConfigError(f"--bg-thresh must lie in [0, 1], got {overrides['bg_thresh']}")
+        dev = resolve_device(device)
+        if export_onnx_to is not None:
+            from .onnx import export_checkpoint
+
+            export_checkpoint(checkpoint, export_onnx_to)
+        self = cls.__new__(cls)
+        self._setup(spec, dev, backend)
+        cache_dir = Path(text_cache) if text_cache is not None else None
+        self._source = _CheckpointSource(checkpoint, overrides, templates, onnx_path, cache_dir, bool(bf16))
+        return self
+
+    # ------------------------------------------------------------------------------------------------------
+    # loading
+
+    def load(self) -> None:
+        """Read the checkpoint of :meth:`from_checkpoint` now (no-op when loaded).
+
+        Raises:
+            CheckpointError: an unreadable checkpoint or ONNX file. ConfigError: bad eval overrides or
+            templates. DependencyError: onnxruntime missing.
+        """
+        if self._state is None:
+            self._state = self._load_checkpoint()
+
+    def _load_checkpoint(self) -> _Loaded:
+        from ..models.factory import load_checkpoint
+        from .text_cache import cached_class_embeddings, checkpoint_digest
+
+        src = self._source
+        model, info = load_checkpoint(src.checkpoint, self.device)
+        eval_cfg = eval_config_of(info.config, src.overrides, src.templates)
+        digest = None
+        if src.text_cache is not None or self.backend == "onnx":
+            try:
+                digest = checkpoint_digest(info.path)
+            except OSError as e:  # e.g. weights that are not plain files: run without the cache
+                logger.warning("cannot hash %s (%s): text-embedding cache off", info.path, e)
+        class_emb, hit = cached_class_embeddings(
+            model, self.spec, list(eval_cfg.templates), self.device, digest=digest, cache_dir=src.text_cache
         )
+        self.text_cache_state = "off" if src.text_cache is None else ("hit" if hit else "miss")
+        self._logit_scale = float(model.logit_scale_value())
+        if self.backend == "onnx":
+            from .onnx import OnnxEncoder
+
+            encoder: Encoder = OnnxEncoder(src.onnx_path, checkpoint_digest=digest)
+        else:
+            encoder = TorchEncoder(model, self.device, bf16=src.bf16)
+        return _Loaded(model, eval_cfg, class_emb, encoder, info)
+
+    def _loaded(self) -> _Loaded:
+        self.load()
+        return self._state
+
+    @property
+    def model(self) -> Any:
+        return self._loaded().model
+
+    @property
+    def eval_cfg(self) -> Any:
+        return self._loaded().eval_cfg
+
+    @property
+    def class_emb(self) -> ClassEmbeddings:
+        return self._loaded().class_emb
+
+    @property
+    def encoder(self) -> Encoder:
+        return self._loaded().encoder
+
+    @property
+    def logit_scale(self) -> float:
+        """The model's s = min(exp(logit_scale), 100)."""
+        if self._logit_scale is None:
+            self._logit_scale = float(self.model.logit_scale_value())
+        return self._logit_scale
+
+    # ------------------------------------------------------------------------------------------------------
+    # prediction
 
     def predict(self, image: np.ndarray) -> SegResult:
         """Segment one uint8 RGB image [H,W,3].
@@ -107,215 +340,146 @@ class Segmenter:
         label, scores = predict(self.model, image, self.class_emb, self.eval_cfg, self.device)
         return SegResult(label=label, scores=scores, classes=list(self.classes))
 
+    def predict_images(
+        self,
+        images: list[np.ndarray],
+        prepared: list[PreparedImage],
+        paths: list[Path],
+        *,
+        max_crops: int = 32,
+        feature_cache: Any | None = None,
+    ) -> tuple[list[tuple[np.ndarray, np.ndarray]], int]:
+        """Segment decoded images together (:func:`pgseg_core.inference.predict_batch`), or through
+        ``feature_cache`` (features keyed by the SHA-256 of each file's bytes, computed and stored when
+        missing, then :func:`pgseg_core.inference.scores_from_features`).
 
-class _DecodeDataset(torch.utils.data.Dataset):
-    """Decode + resize + normalise one image per item; errors come back as text instead of raising."""
+        Args:
+            images: uint8 RGB [H0,W0,3] images.
+            prepared: :func:`pgseg_core.inference.prepare_image` of each.
+            paths: each image's file (the feature-cache key).
+            max_crops: most crops per encoder forward.
+            feature_cache: an open :class:`pgseg_core.cache.features.FeatureCache`, or None.
 
-    def __init__(self, paths: list[Path], eval_cfg: Any) -> None:
-        self.paths = paths
-        self.eval_cfg = eval_cfg
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, Any, str | None]:
-        try:
-            image = np.asarray(load_image_rgb(self.paths[i]))  # DataError on a bad file
-            return i, image, prepare_image(image, self.eval_cfg), None
-        except DataError as e:
-            return i, None, None, str(e)
-        except Exception as e:  # noqa: BLE001 - a decoder bug must not end the whole run
-            return i, None, None, f"cannot read {self.paths[i]}: {type(e).__name__}: {e}"
-
-
-def _as_list(batch: list) -> list:
-    return batch
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)  # decode workers: one thread each, the model keeps the others
-
-
-def segment_images(
-    encoder: Encoder,
-    images: Sequence[InputImage | Path | str],
-    class_emb: ClassEmbeddings,
-    class_names: list[str],
-    logit_scale: float,
-    out_dir: str | Path,
-    eval_cfg: Any,
-    device: torch.device | str,
-    *,
-    formats: Sequence[str] = DEFAULT_FORMATS,
-    skip_existing: bool = False,
-    batch_size: int = 1,
-    num_workers: int = 0,
-    missing: Sequence[tuple[str, str]] = (),
-    on_record: Callable[[dict[str, Any]], None] | None = None,
-    progress: Callable[[int, int, dict[str, Any]], None] | None = None,
-    feature_cache: Any | None = None,
-    model: Any | None = None,
-) -> dict[str, Any]:
-    """Segment image files and write the requested outputs under ``out_dir`` (see :mod:`.outputs`).
-
-    Args:
-        encoder: crops [B,3,h,w] -> :class:`~pgseg_core.segment.inference.CropFeatures`
-            (:class:`~pgseg_core.segment.batch.TorchEncoder` or the ONNX Runtime encoder).
-        images: :class:`~pgseg_core.segment.inputs.InputImage` items (plain paths are placed by file name).
-        class_emb: embeddings of the C classes (synonyms, background words).
-        class_names: the C display names (label 1 + c).
-        logit_scale: the model's s = min(exp(logit_scale), 100).
-        out_dir: output root; sub-folders mirror the inputs' relative paths.
-        eval_cfg: :class:`pgseg_core.config.EvalConfig` (resize, slide, bg_thresh, top_k).
-        device: where scores are computed.
-        formats: subset of ``png, overlay, json, coco-rle``.
-        skip_existing: skip (without decoding) images whose requested outputs all exist.
-        batch_size: images decoded and encoded together (their same-size crops share one forward).
-        num_workers: DataLoader decode processes (0 = decode in this process).
-        missing: ``(item, reason)`` inputs that resolved to nothing; counted as failed.
-        on_record: called with one JSON-serialisable record per image, in input order within a batch:
-            ``status`` "ok" (plus :func:`.outputs.image_record` fields and ``outputs``), "skipped"
-            (``outputs``) or "failed" (``error``).
-        progress: ``callback(done, total, {"images_per_s": float})`` after each batch.
-        feature_cache: an open :class:`pgseg_core.cache.features.FeatureCache` (docs/FEATURE_CACHE.md); each
-            image's class-independent features are read from it by the SHA-256 of the file's bytes, or
-            computed with ``model`` (:func:`.inference.extract_image_features`) and stored, then scored with
-            :func:`.inference.scores_from_features`. A rerun with other classes, templates, bg_thresh or top-k
-            then never runs the image encoder.
-        model: the torch model; required with ``feature_cache``.
-
-    Returns:
-        ``{"out_dir", "classes", "formats", "total", "processed", "skipped", "failed": [{"image", "error"}],
-        "num_failed", "seconds", "images_per_s"}``.
-
-    Raises:
-        ConfigError: more than 254 classes, or invalid eval settings (before any image is read).
-    """
-    if len(class_names) > MAX_PNG_CLASSES:
-        raise ConfigError(
-            f"{len(class_names)} classes do not fit an 8-bit label PNG: segment at most "
-            f"{MAX_PNG_CLASSES} classes at once"
-        )
-    out_dir = Path(out_dir)
-    items = [im if isinstance(im, InputImage) else InputImage(Path(im), Path(im).name) for im in images]
-    plans = plan_outputs([im.rel for im in items], out_dir, tuple(formats))
-    total = len(items) + len(missing)
-    emit = on_record or (lambda record: None)
-    failed: list[dict[str, str]] = []
-    done = skipped = processed = 0
-    start = time.perf_counter()
-
-    def tick() -> None:
-        if progress is not None:
-            elapsed = time.perf_counter() - start
-            progress(done, total, {"images_per_s": processed / elapsed if elapsed > 0 else 0.0})
-
-    for item, reason in missing:
-        failed.append({"image": item, "error": f"input {reason}: {item}"})
-        emit({"image": item, "status": "failed", "error": failed[-1]["error"]})
-        done += 1
-    todo = []
-    for im, plan in zip(items, plans):
-        if skip_existing and plan.all_exist():
-            skipped += 1
-            done += 1
-            emit(
-                {
-                    "image": str(im.path),
-                    "status": "skipped",
-                    "outputs": {f: str(p) for f, p in plan.files.items()},
-                }
+        Returns:
+            (per image ``(label int64 [H0,W0], scores float32 [C+1,H0,W0])``, images read from the cache).
+        """
+        if not images:
+            return [], 0
+        if feature_cache is None:
+            results = predict_batch(
+                self.encoder,
+                prepared,
+                self.class_emb,
+                self.logit_scale,
+                self.eval_cfg,
+                self.device,
+                max_crops=max_crops,
             )
-        else:
-            todo.append((im, plan))
-    cache_counts = {"encoded": 0, "from_cache": 0}
-    if feature_cache is not None and model is None:
-        raise ConfigError("a feature cache needs the torch model to encode images it does not hold yet")
-    tick()
-    if todo:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        loader = torch.utils.data.DataLoader(
-            _DecodeDataset([im.path for im, _ in todo], eval_cfg),
-            batch_size=max(int(batch_size), 1),
-            shuffle=False,
-            num_workers=max(int(num_workers), 0),
-            collate_fn=_as_list,
-            worker_init_fn=_worker_init if num_workers > 0 else None,
-        )
-        for batch in loader:
-            good = [(i, image, prep) for i, image, prep, error in batch if error is None]
-            if feature_cache is not None:
-                results = []
-                for i, image, _ in good:
-                    feats, hit = _cached_features(
-                        feature_cache, model, todo[i][0].path, image, eval_cfg, device
-                    )
-                    cache_counts["from_cache" if hit else "encoded"] += 1
-                    results.append(scores_from_features(feats, class_emb, eval_cfg))
+            return results, 0
+        results, hits = [], 0
+        for image, path in zip(images, paths):
+            key = image_cache_key(path)
+            if feature_cache.has(key):
+                feats = feature_cache.get(key, self.device)
+                hits += 1
             else:
-                results = (
-                    predict_batch(
-                        encoder,
-                        [prep for _, _, prep in good],
-                        class_emb,
-                        logit_scale,
-                        eval_cfg,
-                        device,
-                        max_crops=max(int(batch_size), 1) * 8,
-                    )
-                    if good
-                    else []
-                )
-            by_index = {i: (image, res) for (i, image, _), res in zip(good, results)}
-            for i, _, _, error in batch:
-                im, plan = todo[i]
-                done += 1
-                if error is not None:
-                    logger.warning("skipping %s: %s", im.path, error)
-                    failed.append({"image": str(im.path), "error": error})
-                    emit({"image": str(im.path), "status": "failed", "error": error})
-                    continue
-                image, (label, scores) = by_index[i]
-                record = write_outputs(
-                    plan, image, label, scores, list(class_names), str(im.path), float(eval_cfg.bg_thresh)
-                )
-                processed += 1
-                emit({"image": record["image"], "status": "ok", **record})
-                logger.debug("segmented %s -> %s", im.path, plan.stem_rel)
-            tick()
-    seconds = time.perf_counter() - start
-    extra = (
-        {
-            "feature_cache": {
-                "images_encoded": cache_counts["encoded"],
-                "images_from_cache": cache_counts["from_cache"],
-            }
-        }
-        if feature_cache is not None
-        else {}
-    )
-    return {
-        **extra,
-        "out_dir": str(out_dir),
-        "classes": list(class_names),
-        "formats": list(formats),
-        "total": total,
-        "processed": processed,
-        "skipped": skipped,
-        "failed": failed,
-        "num_failed": len(failed),
-        "seconds": round(seconds, 3),
-        "images_per_s": round(processed / seconds, 3) if seconds > 0 else 0.0,
-    }
+                feats = extract_image_features(self.model, image, self.eval_cfg, self.device)
+                feature_cache.put(key, feats)
+            results.append(scores_from_features(feats, self.class_emb, self.eval_cfg))
+        return results, hits
 
+    # ------------------------------------------------------------------------------------------------------
+    # files -> outputs
 
-def _cached_features(
-    cache: Any, model: Any, path: Path, image: np.ndarray, eval_cfg: Any, device: torch.device | str
-) -> tuple[Any, bool]:
-    """(ImageFeatures, whether they came from ``cache``); new features are stored before returning."""
-    key = image_cache_key(path)
-    if cache.has(key):
-        return cache.get(key, device), True
-    feats = extract_image_features(model, image, eval_cfg, device)
-    cache.put(key, feats)
-    return feats, False
+    def _open_feature_cache(self, path: str | Path) -> Any:
+        from ..cache.features import CacheMeta, FeatureCache, feature_config_hash
+
+        info = self._loaded().checkpoint_info
+        if info is None:
+            raise ConfigError("a feature cache file needs a Segmenter made with Segmenter.from_checkpoint")
+        meta = CacheMeta(
+            _checkpoint_sha256(info.path),
+            feature_config_hash(info.config.model, self.eval_cfg),
+            "checkpoint",
+            "segment",
+        )
+        return FeatureCache.open(path, meta)
+
+    def run(
+        self,
+        images: Sequence[InputImage | Path | str],
+        out_dir: str | Path,
+        *,
+        formats: Sequence[str] = DEFAULT_FORMATS,
+        skip_existing: bool = False,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        missing: Sequence[tuple[str, str]] = (),
+        feature_cache: str | Path | Any | None = None,
+        on_record: Callable[[dict[str, Any]], None] | None = None,
+        progress: Callable[[int, int, dict[str, Any]], None] | None = None,
+    ) -> SegmentSummary:
+        """Segment image files and write the requested outputs under ``out_dir`` (see :mod:`.outputs`).
+
+        Args:
+            images: :class:`~pgseg_core.segment.inputs.InputImage` items (plain paths are placed by file
+                name); outputs mirror their relative paths under ``out_dir``.
+            out_dir: output root.
+            formats: subset of ``png, overlay, json, coco-rle``.
+            skip_existing: skip (without decoding) images whose requested outputs all exist; when every
+                image is skipped the checkpoint is never read.
+            batch_size: images decoded and encoded together (their same-size crops share one forward).
+            num_workers: DataLoader decode processes (0 = decode in this process).
+            missing: ``(item, reason)`` inputs that resolved to nothing; counted as failed.
+            feature_cache: an HDF5 feature cache file (docs/FEATURE_CACHE.md; needs :meth:`from_checkpoint`
+                and the torch backend) or an open :class:`pgseg_core.cache.features.FeatureCache`: images it
+                holds skip the image encoder, so a rerun with other classes, templates, bg_thresh or top-k
+                only re-scores. Masks equal those of a run without it.
+            on_record: called with one JSON-serialisable record per image, in input order within a batch:
+                ``status`` "ok" (plus :func:`.outputs.image_record` fields and ``outputs``), "skipped"
+                (``outputs``) or "failed" (``error``).
+            progress: ``callback(done, total, {"images_per_s": float})`` after each batch.
+
+        Returns:
+            :class:`SegmentSummary`.
+
+        Raises:
+            ConfigError: more than 254 classes, a bad batch size, a feature cache with the ONNX backend or of
+            another checkpoint, invalid eval settings. CheckpointError: as :meth:`load`. Bad images never
+            raise: they are counted in ``failed``.
+        """
+        check_run_options(batch_size, feature_cache, self.backend)
+        if len(self.classes) > MAX_PNG_CLASSES:
+            raise ConfigError(
+                f"{len(self.classes)} classes do not fit an 8-bit label PNG: segment at most "
+                f"{MAX_PNG_CLASSES} classes at once"
+            )
+        out_dir = Path(out_dir)
+        items = [im if isinstance(im, InputImage) else InputImage(Path(im), Path(im).name) for im in images]
+        plans = plan_outputs([im.rel for im in items], out_dir, tuple(formats))
+        if not items and not missing:
+            logger.warning("no input images: nothing to segment")
+        pending = any(not (skip_existing and p.all_exist()) for p in plans)
+        if pending:
+            self.load()  # before any record: a bad checkpoint fails the run up front
+        opened = None
+        if pending and isinstance(feature_cache, (str, Path)):
+            feature_cache = opened = self._open_feature_cache(feature_cache)
+        try:
+            return run_plans(
+                self,
+                items,
+                plans,
+                out_dir,
+                formats=formats,
+                skip_existing=skip_existing,
+                batch_size=batch_size,
+                num_workers=num_workers,
+                missing=missing,
+                on_record=on_record,
+                progress=progress,
+                feature_cache=feature_cache if pending else None,
+            )
+        finally:
+            if opened is not None:
+                opened.close()

@@ -3,7 +3,7 @@
 One safetensors file per (checkpoint weights, class vocabulary, prompt templates):
 
     <cache_dir>/text-<key>.safetensors     tensors "emb" [M,D] float32 and "owner" [M] int64
-                                          (:class:`~pgseg_core.segment.classes.ClassEmbeddings`)
+                                          (:class:`~pgseg_core.inference.classes.ClassEmbeddings`)
 
 ``key`` is the first 20 hex digits of sha256 over the checkpoint's weight-file digest, the
 :meth:`ClassSpec.fingerprint` and the template list. Editing, retraining or replacing the checkpoint
@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..utils.io import atomic_write
-from .classes import ClassEmbeddings, ClassSpec, embed_classes
+from ..inference.classes import ClassEmbeddings, ClassSpec, embed_classes
 
 __all__ = ["checkpoint_digest", "text_cache_key", "cached_class_embeddings"]
 

@@ -9,7 +9,7 @@ One forward pass of the image encoder (``encode_image(..., stage_inputs=True)``)
 
 * the group assignment, hard (argmax over groups of the assignment the model used) and soft (softmax
   over groups), chained down to the stage-0 token cells for stage 1 like the GroupViT inference rule
-  (:func:`pgseg_core.segment.inference.group_probabilities`, docs/METHOD.md §4.3);
+  (:func:`pgseg_core.inference.group_probabilities`, docs/METHOD.md §4.3);
 * with NPR (docs/METHOD.md §3.2): the stage's EM prototypes and their responsibilities over the stage's
   input tokens, exactly as the encoder computed them (EM is deterministic given the tokens);
 * the Hungarian group <-> prototype matching and the HRS-kept pairs of L_PG (docs/METHOD.md §3.3-3.4),
@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from ..data.transforms import to_tensor_normalized
 from ..errors import DataError
 from ..losses.prototype import hrs_mask, hungarian_match
-from ..segment.inference import TOKEN_STRIDE, group_probabilities, resize_short_side
+from ..inference import TOKEN_STRIDE, group_probabilities, resize_short_side
 
 __all__ = [
     "VizSample",

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ...data.loader import ValSample
 from ...errors import ConfigError, DataError
-from ...segment.classes import ClassSpec, read_class_file
+from ...inference.classes import ClassSpec, read_class_file
 from .registry import PROTOCOLS, DatasetInfo, load_class_spec, suggest
 
 log = logging.getLogger("pgseg.eval.datasets")

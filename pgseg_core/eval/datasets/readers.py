@@ -13,7 +13,7 @@ import numpy as np
 
 from ...data.loader import ValSample
 from ...errors import DataError
-from ...segment.classes import ClassSpec
+from ...inference.classes import ClassSpec
 from .base import SegDataset
 from .registry import COCO_ALIAS, IGNORE, LAYOUTS, DatasetInfo, Layout
 

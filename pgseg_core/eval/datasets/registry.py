@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from ...errors import ConfigError, DataError
-from ...segment.classes import ClassSpec, read_class_file
+from ...inference.classes import ClassSpec, read_class_file
 
 __all__ = [
     "COCO_ALIAS",

@@ -8,8 +8,8 @@ The exported graph is the class-independent half of inference (``encode_image(de
             assign_0..  [B,S_i,N_i] per grouping stage, softmax-over-groups assignment (stage 0: N_0 = h·w)
 
 Text embeddings are not in the graph: ``segment`` still embeds the class names with the checkpoint's text
-tower (or reads them from the text cache), and the GroupViT rule (:func:`.inference.crop_scores`) runs in
-torch on the ONNX outputs, so the masks equal the torch backend's.
+tower (or reads them from the text cache), and the scoring rule (:func:`pgseg_core.inference.select_rule`)
+runs in torch on the ONNX outputs, so the masks equal the torch backend's.
 
 A JSON sidecar ``<model>.json`` records the model config, logit_scale, the export size, the output names and
 the checkpoint digest; ``segment`` checks that the ONNX file belongs to the ``--checkpoint`` it is given.
@@ -27,11 +27,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import CheckpointError, DependencyError
+from ..errors import CheckpointError, ConfigError, DependencyError
 from ..utils.io import atomic_write, atomic_write_json
-from .inference import TOKEN_STRIDE, CropFeatures, group_probabilities
+from ..inference import TOKEN_STRIDE, CropFeatures, group_probabilities
 
-__all__ = ["export_onnx", "OnnxEncoder", "ONNX_FORMAT", "onnx_sidecar_path"]
+__all__ = ["export_onnx", "export_checkpoint", "OnnxEncoder", "ONNX_FORMAT", "onnx_sidecar_path"]
 
 logger = logging.getLogger("pgseg.segment")
 
@@ -54,6 +54,50 @@ class _EncoderGraph(torch.nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         out = self.model.encode_image(images, dense=True)
         return (out.group_emb, out.image_emb, *out.assign_soft)
+
+
+def _trace_size(model: Any, size: int) -> tuple[int, int]:
+    """(H, W) of the tracing example: ``size × size`` unless that is the pos-embed's own grid."""
+    # trace at a grid other than the pos-embed's own, so its bicubic resize (identity at the native grid) is
+    # in the graph and follows the input size; at the native grid the eager model skips it and the export
+    # would hard-code the native token count
+    native = tuple(int(g) for g in model.img_encoder.grid)
+    if (size // TOKEN_STRIDE, size // TOKEN_STRIDE) != native:
+        return (size, size)
+    return (size, size + TOKEN_STRIDE)
+
+
+def _onnx_writer(
+    graph: torch.nn.Module, example: torch.Tensor, outputs: list[str], n_stages: int, onnx: Any
+) -> Any:
+    """``write(tmp_path)``: trace ``graph`` on ``example`` to ONNX with dynamic axes, then check the file."""
+    dynamic = {
+        "images": {0: "batch", 2: "height", 3: "width"},
+        "group_emb": {0: "batch"},
+        "image_emb": {0: "batch"},
+    }
+    for i in range(n_stages):
+        dynamic[f"assign_{i}"] = {0: "batch"} if i else {0: "batch", 2: "tokens"}
+
+    def write(tmp: str) -> None:
+        import warnings
+
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # TracerWarnings about Python-side shape arithmetic
+            torch.onnx.export(
+                graph,
+                (example,),
+                tmp,
+                dynamo=False,
+                input_names=["images"],
+                output_names=outputs,
+                dynamic_axes=dynamic,
+                opset_version=OPSET,
+                do_constant_folding=True,
+            )
+        onnx.checker.check_model(tmp)
+
+    return write
 
 
 def export_onnx(
@@ -92,46 +136,12 @@ def export_onnx(
         raise DependencyError("ONNX export needs the onnx package: pip install 'pgseg[onnx]'") from e
     out_path = Path(out_path)
     model = model.cpu().eval()
-    graph = _EncoderGraph(model).eval()
-    # trace at a grid other than the pos-embed's own, so its bicubic resize (identity at the native grid) is in
-    # the graph and follows the input size; at the native grid the eager model skips it and the export would
-    # hard-code the native token count
-    native = tuple(int(g) for g in model.img_encoder.grid)
-    hw = (
-        (size, size)
-        if (size // TOKEN_STRIDE, size // TOKEN_STRIDE) != native
-        else (size, size + TOKEN_STRIDE)
-    )
+    hw = _trace_size(model, size)
     example = torch.zeros(1, 3, *hw)
     with torch.no_grad():
         n_stages = len(model.encode_image(example, dense=True).assign_soft)
     outputs = ["group_emb", "image_emb"] + [f"assign_{i}" for i in range(n_stages)]
-    dynamic = {
-        "images": {0: "batch", 2: "height", 3: "width"},
-        "group_emb": {0: "batch"},
-        "image_emb": {0: "batch"},
-    }
-    for i in range(n_stages):
-        dynamic[f"assign_{i}"] = {0: "batch"} if i else {0: "batch", 2: "tokens"}
-
-    def write(tmp: str) -> None:
-        import warnings
-
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")  # TracerWarnings about Python-side shape arithmetic
-            torch.onnx.export(
-                graph,
-                (example,),
-                tmp,
-                dynamo=False,
-                input_names=["images"],
-                output_names=outputs,
-                dynamic_axes=dynamic,
-                opset_version=OPSET,
-                do_constant_folding=True,
-            )
-        onnx.checker.check_model(tmp)
-
+    write = _onnx_writer(_EncoderGraph(model).eval(), example, outputs, n_stages, onnx)
     atomic_write(out_path, write)
     meta = {
         "format": ONNX_FORMAT,
@@ -152,6 +162,41 @@ def export_onnx(
     atomic_write_json(onnx_sidecar_path(out_path), meta)
     logger.info("exported the image encoder to %s (%d grouping stages)", out_path, n_stages)
     return meta
+
+
+def export_checkpoint(checkpoint: str | Path, out: str | Path, *, size: int = 448) -> dict[str, Any]:
+    """Export a checkpoint's image encoder to ONNX (``pgseg export-onnx``), with a ``.json`` sidecar.
+
+    Args:
+        checkpoint: any checkpoint :func:`pgseg_core.models.factory.load_checkpoint` reads.
+        out: the ``.onnx`` file.
+        size: square tracing size in pixels, a multiple of 16 (inputs of any multiple of 16 work later).
+
+    Returns:
+        The sidecar dict (:func:`export_onnx`) plus ``"path"`` and ``"sidecar"``.
+
+    Raises:
+        ConfigError: a bad size or a file name without ``.onnx``. CheckpointError, DependencyError: an
+        unreadable checkpoint, onnx missing.
+    """
+    from ..models.factory import load_checkpoint
+    from .text_cache import checkpoint_digest
+
+    if size <= 0 or size % TOKEN_STRIDE:
+        raise ConfigError(f"--size must be a positive multiple of {TOKEN_STRIDE} pixels, got {size}")
+    out = Path(out)
+    if out.suffix.lower() != ".onnx":
+        raise ConfigError(f"--out must name a .onnx file, got {out}")
+    model, info = load_checkpoint(checkpoint, "cpu")
+    meta = export_onnx(
+        model,
+        out,
+        size=size,
+        config=info.config.to_dict(),
+        checkpoint=str(info.path),
+        checkpoint_digest=checkpoint_digest(info.path),
+    )
+    return {**meta, "path": str(out), "sidecar": str(onnx_sidecar_path(out))}
 
 
 class OnnxEncoder:
@@ -212,7 +257,7 @@ class OnnxEncoder:
         image_emb = torch.from_numpy(values["image_emb"])
         assign = [torch.from_numpy(values[f"assign_{i}"]) for i in range(int(self.meta["num_stages"]))]
         grid = (crops.shape[-2] // TOKEN_STRIDE, crops.shape[-1] // TOKEN_STRIDE)
-        # the post-processing of inference.extract_features
+        # the post-processing of pgseg_core.inference.extract_features
         return CropFeatures(
             group_emb=F.normalize(group_emb.float(), dim=-1),
             image_emb=F.normalize(image_emb.float(), dim=-1),

@@ -2,7 +2,7 @@
 
 A segmentation vocabulary is C named classes, each with one or more text phrases (synonyms), plus an
 optional list of background words (e.g. "sky, wall, tree" in the training-free mmseg-1.x protocol of SCLIP
-and its successors, peers_and_eval.md §2.1, §5). A class's score is the maximum over its synonyms; a pixel
+and its successors, docs/METHOD.md §4.4). A class's score is the maximum over its synonyms; a pixel
 won by a background word is background.
 
 Class files (``.txt``; also ``.csv`` / ``.lst``), one entry per line, in label order::
@@ -32,10 +32,13 @@ from ..errors import ConfigError, DataError
 __all__ = [
     "ClassSpec",
     "ClassEmbeddings",
+    "as_class_embeddings",
     "parse_class_lines",
     "read_class_file",
     "parse_class_spec",
     "embed_classes",
+    "compute_class_embeddings",
+    "read_templates",
     "CLASS_FILE_SUFFIXES",
 ]
 
@@ -220,21 +223,40 @@ class ClassEmbeddings:
         return out.scatter_reduce(-1, index, scores, reduce="amax", include_self=True)
 
 
-@torch.no_grad()
-def embed_classes(
-    model: Any, spec: ClassSpec, templates: list[str], device: torch.device | str = "cpu"
-) -> ClassEmbeddings:
-    """Embed every phrase of ``spec`` with the prompt templates (mean over templates, GroupViT's
-    build_text_embedding, pgseg_method.md §4.1 "Text").
+def as_class_embeddings(class_emb: torch.Tensor | ClassEmbeddings) -> ClassEmbeddings:
+    """``class_emb`` itself, or a plain [C,D] tensor as float32 :class:`ClassEmbeddings` (a row per class)."""
+    return class_emb if isinstance(class_emb, ClassEmbeddings) else ClassEmbeddings.plain(class_emb.float())
 
-    Raises:
-        ConfigError: no / malformed templates.
-    """
+
+def _check_templates(templates: list[str]) -> None:
     if not templates:
         raise ConfigError("eval.templates is empty: give at least one prompt such as 'a photo of a {}.'")
     for tpl in templates:
         if "{}" not in tpl:
             raise ConfigError(f"template {tpl!r} has no '{{}}' placeholder for the class name")
+
+
+@torch.no_grad()
+def embed_classes(
+    model: Any, spec: ClassSpec, templates: list[str], device: torch.device | str = "cpu"
+) -> ClassEmbeddings:
+    """Embed every phrase of ``spec`` with the prompt templates (mean over templates, GroupViT's
+    build_text_embedding, docs/METHOD.md §4.1).
+
+    Args:
+        model: a PGSeg-contract model (``class_embeddings(phrases, templates)`` -> [M,D]).
+        spec: the vocabulary.
+        templates: prompt templates with one ``{}`` each, e.g. ``"a photo of a {}."``.
+        device: where the embeddings are placed.
+
+    Returns:
+        :class:`ClassEmbeddings`: [M,D] float32 L2-normalised rows (every synonym of every class, then the
+        background words) and their owners.
+
+    Raises:
+        ConfigError: no / malformed templates.
+    """
+    _check_templates(templates)
     phrases: list[str] = []
     owner: list[int] = []
     for i, entry in enumerate(spec.prompts):
@@ -246,3 +268,58 @@ def embed_classes(
     return ClassEmbeddings(
         emb, torch.tensor(owner, dtype=torch.long, device=device), len(spec), bool(spec.background_words)
     )
+
+
+def compute_class_embeddings(
+    model: Any, class_names: list[str], templates: list[str], device: torch.device | str
+) -> torch.Tensor:
+    """Text embeddings of plain class names, one row per class (:func:`embed_classes` without synonyms).
+
+    Args:
+        model: a PGSeg-contract model (``class_embeddings(names, templates)``).
+        class_names: C class names (no background).
+        templates: prompt templates with one ``{}`` each, e.g. ``"a photo of a {}."``.
+        device: where the embeddings are placed.
+
+    Returns:
+        [C,D] float32, L2-normalised.
+
+    Raises:
+        ConfigError: no class names, an empty name, or no / malformed templates.
+    """
+    names = [str(n) for n in class_names]
+    if not names:
+        raise ConfigError("no class names given: pass at least one class to segment")
+    if any(not n.strip() for n in names):
+        raise ConfigError(f"empty class name in {names!r}: remove it from the class list")
+    return embed_classes(model, ClassSpec(tuple((n,) for n in names)), templates, device).emb
+
+
+def read_templates(templates: list[str] | None, templates_file: str | Path | None) -> list[str] | None:
+    """Prompt templates from ``--template`` values and / or a file (one per line, ``#`` comments).
+
+    Returns:
+        The non-blank templates in order, or None when none was given (use the checkpoint's).
+
+    Raises:
+        DataError: a missing or unreadable file.
+        ConfigError: a file without templates, or a template without exactly one ``{}``.
+    """
+    found = [t for t in (templates or []) if t.strip()]
+    if templates_file:
+        path = Path(templates_file)
+        if not path.is_file():
+            raise DataError(f"templates file not found: {path}")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DataError(f"cannot read templates file {path}: {e}") from e
+        found += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        if not found:
+            raise ConfigError(
+                f"templates file {path} holds no template: one per line, e.g. 'a photo of a {{}}.'"
+            )
+    for tpl in found:
+        if tpl.count("{}") != 1:
+            raise ConfigError(f"template {tpl!r} must contain exactly one '{{}}' where the class name goes")
+    return found or None
