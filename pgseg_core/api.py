@@ -169,7 +169,7 @@ def _open_dataset(name: str, root: str | Path, split: str) -> Any:
 
 
 def _checkpoint_hash(path: str | Path) -> str:
-    from .utils.hashing import checkpoint_sha256
+    from .checkpoint import checkpoint_sha256
 
     try:
         return checkpoint_sha256(path)
@@ -197,7 +197,7 @@ def evaluate_checkpoint(
     """Evaluate a checkpoint on validation shards or on a benchmark dataset (mIoU, mAcc, aAcc, per class).
 
     Args:
-        checkpoint: any checkpoint :func:`pgseg_core.models.factory.load_checkpoint` reads.
+        checkpoint: any checkpoint :func:`pgseg_core.checkpoint.load_checkpoint` reads.
         data: shard directory / index.json holding the validation splits (demo shards), or
         dataset: a benchmark dataset name (``voc21``, ``pc60``, ``coco-object``, ...) read from ``data_root``.
         protocol: protocol preset (``groupvit``, ``sclip``; default ``groupvit`` for a dataset, the
@@ -225,7 +225,7 @@ def evaluate_checkpoint(
     from .eval.evaluate import evaluate, evaluate_dataset
     from .eval.protocol import model_family, resolve_protocol
     from .eval.sweep import parse_sweep
-    from .models.factory import load_checkpoint
+    from .checkpoint import load_checkpoint
     from .utils.device import resolve_device
 
     if (data is None) == (dataset is None):
@@ -396,7 +396,7 @@ def segment_files(
     Args:
         inputs: files, directories, glob patterns, ``-`` (paths on ``stdin``); see
             :mod:`pgseg_core.segment.inputs`. Outputs mirror the inputs' sub-folders under ``out_dir``.
-        checkpoint: any checkpoint :func:`pgseg_core.models.factory.load_checkpoint` reads.
+        checkpoint: any checkpoint :func:`pgseg_core.checkpoint.load_checkpoint` reads.
         classes / classes_file / bg_words: the vocabulary (:func:`pgseg_core.segment.classes.parse_class_spec`;
             a class scores the max over its synonyms, a pixel won by a background word is background).
         templates / templates_file: prompt templates (default: the checkpoint's eval templates).
@@ -467,9 +467,9 @@ def segment_files(
     logit_scale, cache_state = 0.0, "unused"
     eval_cfg = None
     if any(pending):
-        from .models.factory import load_checkpoint
+        from .checkpoint import checkpoint_sha256, load_checkpoint
         from .segment.batch import TorchEncoder
-        from .segment.text_cache import cached_class_embeddings, checkpoint_digest
+        from .segment.text_cache import cached_class_embeddings
 
         model, info = load_checkpoint(checkpoint, dev)
         eval_cfg = _eval_config(info.config, overrides)
@@ -478,7 +478,7 @@ def segment_files(
         digest = None
         if text_cache or backend == "onnx":
             try:
-                digest = checkpoint_digest(info.path)
+                digest = checkpoint_sha256(info.path)[:16]
             except OSError as e:  # e.g. weights that are not plain files: run without the cache
                 _log.warning("cannot hash %s (%s): text-embedding cache off", info.path, e)
         cache_dir = None
@@ -547,7 +547,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, size: int = 448) -> 
     """Export a checkpoint's image encoder to ONNX (``pgseg export-onnx``), with a ``.json`` sidecar.
 
     Args:
-        checkpoint: any checkpoint :func:`pgseg_core.models.factory.load_checkpoint` reads.
+        checkpoint: any checkpoint :func:`pgseg_core.checkpoint.load_checkpoint` reads.
         out: the ``.onnx`` file.
         size: square tracing size in pixels, a multiple of 16 (inputs of any multiple of 16 work later).
 
@@ -557,9 +557,8 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, size: int = 448) -> 
     Raises:
         ConfigError: a bad size. CheckpointError, DependencyError: unreadable checkpoint, onnx missing.
     """
-    from .models.factory import load_checkpoint
+    from .checkpoint import checkpoint_sha256, load_checkpoint
     from .segment.onnx_export import export_onnx as _export, onnx_sidecar_path
-    from .segment.text_cache import checkpoint_digest
 
     if size <= 0 or size % 16:
         raise ConfigError(f"--size must be a positive multiple of 16 pixels, got {size}")
@@ -573,7 +572,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, size: int = 448) -> 
         size=size,
         config=info.config.to_dict(),
         checkpoint=str(info.path),
-        checkpoint_digest=checkpoint_digest(info.path),
+        checkpoint_digest=checkpoint_sha256(info.path)[:16],
     )
     return {**meta, "path": str(out), "sidecar": str(onnx_sidecar_path(out))}
 
@@ -604,7 +603,7 @@ def visualize_prototypes(
 
     Args:
         inputs: image files and folders (see :func:`resolve_inputs`); empty to render from ``cache``.
-        checkpoint: any checkpoint :func:`pgseg_core.models.factory.load_checkpoint` reads (required with
+        checkpoint: any checkpoint :func:`pgseg_core.checkpoint.load_checkpoint` reads (required with
             ``inputs``). A GroupViT without NPR renders group maps only.
         out_dir: output folder (layout in :mod:`pgseg_core.viz.prototype_report`).
         cache: HDF5 feature cache path (docs/FEATURE_CACHE.md).
@@ -626,7 +625,7 @@ def visualize_prototypes(
         CheckpointError: unreadable checkpoint. DeviceError: missing device.
     """
     from .cache.features import CacheMeta, FeatureCache, feature_config_hash
-    from .models.factory import load_checkpoint
+    from .checkpoint import load_checkpoint
     from .utils.device import resolve_device
     from .viz.prototype_report import render_states, states_from_files
 

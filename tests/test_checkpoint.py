@@ -9,13 +9,8 @@ import torch
 
 from pgseg_core.config import apply_overrides, load_config
 from pgseg_core.errors import CheckpointError, PgsegError
-from pgseg_core.models.factory import (
-    CHECKPOINT_FORMAT,
-    create_model,
-    load_checkpoint,
-    read_checkpoint_file,
-)
-from pgseg_core.train.loop import save_checkpoint
+from pgseg_core.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_checkpoint_file, save_checkpoint
+from pgseg_core.models.factory import create_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -24,23 +24,15 @@ import torch.nn.functional as F
 
 from pgseg_core.config import load_config
 from pgseg_core.errors import CheckpointError, PgsegError
-from pgseg_core.models.convert import (
-    config_from_hf,
+from pgseg_core.checkpoint import convert_checkpoint, init_from, load_checkpoint, trainable_state_dict
+from pgseg_core.checkpoint.formats import (
     config_from_official,
     detect_format,
-    hf_config_from_model_config,
-    hf_to_pgseg,
     official_to_pgseg,
-    pgseg_to_hf,
     pgseg_to_official,
 )
-from pgseg_core.models.factory import (
-    convert_checkpoint,
-    create_model,
-    init_from,
-    load_checkpoint,
-    trainable_state_dict,
-)
+from pgseg_core.checkpoint.hf import config_from_hf, hf_config_from_model_config, hf_to_pgseg, pgseg_to_hf
+from pgseg_core.models.factory import create_model
 from pgseg_core.models.pgseg import PGSeg
 from pgseg_core.models.text import tokenize
 from pgseg_core.models.vision import interpolate_pos_embed
@@ -446,7 +438,7 @@ def test_init_pgseg_from_groupvit_reports_new_keys(tmp_path):
     groupvit = create_model(gv_cfg)
     _randomise(groupvit, 4)
     official = _official_file(tmp_path, groupvit)
-    from pgseg_core.train.loop import save_checkpoint
+    from pgseg_core.checkpoint import save_checkpoint
 
     ours = save_checkpoint(tmp_path / "gv.pt", groupvit, gv_cfg, step=5)
     for path, fmt in ((ours, "pgseg"), (official, "nvlabs-groupvit")):
@@ -471,7 +463,7 @@ def test_init_pgseg_from_groupvit_reports_new_keys(tmp_path):
 
 
 def test_pgseg_checkpoint_converts_to_safetensors_pair(tmp_path):
-    from pgseg_core.train.loop import save_checkpoint
+    from pgseg_core.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     cfg = load_config("pgseg-tiny")

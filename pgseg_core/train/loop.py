@@ -16,22 +16,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..checkpoint import CHECKPOINT_FORMAT, init_from, read_checkpoint_file, save_checkpoint
 from ..config import RunConfig, apply_overrides
 from ..errors import CheckpointError, ConfigError
-from ..models.factory import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_SCHEMA,
-    create_model,
-    init_from,
-    read_checkpoint_file,
-    trainable_state_dict,
-)
+from ..models.factory import create_model
 from ..utils.device import resolve_device
-from ..utils.io import atomic_torch_save
-from ..version import __version__
 from .optim import build_optimizer, build_scheduler
 
-__all__ = ["fit", "TrainResult", "save_checkpoint", "ProgressFn"]
+__all__ = ["fit", "TrainResult", "ProgressFn"]
 
 _log = logging.getLogger("pgseg.train")
 
@@ -47,27 +39,6 @@ class TrainResult:
     seconds: float
     final: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
-
-
-def save_checkpoint(
-    path: str | Path, model, cfg: RunConfig, step: int, optimizer=None, metrics: dict[str, Any] | None = None
-) -> Path:
-    """Write a self-describing checkpoint atomically (see :mod:`pgseg_core.models.factory`)."""
-    ckpt = {
-        "format": CHECKPOINT_FORMAT,
-        "schema": CHECKPOINT_SCHEMA,
-        "pgseg_version": __version__,
-        "torch_version": str(torch.__version__),
-        "config": cfg.to_dict(),
-        "model": trainable_state_dict(model),
-        "frozen_prefixes": model.frozen_prefixes(),
-        "step": step,
-        "metrics": metrics or {},
-        "torch_rng": torch.get_rng_state(),
-    }
-    if optimizer is not None:
-        ckpt["optimizer"] = optimizer.state_dict()
-    return atomic_torch_save(path, ckpt)
 
 
 def _seed_all(seed: int) -> None:
@@ -114,7 +85,7 @@ def fit(
         out_dir: run directory (created).
         resume: continue from ``out_dir/last.pt`` (model, optimizer, scheduler, step).
         init_checkpoint: start the weights from this checkpoint, any format ``load_checkpoint`` reads
-            (non-strict, see :func:`~pgseg_core.models.factory.init_from`: new keys are reported).
+            (non-strict, see :func:`~pgseg_core.checkpoint.init_from`: new keys are reported).
         progress: optional callback ``(phase, done, total, info)``; phases "cache" and "train".
 
     Raises:
