@@ -19,7 +19,7 @@ What is timed (median of ``--repeats`` after ``--warmup`` runs):
 
 Every number is printed with its ratio to ``pgseg_torch`` measured in the same run; ``--out`` writes JSON
 (device, versions, command, numbers). The HF model gets the same weights through
-``pgseg_core.models.convert.pgseg_to_hf`` with its position embeddings resized (bicubic, as pgseg does at run
+``pgseg_core.checkpoint.hf.pgseg_to_hf`` with its position embeddings resized (bicubic, as pgseg does at run
 time) to the 28×28 grid of a 448 input, so both compute the same function (tests/test_parity_hf.py).
 
 Usage::
@@ -77,7 +77,7 @@ def sync(device: torch.device) -> None:
 def build_hf(model, cfg):
     from transformers import GroupViTConfig, GroupViTModel
 
-    from pgseg_core.models.convert import hf_config_from_model_config, pgseg_to_hf
+    from pgseg_core.checkpoint.hf import hf_config_from_model_config, pgseg_to_hf
     from pgseg_core.models.vision import interpolate_pos_embed
 
     spec = hf_config_from_model_config(cfg.model)

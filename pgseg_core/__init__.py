@@ -12,10 +12,14 @@ from .version import __version__
 
 def __getattr__(name: str):
     # heavy modules (torch, timm) load on first use, not on `import pgseg_core`
-    if name in ("create_model", "load_checkpoint"):
-        from .models import factory
+    if name == "create_model":
+        from .models.factory import create_model
 
-        return getattr(factory, name)
+        return create_model
+    if name == "load_checkpoint":
+        from .checkpoint import load_checkpoint
+
+        return load_checkpoint
     if name == "Segmenter":
         from .segment.segmenter import Segmenter
 

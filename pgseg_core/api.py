@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from .config import RunConfig, apply_overrides, load_config
+from .config import apply_overrides, load_config
 from .errors import ConfigError, DataError, DependencyError
 from .utils.io import atomic_write_json
 
@@ -151,13 +151,6 @@ def train(
     }
 
 
-def _eval_config(cfg: RunConfig, overrides: dict[str, Any] | None):
-    if not overrides:
-        return cfg.eval
-    prefixed = {(k if k.startswith("eval.") else f"eval.{k}"): v for k, v in overrides.items()}
-    return apply_overrides(cfg, prefixed).eval
-
-
 def _open_dataset(name: str, root: str | Path, split: str) -> Any:
     """``pgseg_core.eval.datasets.open_dataset`` (imported here so tests can substitute a fake)."""
     try:
@@ -168,16 +161,6 @@ def _open_dataset(name: str, root: str | Path, split: str) -> Any:
             "or evaluate demo shards with --data"
         ) from e
     return open_dataset(name, root, split=split)
-
-
-def _checkpoint_hash(path: str | Path) -> str:
-    from .utils.hashing import checkpoint_sha256
-
-    try:
-        return checkpoint_sha256(path)
-    except (FileNotFoundError, OSError) as e:
-        _log.warning("cannot hash checkpoint %s: %s", path, e)
-        return ""
 
 
 def evaluate_checkpoint(
@@ -211,7 +194,7 @@ def evaluate_checkpoint(
     """
     from .eval.protocol import model_family
     from .eval.report import CheckpointRef, EvalTarget, eval_settings, evaluate_loaded
-    from .models.factory import load_checkpoint
+    from .checkpoint import load_checkpoint
     from .utils.device import resolve_device
 
     if (data is None) == (dataset is None):
@@ -227,9 +210,7 @@ def evaluate_checkpoint(
     else:
         target = EvalTarget(data=data, splits=splits)
     family = model_family(info.config.model)
-    ref = CheckpointRef(
-        info.path, info.step, info.config.name, info.source_format, family, _checkpoint_hash(info.path)
-    )
+    ref = CheckpointRef(info.path, info.step, info.config.name, info.source_format, family, info.sha256)
     report = evaluate_loaded(
         model, info.config, ref, target, eval_cfg=eval_cfg, resolved=resolved, device=dev, cache=cache,
         sweep=sweep, max_images=max_images, progress=_phase_cb(progress, "eval"),
@@ -341,7 +322,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, size: int = 448) -> 
     :func:`pgseg_core.segment.onnx.export_checkpoint`.
 
     Args:
-        checkpoint: any checkpoint :func:`pgseg_core.models.factory.load_checkpoint` reads.
+        checkpoint: any checkpoint :func:`pgseg_core.checkpoint.load_checkpoint` reads.
         out: the ``.onnx`` file.
         size: square tracing size in pixels, a multiple of 16 (inputs of any multiple of 16 work later).
 
@@ -383,7 +364,7 @@ def visualize_prototypes(
             a missing cache, one of another checkpoint or without ``viz`` entries. CheckpointError,
             DeviceError: as the loaders.
     """
-    from .models.factory import load_checkpoint
+    from .checkpoint import checkpoint_sha256, load_checkpoint
     from .utils.device import resolve_device
     from .viz.run import visualize_cache, visualize_model
 
@@ -391,7 +372,7 @@ def visualize_prototypes(
     if not inputs:
         if cache is None:
             raise ConfigError("nothing to visualize: give images, or a feature cache to render what it holds")
-        want = _checkpoint_hash(checkpoint) if checkpoint is not None else ""
+        want = checkpoint_sha256(checkpoint) if checkpoint is not None else ""
         return visualize_cache(
             cache, out_dir, checkpoint_sha256=want, checkpoint_name=str(checkpoint), max_images=max_images,
             patches_per_prototype=patches_per_prototype, progress=tick,
@@ -409,7 +390,7 @@ def visualize_prototypes(
     model, info = load_checkpoint(checkpoint, dev)
     return visualize_model(
         model, info.config, paths, out_dir, device=dev, title=f"checkpoint {info.path} ({info.config.name}, "
-        f"step {info.step})", checkpoint_sha256=_checkpoint_hash(info.path) if cache is not None else "",
+        f"step {info.step})", checkpoint_sha256=info.sha256 if cache is not None else "",
         failed=[{"image": item, "error": why} for item, why in resolved.missing], cache=cache,
         short_side=short_side, patches_per_prototype=patches_per_prototype, progress=tick,
     )  # fmt: skip

@@ -318,3 +318,16 @@ def config_hash(cfg: RunConfig | dict[str, Any], section: str = "model") -> str:
 def replace(obj: Any, **changes: Any) -> Any:
     """``dataclasses.replace`` re-exported for convenience."""
     return dataclasses.replace(obj, **changes)
+
+
+def eval_with_overrides(cfg: RunConfig, overrides: dict[str, Any] | None) -> EvalConfig:
+    """``cfg.eval`` with ``overrides`` applied: EvalConfig field names, the ``eval.`` prefix optional
+    (``{"bg_thresh": 0.5}`` or ``{"eval.bg_thresh": "0.5"}``; strings are parsed like CLI values).
+
+    Raises:
+        ConfigError: an unknown field or a value of the wrong type.
+    """
+    if not overrides:
+        return cfg.eval
+    prefixed = {(k if k.startswith("eval.") else f"eval.{k}"): v for k, v in overrides.items()}
+    return apply_overrides(cfg, prefixed).eval

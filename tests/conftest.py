@@ -26,7 +26,7 @@ def device() -> str:
 
 @pytest.fixture(scope="module")
 def single_thread():
-    """Run a module's tests with one intra-op thread (tiny models are far faster without thread contention)."""
+    """Run a module's tests with one intra-op thread (tiny models run far faster without contention)."""
     import torch
 
     before = torch.get_num_threads()
@@ -41,8 +41,8 @@ def tiny_checkpoint(tmp_path_factory):
     import torch
 
     from pgseg_core.config import load_config
+    from pgseg_core.checkpoint import save_checkpoint
     from pgseg_core.models.factory import create_model
-    from pgseg_core.train.loop import save_checkpoint
 
     torch.manual_seed(0)
     cfg = load_config("pgseg-tiny")

@@ -1,21 +1,30 @@
-"""Checkpoints: save_checkpoint -> load_checkpoint round trip, and one-line CheckpointErrors for bad files."""
+"""Checkpoints: save_checkpoint -> load_checkpoint round trip, one-line CheckpointErrors for bad files, and
+the one resolution of a user path (file, run directory, convert pair, HF directory) with its one identity."""
 
 from __future__ import annotations
 
 import collections
+import hashlib
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from pgseg_core.config import apply_overrides, load_config
 from pgseg_core.errors import CheckpointError, PgsegError
-from pgseg_core.models.factory import (
+from pgseg_core.checkpoint import (
     CHECKPOINT_FORMAT,
-    create_model,
+    checkpoint_sha256,
+    convert_checkpoint,
     load_checkpoint,
     read_checkpoint_file,
+    resolve,
+    save_checkpoint,
 )
-from pgseg_core.train.loop import save_checkpoint
+from pgseg_core.models.factory import create_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -192,3 +201,142 @@ def test_checkpoint_without_weights(tmp_path):
     del ck["model"]
     torch.save(ck, path)
     _assert_checkpoint_error(path)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# one resolution of a user path, one identity
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _combined(*files) -> str:
+    """The identity of several files: sha256 over their sorted ``NAME:SHA256`` lines."""
+    lines = "".join(f"{f.name}:{_sha(f)}\n" for f in sorted(files))
+    return hashlib.sha256(lines.encode()).hexdigest()
+
+
+def test_file_and_run_directory_resolve_to_the_same_file_and_identity(tiny_checkpoint, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_checkpoint, run / "last.pt")
+    (run / "metrics.json").write_text("{}")  # files beside last.pt are not part of the checkpoint
+    (run / "step_3.pt").write_bytes(b"older")
+    by_file, by_dir = resolve(run / "last.pt"), resolve(run)
+    assert (by_file.kind, by_dir.kind) == ("file", "run")
+    assert by_file.files == by_dir.files == (run / "last.pt",)
+    assert checkpoint_sha256(run) == checkpoint_sha256(run / "last.pt") == _sha(tiny_checkpoint)
+    _, info = load_checkpoint(run)
+    assert info.resolved == by_dir and info.sha256 == _sha(tiny_checkpoint)
+
+    old = tmp_path / "old_run"  # a run directory with checkpoint.pt only
+    old.mkdir()
+    shutil.copy(tiny_checkpoint, old / "checkpoint.pt")
+    (old / "config.json").write_text("{}")
+    assert resolve(old).files == (old / "checkpoint.pt",)
+    assert checkpoint_sha256(old) == _sha(tiny_checkpoint)
+
+
+def test_convert_pair_named_by_either_file_or_stem_has_one_identity(tiny_checkpoint, tmp_path):
+    convert_checkpoint(tiny_checkpoint, tmp_path / "tiny")
+    weights, meta = tmp_path / "tiny.safetensors", tmp_path / "tiny.json"
+    want = _combined(weights, meta)
+    for name in (tmp_path / "tiny", weights, meta):
+        res = resolve(name)
+        assert res.kind == "pair" and res.files == (meta, weights) and res.weights == (weights,), name
+        assert checkpoint_sha256(name) == want, name
+        _, info = load_checkpoint(name)
+        assert info.sha256 == want
+    assert want != _sha(weights)
+
+
+def _fake_hf_dir(folder, sharded=False):
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "groupvit"}))
+    (folder / "tokenizer.json").write_text("{}")  # not part of the checkpoint
+    if sharded:
+        index = {"weight_map": {"a": "model-00002.safetensors", "b": "model-00001.safetensors"}}
+        (folder / "model.safetensors.index.json").write_text(json.dumps(index))
+        for i in (1, 2):
+            (folder / f"model-0000{i}.safetensors").write_bytes(bytes([i]) * 64)
+    else:
+        (folder / "model.safetensors").write_bytes(b"w" * 64)
+    return folder
+
+
+def test_hf_directory_named_by_directory_config_or_weights_has_one_identity(tmp_path):
+    hf = _fake_hf_dir(tmp_path / "hf")
+    want_files = (hf / "config.json", hf / "model.safetensors")
+    want = _combined(*want_files)
+    for name in (hf, hf / "config.json", hf / "model.safetensors"):
+        res = resolve(name)
+        assert res.kind == "hf" and res.files == want_files, name
+        assert checkpoint_sha256(name) == want, name
+    assert resolve(hf).source == hf and resolve(hf / "model.safetensors").source == hf / "model.safetensors"
+
+    sharded = _fake_hf_dir(tmp_path / "sharded", sharded=True)
+    res = resolve(sharded)
+    shards = (sharded / "model-00001.safetensors", sharded / "model-00002.safetensors")
+    assert res.weights == shards and res.index == sharded / "model.safetensors.index.json"
+    assert res.files == tuple(sorted((*shards, res.index, sharded / "config.json")))
+    assert checkpoint_sha256(sharded) == _combined(*res.files)
+
+
+def test_identity_changes_with_the_bytes_and_resolve_refuses_what_is_no_checkpoint(tiny_checkpoint, tmp_path):
+    copy = tmp_path / "copy.pt"
+    shutil.copy(tiny_checkpoint, copy)
+    before = checkpoint_sha256(copy)
+    with open(copy, "ab") as f:
+        f.write(b"\0")
+    assert checkpoint_sha256(copy) != before
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.json").write_text("{}")
+    for bad, fragment in (
+        (tmp_path / "missing.pt", "not found"),
+        (tmp_path / "empty", "without last.pt"),
+        (tmp_path / "notes.json", "not a checkpoint"),
+    ):
+        with pytest.raises(CheckpointError, match=fragment):
+            checkpoint_sha256(bad)
+
+
+def test_text_cache_key_uses_the_identity_whatever_the_checkpoint_is_called(
+    tiny_checkpoint, tmp_path, monkeypatch
+):
+    import pgseg_core.segment.text_cache as text_cache
+    from pgseg_core.api import segment_files
+
+    Image.new("RGB", (40, 32), (200, 30, 30)).save(tmp_path / "a.png")
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_checkpoint, run / "last.pt")
+    digests = []
+    real = text_cache.cached_class_embeddings
+
+    def spy(*args, **kwargs):
+        digests.append(kwargs["digest"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(text_cache, "cached_class_embeddings", spy)
+    common = dict(classes="red,green", device="cpu", formats="json", text_cache=tmp_path / "tc")
+    first = segment_files([str(tmp_path / "a.png")], tiny_checkpoint, tmp_path / "o1", **common)
+    second = segment_files([str(tmp_path / "a.png")], run, tmp_path / "o2", **common)
+    assert digests == [checkpoint_sha256(tiny_checkpoint)[:16]] * 2
+    assert (first["text_cache"], second["text_cache"]) == ("miss", "hit")
+
+
+def test_onnx_sidecar_records_the_identity_and_accepts_any_name_of_the_checkpoint(tiny_checkpoint, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from pgseg_core.api import export_onnx
+    from pgseg_core.segment.onnx import OnnxEncoder
+
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(tiny_checkpoint, run / "last.pt")
+    meta = export_onnx(run, tmp_path / "enc.onnx", size=64)
+    assert meta["checkpoint_digest"] == checkpoint_sha256(tiny_checkpoint)[:16]
+    OnnxEncoder(tmp_path / "enc.onnx", checkpoint_digest=checkpoint_sha256(tiny_checkpoint)[:16])
+    with pytest.raises(CheckpointError, match="another checkpoint"):
+        OnnxEncoder(tmp_path / "enc.onnx", checkpoint_digest="0" * 16)

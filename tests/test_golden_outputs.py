@@ -26,9 +26,9 @@ from typer.testing import CliRunner
 from _fixtures import make_fake_roots
 from pgseg_cli.app import app
 from pgseg_core.config import apply_overrides, load_config
+from pgseg_core.checkpoint import save_checkpoint
 from pgseg_core.data.sources.demo import build_demo_shards
 from pgseg_core.models.factory import create_model
-from pgseg_core.train.loop import save_checkpoint
 
 MANIFEST = Path(__file__).parent / "golden" / "outputs.json"
 # the checkpoint file itself is written under a random temporary name, which torch.save records in the

@@ -233,8 +233,7 @@ def test_forward_train_adds_the_weighted_term_with_gradients(pool):
 
 
 def test_multi_label_checkpoint_round_trip(tmp_path):
-    from pgseg_core.models.factory import load_checkpoint
-    from pgseg_core.train.loop import save_checkpoint
+    from pgseg_core.checkpoint import load_checkpoint, save_checkpoint
 
     model, cfg = _model(**{"model.multi_label": 3})
     with torch.no_grad():

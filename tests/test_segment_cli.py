@@ -19,10 +19,10 @@ from typer.testing import CliRunner
 
 import pgseg_core.inference.batch as batch_mod
 from pgseg_cli.app import app
+from pgseg_core.checkpoint import save_checkpoint
 from pgseg_core.config import load_config
 from pgseg_core.models.factory import create_model
 from pgseg_core.models.pgseg import PGSeg
-from pgseg_core.train.loop import save_checkpoint
 from test_image_loading import write_tiff
 
 runner = CliRunner()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pgseg_core.checkpoint import checkpoint_sha256
 from pgseg_core.config import EvalConfig
 from pgseg_core.errors import ConfigError
 from pgseg_core.inference import (
@@ -24,7 +25,7 @@ from pgseg_core.inference import (
 )
 from pgseg_core.segment.inputs import resolve_inputs
 from pgseg_core.segment.outputs import coco_rle_record, parse_formats, plan_outputs
-from pgseg_core.segment.text_cache import cached_class_embeddings, checkpoint_digest
+from pgseg_core.segment.text_cache import cached_class_embeddings
 from test_segment_outputs import ColourModel
 
 
@@ -183,7 +184,7 @@ def test_text_cache_hit_skips_the_text_tower(tmp_path):
     ckpt = tmp_path / "w.pt"
     ckpt.write_bytes(b"weights v1")
     spec = ClassSpec.from_names(["red", "green"])
-    digest = checkpoint_digest(ckpt)
+    digest = checkpoint_sha256(ckpt)[:16]
     first, hit1 = cached_class_embeddings(
         Counting(), spec, ["{}"], "cpu", digest=digest, cache_dir=tmp_path / "c"
     )
@@ -199,7 +200,7 @@ def test_text_cache_hit_skips_the_text_tower(tmp_path):
     )
     ckpt.write_bytes(b"weights v2")
     cached_class_embeddings(
-        Counting(), spec, ["{}"], "cpu", digest=checkpoint_digest(ckpt), cache_dir=tmp_path / "c"
+        Counting(), spec, ["{}"], "cpu", digest=checkpoint_sha256(ckpt)[:16], cache_dir=tmp_path / "c"
     )
     assert len(calls) == 4 and len(os.listdir(tmp_path / "c")) == 4
 

@@ -15,7 +15,8 @@ from PIL import Image
 from pgseg_core.config import load_config
 from pgseg_core.data.shards import read_index
 from pgseg_core.errors import ConfigError, DeviceError
-from pgseg_core.models.factory import create_model, load_checkpoint, read_checkpoint_file
+from pgseg_core.checkpoint import load_checkpoint, read_checkpoint_file
+from pgseg_core.models.factory import create_model
 from pgseg_core.train.loop import fit
 from pgseg_core.train.optim import build_optimizer, build_scheduler, param_groups
 

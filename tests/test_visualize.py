@@ -15,13 +15,13 @@ from typer.testing import CliRunner
 
 from pgseg_cli.app import app
 from pgseg_core.api import visualize_prototypes
+from pgseg_core.checkpoint import load_checkpoint, save_checkpoint
 from pgseg_core.config import load_config
 from pgseg_core.data.transforms import to_tensor_normalized
 from pgseg_core.errors import CheckpointError
 from pgseg_core.models import pgseg as pgseg_module
-from pgseg_core.models.factory import create_model, load_checkpoint
+from pgseg_core.models.factory import create_model
 from pgseg_core.models.npr import em_prototypes
-from pgseg_core.train.loop import save_checkpoint
 from pgseg_core.viz.prototype_render import render_matching, render_panel
 from pgseg_core.viz.patch_bank import PatchBank
 from pgseg_core.viz.prototypes import collect_image_state, prepare_image

@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 from pgseg_cli.app import app
 from pgseg_core.api import visualize_prototypes
 from pgseg_core.cache.features import CacheMeta, FeatureCache
+from pgseg_core.checkpoint import save_checkpoint
 from pgseg_core.config import load_config
 from pgseg_core.errors import ConfigError, DataError
 from pgseg_core.models.factory import create_model
 from pgseg_core.models.pgseg import PGSeg
-from pgseg_core.train.loop import save_checkpoint
 from pgseg_core.viz import prototype_report
 from pgseg_core.viz.prototype_cache import VIZ_SECTION, get_trace, has_trace, put_trace
 from pgseg_core.viz.prototypes import prepare_image, state_from_trace, trace_image
@@ -88,7 +88,7 @@ def _assert_states_equal(a, b):
 
 @pytest.mark.parametrize("which", ["pgseg", "released", "groupvit"])
 def test_trace_round_trip_gives_the_same_state(env, which, tmp_path):
-    from pgseg_core.models.factory import load_checkpoint
+    from pgseg_core.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(env["ckpt"][which])
     model.eval()
@@ -107,7 +107,7 @@ def test_trace_round_trip_gives_the_same_state(env, which, tmp_path):
 
 
 def test_an_incomplete_viz_entry_is_dropped_on_reopen(env, tmp_path):
-    from pgseg_core.models.factory import load_checkpoint
+    from pgseg_core.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(env["ckpt"]["pgseg"])
     sample = prepare_image(_photo(3), 48, 2048, name="img")
@@ -183,7 +183,7 @@ def test_cache_alone_renders_without_a_model(env, tmp_path, monkeypatch):
     def no_model(*a, **k):
         raise AssertionError("the model must not be loaded")
 
-    monkeypatch.setattr("pgseg_core.models.factory.load_checkpoint", no_model)
+    monkeypatch.setattr("pgseg_core.checkpoint.load_checkpoint", no_model)
     monkeypatch.setattr(prototype_report, "trace_image", no_model)
     cached = visualize_prototypes([], None, tmp_path / "o2", cache=cache)
     assert cached["processed"] == 2 and cached["npr"] and cached["released_code"]

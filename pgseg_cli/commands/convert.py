@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Convert a checkpoint to pgseg's format (safetensors weights + JSON config), loadable everywhere."""
-        from pgseg_core.models.factory import convert_checkpoint
+        from pgseg_core.checkpoint import convert_checkpoint
 
         summary = convert_checkpoint(src, dst, trust_pickle=trust_pickle)
         for note in summary["notes"]:

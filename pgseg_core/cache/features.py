@@ -76,8 +76,7 @@ class CacheMeta:
     """What a cache was written for; a cache is only reused when all of it matches.
 
     Attributes:
-        checkpoint_sha256: hash of the checkpoint file(s)
-            (:func:`pgseg_core.utils.hashing.checkpoint_sha256`).
+        checkpoint_sha256: hash of the checkpoint file(s) (:func:`pgseg_core.checkpoint.checkpoint_sha256`).
         config_hash: :func:`feature_config_hash` of the model config and class-independent eval settings.
         protocol: protocol name (``groupvit``, ``sclip``, or ``checkpoint`` for a checkpoint's own settings).
         dataset: dataset name (keys are only unique within a dataset).

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from ..config import EvalConfig, RunConfig, apply_overrides, config_hash
+from ..config import EvalConfig, RunConfig, config_hash, eval_with_overrides
 from .protocol import ResolvedProtocol, model_family, resolve_protocol
 from .result import EvalResult
 from .runs import evaluate, evaluate_dataset
@@ -141,10 +141,7 @@ def eval_settings(
         for note in resolved.notes:
             logger.info("protocol %s: %s", resolved.name, note)
         return resolved.eval_cfg, resolved
-    if not overrides:
-        return cfg.eval, None
-    prefixed = {(k if k.startswith("eval.") else f"eval.{k}"): v for k, v in overrides.items()}
-    return apply_overrides(cfg, prefixed).eval, None
+    return eval_with_overrides(cfg, overrides), None
 
 
 def _run(model, target: EvalTarget, resolved, eval_cfg, dev, max_images, tick, fc, sweep) -> EvalResult:

@@ -54,9 +54,7 @@ def parse_sweep(text: str) -> Sweep:
                 raise ConfigError(f"sweep {text!r}: need STOP >= START and STEP > 0")
             n = int(math.floor((stop - start) / step + 1e-9)) + 1
             if n > MAX_POINTS:
-                raise ConfigError(
-                    f"sweep {text!r} has {n} points, more than {MAX_POINTS}: use a larger step"
-                )
+                raise ConfigError(f"sweep {text!r} has {n} points, more than {MAX_POINTS}: use a larger step")
             values = [round(start + i * step, 10) for i in range(n)]
         else:
             values = [float(v) for v in rng.split(",") if v.strip()]

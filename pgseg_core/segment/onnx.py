@@ -12,7 +12,9 @@ tower (or reads them from the text cache), and the scoring rule (:func:`pgseg_co
 runs in torch on the ONNX outputs, so the masks equal the torch backend's.
 
 A JSON sidecar ``<model>.json`` records the model config, logit_scale, the export size, the output names and
-the checkpoint digest; ``segment`` checks that the ONNX file belongs to the ``--checkpoint`` it is given.
+the checkpoint's identity (``checkpoint_digest``: the first 16 hex digits of
+:func:`pgseg_core.checkpoint.checkpoint_sha256`); ``segment`` checks that the ONNX file belongs to the
+``--checkpoint`` it is given.
 The exporter is torch's TorchScript-based ``torch.onnx.export(dynamo=False)`` with dynamic batch and spatial
 axes (the pos-embed is resized bicubically inside the graph for every input size).
 """
@@ -179,8 +181,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, size: int = 44
         ConfigError: a bad size or a file name without ``.onnx``. CheckpointError, DependencyError: an
         unreadable checkpoint, onnx missing.
     """
-    from ..models.factory import load_checkpoint
-    from .text_cache import checkpoint_digest
+    from ..checkpoint import load_checkpoint
 
     if size <= 0 or size % TOKEN_STRIDE:
         raise ConfigError(f"--size must be a positive multiple of {TOKEN_STRIDE} pixels, got {size}")
@@ -194,7 +195,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, size: int = 44
         size=size,
         config=info.config.to_dict(),
         checkpoint=str(info.path),
-        checkpoint_digest=checkpoint_digest(info.path),
+        checkpoint_digest=info.sha256[:16],
     )
     return {**meta, "path": str(out), "sidecar": str(onnx_sidecar_path(out))}
 
@@ -204,8 +205,8 @@ class OnnxEncoder:
 
     Args:
         onnx_path: a file written by :func:`export_onnx` (with its ``.json`` sidecar).
-        checkpoint_digest: digest of the checkpoint used for the text side; must match the sidecar's
-            (None skips the check).
+        checkpoint_digest: identity of the checkpoint used for the text side (the first 16 hex digits of
+            :func:`pgseg_core.checkpoint.checkpoint_sha256`); must match the sidecar's (None skips the check).
         threads: intra-op threads (0 = ONNX Runtime's default).
 
     Raises:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import apply_overrides
+from ..config import eval_with_overrides
 from ..errors import ConfigError
 from ..inference import (
     ClassEmbeddings,
@@ -108,10 +108,7 @@ def eval_config_of(run_cfg: Any, overrides: dict[str, Any] | None, templates: li
     Raises:
         ConfigError: an unknown field or a bad value.
     """
-    eval_cfg = run_cfg.eval
-    if overrides:
-        prefixed = {(k if k.startswith("eval.") else f"eval.{k}"): v for k, v in overrides.items()}
-        eval_cfg = apply_overrides(run_cfg, prefixed).eval
+    eval_cfg = eval_with_overrides(run_cfg, overrides)
     if templates:
         eval_cfg = dataclasses.replace(eval_cfg, templates=list(templates))
     return eval_cfg
@@ -146,16 +143,6 @@ def _check_backend(
             )
         device = "cpu"
     return backend, onnx_path, device
-
-
-def _checkpoint_sha256(path: str | Path) -> str:
-    from ..utils.hashing import checkpoint_sha256
-
-    try:
-        return checkpoint_sha256(path)
-    except (FileNotFoundError, OSError) as e:
-        logger.warning("cannot hash checkpoint %s: %s", path, e)
-        return ""
 
 
 class Segmenter:
@@ -273,8 +260,8 @@ class Segmenter:
             self._state = self._load_checkpoint()
 
     def _load_checkpoint(self) -> _Loaded:
-        from ..models.factory import load_checkpoint
-        from .text_cache import cached_class_embeddings, checkpoint_digest
+        from ..checkpoint import load_checkpoint
+        from .text_cache import cached_class_embeddings
 
         src = self._source
         model, info = load_checkpoint(src.checkpoint, self.device)
@@ -282,7 +269,7 @@ class Segmenter:
         digest = None
         if src.text_cache is not None or self.backend == "onnx":
             try:
-                digest = checkpoint_digest(info.path)
+                digest = info.sha256[:16]
             except OSError as e:  # e.g. weights that are not plain files: run without the cache
                 logger.warning("cannot hash %s (%s): text-embedding cache off", info.path, e)
         class_emb, hit = cached_class_embeddings(
@@ -398,7 +385,7 @@ class Segmenter:
         if info is None:
             raise ConfigError("a feature cache file needs a Segmenter made with Segmenter.from_checkpoint")
         meta = CacheMeta(
-            _checkpoint_sha256(info.path),
+            info.sha256,
             feature_config_hash(info.config.model, self.eval_cfg),
             "checkpoint",
             "segment",

@@ -5,10 +5,11 @@ One safetensors file per (checkpoint weights, class vocabulary, prompt templates
     <cache_dir>/text-<key>.safetensors     tensors "emb" [M,D] float32 and "owner" [M] int64
                                           (:class:`~pgseg_core.inference.classes.ClassEmbeddings`)
 
-``key`` is the first 20 hex digits of sha256 over the checkpoint's weight-file digest, the
-:meth:`ClassSpec.fingerprint` and the template list. Editing, retraining or replacing the checkpoint
-changes its digest, so a stale entry is never read. ``pgseg segment`` keeps the cache in
-``<--out>/.pgseg_cache/`` unless ``--text-cache DIR`` names another folder (docs/SEGMENT.md).
+``key`` is the first 20 hex digits of sha256 over the checkpoint's identity (the first 16 hex digits of
+:func:`pgseg_core.checkpoint.checkpoint_sha256`), the :meth:`ClassSpec.fingerprint` and the template list.
+Editing, retraining or replacing the checkpoint changes its identity, so a stale entry is never read.
+``pgseg segment`` keeps the cache in ``<--out>/.pgseg_cache/`` unless ``--text-cache DIR`` names another
+folder (docs/SEGMENT.md).
 """
 
 from __future__ import annotations
@@ -24,55 +25,13 @@ import torch
 from ..utils.io import atomic_write
 from ..inference.classes import ClassEmbeddings, ClassSpec, embed_classes
 
-__all__ = ["checkpoint_digest", "text_cache_key", "cached_class_embeddings"]
+__all__ = ["text_cache_key", "cached_class_embeddings"]
 
 logger = logging.getLogger("pgseg.segment")
 
-_WEIGHT_NAMES = (
-    "last.pt",
-    "checkpoint.pt",
-    "model.safetensors",
-    "model.safetensors.index.json",
-    "pytorch_model.bin",
-)
-
-
-def _weight_files(path: Path) -> list[Path]:
-    """The files whose bytes define a checkpoint given in any form :func:`load_checkpoint` accepts."""
-    if path.is_dir():
-        return [path / n for n in _WEIGHT_NAMES if (path / n).is_file()][:1] or sorted(
-            p for p in path.iterdir() if p.is_file()
-        )
-    stem = str(path.with_suffix("")) if path.suffix in (".json", ".safetensors") else str(path)
-    pair = [Path(f"{stem}.safetensors"), Path(f"{stem}.json")]  # a `pgseg convert` pair, named by either file
-    if all(p.is_file() for p in pair):
-        return pair
-    return [path]
-
-
-def checkpoint_digest(path: str | Path) -> str:
-    """sha256 (16 hex digits) of the bytes of a checkpoint's weight file(s).
-
-    Args:
-        path: a checkpoint file, run directory, ``pgseg convert`` pair or HF GroupViT directory.
-
-    Returns:
-        16 hex digits; reading costs one pass over the file(s).
-
-    Raises:
-        OSError: the file(s) cannot be read.
-    """
-    h = hashlib.sha256()
-    for f in _weight_files(Path(path)):
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()[:16]
-
 
 def text_cache_key(digest: str, spec: ClassSpec, templates: list[str]) -> str:
-    """20-hex-digit key of (checkpoint digest, vocabulary fingerprint, templates)."""
+    """20-hex-digit key of (checkpoint identity, vocabulary fingerprint, templates)."""
     payload = json.dumps({"ckpt": digest, "classes": spec.fingerprint(), "templates": list(templates)})
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:20]
 
@@ -93,7 +52,8 @@ def cached_class_embeddings(
         spec: the vocabulary (synonyms and background words).
         templates: prompt templates, each with one ``{}``.
         device: where the returned embeddings live.
-        digest: :func:`checkpoint_digest` of the model's checkpoint; ``None`` disables the cache.
+        digest: the checkpoint's identity (:func:`pgseg_core.checkpoint.checkpoint_sha256`, first 16 hex
+            digits); ``None`` disables the cache.
         cache_dir: cache folder (created on the first write); ``None`` disables the cache.
 
     Returns:

@@ -16,22 +16,14 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..checkpoint import CHECKPOINT_FORMAT, init_from, read_checkpoint_file, save_checkpoint
 from ..config import RunConfig, apply_overrides
 from ..errors import CheckpointError, ConfigError
-from ..models.factory import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_SCHEMA,
-    create_model,
-    init_from,
-    read_checkpoint_file,
-    trainable_state_dict,
-)
+from ..models.factory import create_model
 from ..utils.device import resolve_device
-from ..utils.io import atomic_torch_save
-from ..version import __version__
 from .optim import build_optimizer, build_scheduler
 
-__all__ = ["fit", "TrainResult", "save_checkpoint", "ProgressFn"]
+__all__ = ["fit", "TrainResult", "ProgressFn"]
 
 _log = logging.getLogger("pgseg.train")
 
@@ -47,27 +39,6 @@ class TrainResult:
     seconds: float
     final: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
-
-
-def save_checkpoint(
-    path: str | Path, model, cfg: RunConfig, step: int, optimizer=None, metrics: dict[str, Any] | None = None
-) -> Path:
-    """Write a self-describing checkpoint atomically (see :mod:`pgseg_core.models.factory`)."""
-    ckpt = {
-        "format": CHECKPOINT_FORMAT,
-        "schema": CHECKPOINT_SCHEMA,
-        "pgseg_version": __version__,
-        "torch_version": str(torch.__version__),
-        "config": cfg.to_dict(),
-        "model": trainable_state_dict(model),
-        "frozen_prefixes": model.frozen_prefixes(),
-        "step": step,
-        "metrics": metrics or {},
-        "torch_rng": torch.get_rng_state(),
-    }
-    if optimizer is not None:
-        ckpt["optimizer"] = optimizer.state_dict()
-    return atomic_torch_save(path, ckpt)
 
 
 def _seed_all(seed: int) -> None:
@@ -99,6 +70,129 @@ def _image_batches(cfg: RunConfig, model, device, out_dir: Path, progress: Progr
             yield {"images": batch["image"].to(device, non_blocking=True)}, batch["text"]
 
 
+def _prepare(cfg: RunConfig, out_dir: str | Path) -> tuple[RunConfig, torch.device, Path]:
+    """Device (preset ``cuda_overrides`` on CUDA), the run directory with ``config.json``, seeds."""
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda" and cfg.cuda_overrides:
+        cfg = apply_overrides(cfg, cfg.cuda_overrides)
+        _log.info("CUDA device: applied the preset's cuda_overrides %s", cfg.cuda_overrides)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    _seed_all(cfg.train.seed)
+    return cfg, device, out
+
+
+def _restore(model, optimizer, last: Path, resume: bool, init_checkpoint: str | None) -> int:
+    """Resume from ``last`` (model, optimizer, step) or init from ``init_checkpoint``; the first step."""
+    if resume and last.exists():
+        ckpt = read_checkpoint_file(last)
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{last} is not a pgseg checkpoint; remove it or train into a new --out")
+        model.load_state_dict(ckpt["model"], strict=False)
+        if "optimizer" in ckpt:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        # the schedule is rebuilt from the (possibly changed) config; step_update(step) positions it
+        start_step = int(ckpt.get("step", 0))
+        _log.info("resumed from %s at step %d", last, start_step)
+        return start_step
+    if init_checkpoint:
+        init_from(model, init_checkpoint)  # logs which keys were new / ignored
+    return 0
+
+
+class _LossWindow:
+    """Summed losses of the steps since the last ``metrics.jsonl`` line, and when that window began."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, float] = {}
+        self.n = 0
+        self.t = time.time()
+
+    def add(self, losses: dict[str, torch.Tensor]) -> None:
+        for k, v in losses.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v.detach())
+        self.n += 1
+
+
+@dataclass
+class _Trainer:
+    """One run's model, optimizer and schedule; :meth:`run` trains from a step to ``cfg.train.steps``."""
+
+    cfg: RunConfig
+    model: Any
+    optimizer: Any
+    scheduler: Any
+    last: Path
+    progress: ProgressFn | None
+    autocast: Any
+
+    def step(self, step: int, inputs: dict[str, torch.Tensor], captions: list[str]):
+        """One optimizer step; returns (losses, grad norm before clipping)."""
+        self.model.img_encoder.set_hard_assignment(step >= self.cfg.train.hard_assign_start)
+        self.scheduler.step_update(step)
+        with self.autocast:
+            losses = self.model.forward_train(captions, **inputs)
+        loss = losses["loss"]
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"loss became {loss.item()} at step {step}; lower train.lr")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for p in self.model.parameters() if p.requires_grad], self.cfg.train.grad_clip
+        )
+        self.optimizer.step()
+        return losses, grad_norm
+
+    def log_line(self, mfile, window: _LossWindow, done: int, grad_norm, t0: float) -> dict[str, float]:
+        """Write the window's mean losses, lr, grad norm, logit scale and speed to ``metrics.jsonl``."""
+        dt = max(time.time() - window.t, 1e-9)
+        record = {k: v / window.n for k, v in window.sums.items()}
+        record.update(
+            step=done,
+            lr=self.optimizer.param_groups[0]["lr"],
+            grad_norm=float(grad_norm),
+            logit_scale=self.model.logit_scale_value(),
+            images_per_s=window.n * self.cfg.train.batch_size / dt,
+            elapsed_s=time.time() - t0,
+        )
+        mfile.write(json.dumps(record) + "\n")
+        mfile.flush()
+        return record
+
+    def run(self, batches, mfile, start_step: int, t0: float) -> tuple[int, bool, int, dict[str, float]]:
+        """Train to ``cfg.train.steps`` or the time budget; (last step, stopped early, images, last log)."""
+        cfg, steps = self.cfg, self.cfg.train.steps
+        seen, stopped_early, step, final = 0, False, start_step, {}
+        window = _LossWindow()
+        for step in range(start_step, steps):
+            if cfg.train.time_budget_s > 0 and time.time() - t0 > cfg.train.time_budget_s:
+                stopped_early = True
+                _log.warning(
+                    "time budget of %.0f s reached at step %d; stopping", cfg.train.time_budget_s, step
+                )
+                break
+            inputs, captions = next(batches)
+            if step == start_step:
+                window.t = time.time()
+            losses, grad_norm = self.step(step, inputs, captions)
+            seen += len(captions)
+            window.add(losses)
+            done = step + 1
+            if done % cfg.train.log_every == 0 or done == steps:
+                final = self.log_line(mfile, window, done, grad_norm, t0)
+                window = _LossWindow()
+                if self.progress:
+                    self.progress("train", done, steps, final)
+            elif self.progress:
+                self.progress("train", done, steps, {})
+            if done % cfg.train.ckpt_every == 0 and done < steps:
+                save_checkpoint(self.last, self.model, cfg, done, self.optimizer, final)
+        else:
+            step = steps
+        return step, stopped_early, seen, final
+
+
 def fit(
     cfg: RunConfig,
     out_dir: str | Path,
@@ -114,7 +208,7 @@ def fit(
         out_dir: run directory (created).
         resume: continue from ``out_dir/last.pt`` (model, optimizer, scheduler, step).
         init_checkpoint: start the weights from this checkpoint, any format ``load_checkpoint`` reads
-            (non-strict, see :func:`~pgseg_core.models.factory.init_from`: new keys are reported).
+            (non-strict, see :func:`~pgseg_core.checkpoint.init_from`: new keys are reported).
         progress: optional callback ``(phase, done, total, info)``; phases "cache" and "train".
 
     Raises:
@@ -122,35 +216,12 @@ def fit(
     """
     if not cfg.data.train:
         raise ConfigError("no training data: pass --data DIR (shards with index.json) or set data.train")
-    device = resolve_device(cfg.train.device)
-    if device.type == "cuda" and cfg.cuda_overrides:
-        cfg = apply_overrides(cfg, cfg.cuda_overrides)
-        _log.info("CUDA device: applied the preset's cuda_overrides %s", cfg.cuda_overrides)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    _seed_all(cfg.train.seed)
-
+    cfg, device, out = _prepare(cfg, out_dir)
     model = create_model(cfg.model).to(device)
-    start_step = 0
     optimizer = build_optimizer(model, cfg.train, device)
     scheduler = build_scheduler(optimizer, cfg.train)
     last = out / "last.pt"
-    if resume and last.exists():
-        ckpt = read_checkpoint_file(last)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{last} is not a pgseg checkpoint; remove it or train into a new --out")
-        model.load_state_dict(ckpt["model"], strict=False)
-        if "optimizer" in ckpt:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        # the schedule is rebuilt from the (possibly changed) config; step_update(step) positions it
-        start_step = int(ckpt.get("step", 0))
-        _log.info("resumed from %s at step %d", last, start_step)
-    elif init_checkpoint:
-        init_from(model, init_checkpoint)  # logs which keys were new / ignored
-
-    steps = cfg.train.steps
-    metrics_path = out / "metrics.jsonl"
+    start_step = _restore(model, optimizer, last, resume, init_checkpoint)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device.type == "cuda" and cfg.train.amp
@@ -158,67 +229,11 @@ def fit(
     )
     model.train()
     t0 = time.time()
-    seen = 0
-    window: dict[str, float] = {}
-    n_window = 0
-    t_window = time.time()
-    stopped_early = False
-    step = start_step
-    final: dict[str, float] = {}
+    trainer = _Trainer(cfg, model, optimizer, scheduler, last, progress, autocast)
     batches = _image_batches(cfg, model, device, out, progress)
-    with open(metrics_path, "a") as mfile:
-        for step in range(start_step, steps):
-            if cfg.train.time_budget_s > 0 and time.time() - t0 > cfg.train.time_budget_s:
-                stopped_early = True
-                _log.warning(
-                    "time budget of %.0f s reached at step %d; stopping", cfg.train.time_budget_s, step
-                )
-                break
-            inputs, captions = next(batches)
-            if step == start_step:
-                t_window = time.time()
-            model.img_encoder.set_hard_assignment(step >= cfg.train.hard_assign_start)
-            scheduler.step_update(step)
-            with autocast:
-                losses = model.forward_train(captions, **inputs)
-            loss = losses["loss"]
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"loss became {loss.item()} at step {step}; lower train.lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                [p for p in model.parameters() if p.requires_grad], cfg.train.grad_clip
-            )
-            optimizer.step()
-            seen += len(captions)
-            for k, v in losses.items():
-                window[k] = window.get(k, 0.0) + float(v.detach())
-            n_window += 1
-            done = step + 1
-            if done % cfg.train.log_every == 0 or done == steps:
-                dt = max(time.time() - t_window, 1e-9)
-                record = {k: v / n_window for k, v in window.items()}
-                record.update(
-                    step=done,
-                    lr=optimizer.param_groups[0]["lr"],
-                    grad_norm=float(grad_norm),
-                    logit_scale=model.logit_scale_value(),
-                    images_per_s=n_window * cfg.train.batch_size / dt,
-                    elapsed_s=time.time() - t0,
-                )
-                mfile.write(json.dumps(record) + "\n")
-                mfile.flush()
-                final = record
-                window, n_window, t_window = {}, 0, time.time()
-                if progress:
-                    progress("train", done, steps, record)
-            elif progress:
-                progress("train", done, steps, {})
-            if done % cfg.train.ckpt_every == 0 and done < steps:
-                save_checkpoint(last, model, cfg, done, optimizer, final)
-        else:
-            step = steps
-    end_step = step if stopped_early else steps
+    with open(out / "metrics.jsonl", "a") as mfile:
+        step, stopped_early, seen, final = trainer.run(batches, mfile, start_step, t0)
+    end_step = step if stopped_early else cfg.train.steps
     save_checkpoint(last, model, cfg, end_step, optimizer, final)
     seconds = time.time() - t0
     _log.info("trained %d steps (%d images) in %.0f s", end_step - start_step, seen, seconds)

@@ -1,4 +1,4 @@
-"""Device resolution: ``auto | cpu | cuda | cuda:N``; a device the user asked for and that is missing raises."""
+"""Device resolution (``auto | cpu | cuda | cuda:N``); a device the user asked for that is missing raises."""
 
 from __future__ import annotations
 
@@ -28,8 +28,7 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise DeviceError(
-                f"device '{spec}' was requested but CUDA is not available on this machine; "
-                "use cpu (or auto)"
+                f"device '{spec}' was requested but CUDA is not available on this machine; use cpu (or auto)"
             )
         index = 0
         if ":" in spec:
