@@ -21,7 +21,8 @@ def main() -> None:
             f"hIoU {trained['hIoU']:.1f}"
         )
     print(
-        f"bg_thresh (chosen on the seed-1 calibration split): trained {trained['eval_config']['bg_thresh']:g}, "
+        "bg_thresh (chosen on the seed-1 calibration split): "
+        f"trained {trained['eval_config']['bg_thresh']:g}, "
         f"untrained {untrained['eval_config']['bg_thresh']:g}"
     )
     seg = out / "segment"

@@ -17,6 +17,7 @@ from .utils.io import atomic_write_json
 
 if TYPE_CHECKING:
     from .eval.report import EvalReport
+    from .segment.runner import SegmentSummary
 
 __all__ = [
     "prep_shards",
@@ -158,7 +159,7 @@ def _open_dataset(name: str, root: str | Path, split: str) -> Any:
     except ImportError as e:
         raise DependencyError(
             f"benchmark dataset readers are missing from this build ({e}): reinstall pgseg "
-            "or evaluate demo shards with --data"
+            "or evaluate demo shards"
         ) from e
     return open_dataset(name, root, split=split)
 
@@ -262,7 +263,7 @@ def segment_files(
     feature_cache: str | Path | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
     progress: Progress | None = None,
-) -> dict[str, Any]:
+) -> SegmentSummary:
     """Segment image files into the named classes and write label PNGs, overlays, JSON and/or COCO RLE.
 
     :meth:`pgseg_core.segment.Segmenter.from_checkpoint` then :meth:`~pgseg_core.segment.Segmenter.run`, which
@@ -271,9 +272,7 @@ def segment_files(
     :func:`pgseg_core.inference.read_templates`, and ``text_cache`` True means ``out_dir/.pgseg_cache``.
 
     Returns:
-        :meth:`pgseg_core.segment.SegmentSummary.to_dict`: ``out_dir, classes, formats, total, processed,
-        skipped, failed [{image, error}], num_failed, seconds, images_per_s, backend, device, text_cache``
-        ("hit", "miss", "off" or "unused"), ``class_spec`` and, with a feature cache, ``feature_cache``.
+        :class:`pgseg_core.segment.runner.SegmentSummary` (``to_dict()`` for JSON).
 
     Raises:
         ConfigError, DataError, CheckpointError, DeviceError, DependencyError on bad settings or files; bad
@@ -314,7 +313,7 @@ def segment_files(
         on_record=on_record,
         progress=(lambda d, t, info: progress("segment", d, t, info)) if progress else None,
     )
-    return summary.to_dict()
+    return summary
 
 
 def export_onnx(checkpoint: str | Path, out: str | Path, *, size: int = 448) -> dict[str, Any]:

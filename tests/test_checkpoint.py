@@ -323,7 +323,7 @@ def test_text_cache_key_uses_the_identity_whatever_the_checkpoint_is_called(
     first = segment_files([str(tmp_path / "a.png")], tiny_checkpoint, tmp_path / "o1", **common)
     second = segment_files([str(tmp_path / "a.png")], run, tmp_path / "o2", **common)
     assert digests == [checkpoint_sha256(tiny_checkpoint)[:16]] * 2
-    assert (first["text_cache"], second["text_cache"]) == ("miss", "hit")
+    assert (first.text_cache, second.text_cache) == ("miss", "hit")
 
 
 def test_onnx_sidecar_records_the_identity_and_accepts_any_name_of_the_checkpoint(tiny_checkpoint, tmp_path):

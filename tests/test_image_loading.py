@@ -1,4 +1,4 @@
-"""Robust image loading for segment: EXIF orientation, odd modes, alpha, and the files that must be refused."""
+"""Robust image loading for segment: EXIF orientation, odd modes, alpha, and files that must be refused."""
 
 from __future__ import annotations
 

@@ -319,20 +319,32 @@ def assert_one_line_error(result, *needles: str) -> None:
         assert needle.lower() in " ".join(lines).lower(), (needle, lines)
 
 
+def test_a_bad_template_is_a_one_line_error(env, tmp_path):
+    result = seg(env / "tiny.pt", tmp_path / "o", env / "photos" / "a.jpg", extra=("--template", "a photo"))
+    assert_one_line_error(result, "template", "{}")
+
+
 @pytest.mark.parametrize(
     "extra, needles",
     [
-        (("--format", "png,svg"), ("unknown output format svg",)),
-        (("--bg-thresh", "1.5"), ("--bg-thresh", "[0, 1]")),
-        (("--template", "a photo"), ("template", "{}")),
-        (("--backend", "onnx"), ("--onnx",)),
-        (("--backend", "tensorrt"), ("unknown backend",)),
-        (("--batch-size", "0"), ("--batch-size",)),
+        (("--format", "png,svg"), ("'--format'", "unknown output format svg")),
+        (("--bg-thresh", "1.5"), ("'--bg-thresh'", "less than or equal to 1")),
+        (("--backend", "onnx"), ("'--onnx'", "--backend onnx needs --onnx")),
+        (("--backend", "tensorrt"), ("'--backend'", "unknown backend")),
+        (("--batch-size", "0"), ("'--batch-size'",)),
+        (("--top-k", "-3"), ("'--top-k'",)),
+        (("--export-onnx", "a.onnx", "--onnx", "b.onnx"), ("'--export-onnx'", "not both")),
+        (("--export-onnx", "a.onnx", "--cache", "f.h5"), ("'--cache'", "torch backend only")),
     ],
 )
-def test_bad_options_are_one_line_errors(env, tmp_path, extra, needles):
+def test_bad_options_are_usage_errors_naming_the_flag(env, tmp_path, extra, needles):
     result = seg(env / "tiny.pt", tmp_path / "o", env / "photos" / "a.jpg", extra=extra)
-    assert_one_line_error(result, *needles)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    errors = [ln for ln in result.output.splitlines() if ln.startswith("Error:")]
+    assert len(errors) == 1, result.output
+    for needle in needles:
+        assert needle in errors[0], (needle, errors)
+    assert not (tmp_path / "o").exists()  # nothing ran
 
 
 def test_bad_class_and_template_files(env, tmp_path):
@@ -351,7 +363,8 @@ def test_bad_class_and_template_files(env, tmp_path):
         run(*base, "--classes-file", tmp_path / "classes.json"), "class-file format", ".json"
     )
     assert_one_line_error(run(*base, "--classes", "cat,,dog"), "empty class name")
-    assert_one_line_error(run(*base), "no classes given")
+    usage = run(*base)
+    assert usage.exit_code == 2 and "name at least one class" in usage.output
     (tmp_path / "t.txt").write_text("# nothing\n")
     assert_one_line_error(
         run(*base, "--classes", "cat", "--templates-file", tmp_path / "t.txt"), "no template"
@@ -430,9 +443,10 @@ def test_onnx_from_another_checkpoint_is_refused(env, tmp_path):
         ),
         "ONNX model not found",
     )
-    assert_one_line_error(
-        run("export-onnx", "-c", env / "tiny.pt", "-o", tmp_path / "m.onnx", "--size", "50"), "multiple of 16"
-    )
+    usage = run("export-onnx", "-c", env / "tiny.pt", "-o", tmp_path / "m.onnx", "--size", "50")
+    assert usage.exit_code == 2 and "'--size': must be a multiple of 16 pixels, got 50" in usage.output
+    usage = run("export-onnx", "-c", env / "tiny.pt", "-o", tmp_path / "m.onx")
+    assert usage.exit_code == 2 and "'--out': must name a .onnx file" in usage.output
 
 
 # ---------------------------------------------------------------------------------------------- feature cache

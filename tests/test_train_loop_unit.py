@@ -282,7 +282,7 @@ def test_scheduler_warmup_then_cosine(warmup, total):
 
 
 def test_hard_assignment_starts_at_hard_assign_start(shard_dir, tmp_path, monkeypatch):
-    """Steps before train.hard_assign_start use the soft assignment, the rest Gumbel hard (pgseg-demo: 300)."""
+    """Steps before train.hard_assign_start use the soft assignment, then Gumbel hard (pgseg-demo: 300)."""
     from pgseg_core.models.grouping import AssignAttention
 
     seen: list[bool] = []

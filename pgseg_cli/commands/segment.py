@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from .._console import err, handle_errors, out, progress_bar
+from ..options import BgThreshOpt, CheckpointOpt, DeviceOpt, OutDirOpt, TopKOpt, device_or_auto
 
 
 def register(app: typer.Typer) -> None:
@@ -20,24 +21,20 @@ def register(app: typer.Typer) -> None:
         images: Annotated[
             list[str],
             typer.Argument(
-                help="Image files, directories, quoted glob patterns ('photos/**/*.jpg'), or - to read paths from "
-                "stdin (find ... | pgseg segment - ...)."
+                help="Image files, directories, quoted glob patterns ('photos/**/*.jpg'), or - to read paths "
+                "from stdin (find ... | pgseg segment - ...)."
             ),
         ],
-        checkpoint: Annotated[
-            str, typer.Option("--checkpoint", "-c", help="Checkpoint file or run directory.")
-        ],
-        out_dir: Annotated[
-            Path, typer.Option("--out", "-o", help="Output directory (mirrors input sub-folders).")
-        ],
+        checkpoint: CheckpointOpt,
+        out_dir: OutDirOpt,
         classes: Annotated[
             Optional[str], typer.Option(help="Comma-separated class names, e.g. 'cat,dog'.")
         ] = None,
         classes_file: Annotated[
             Optional[Path],
             typer.Option(
-                help="Class file: one class per line, comma-separated synonyms, optional 'background: w1, w2' "
-                "line."
+                help="Class file: one class per line, comma-separated synonyms, optional "
+                "'background: w1, w2' line."
             ),
         ] = None,
         bg_words: Annotated[
@@ -55,12 +52,10 @@ def register(app: typer.Typer) -> None:
         templates_file: Annotated[
             Optional[Path], typer.Option(help="Text file, one template per line.")
         ] = None,
-        bg_thresh: Annotated[
-            Optional[float], typer.Option(help="Background threshold in [0, 1] (default: checkpoint's).")
-        ] = None,
-        top_k: Annotated[Optional[int], typer.Option(help="Keep the image's top-k classes; 0 = all.")] = None,
+        bg_thresh: BgThreshOpt = None,
+        top_k: TopKOpt = None,
         short_side: Annotated[
-            Optional[int], typer.Option(help="Resize the short side to this many pixels.")
+            Optional[int], typer.Option(min=1, help="Resize the short side to this many pixels.")
         ] = None,
         fmt: Annotated[
             str, typer.Option("--format", help="Outputs: any of png,overlay,json,coco-rle.")
@@ -74,11 +69,11 @@ def register(app: typer.Typer) -> None:
         recursive: Annotated[
             bool, typer.Option("--recursive", "-r", help="Descend into sub-folders.")
         ] = False,
-        device: Annotated[
-            str, typer.Option(help="auto, cpu, cuda or cuda:N (bf16 autocast on CUDA).")
-        ] = "auto",
-        batch_size: Annotated[int, typer.Option(help="Images per encoder batch.")] = 4,
-        workers: Annotated[int, typer.Option(help="Decode worker processes (0 = in the main process).")] = 2,
+        device: DeviceOpt = None,
+        batch_size: Annotated[int, typer.Option(min=1, help="Images per encoder batch.")] = 4,
+        workers: Annotated[
+            int, typer.Option(min=0, help="Decode worker processes (0 = in the main process).")
+        ] = 2,
         backend: Annotated[
             str, typer.Option(help="Image encoder: torch or onnx (ONNX Runtime, CPU).")
         ] = "torch",
@@ -108,8 +103,12 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
     ) -> None:
-        """Segment images into the classes you name (label PNG, overlay with legend, JSON, COCO RLE)."""
+        """Segment images into the classes you name (label PNG, overlay with legend, JSON, COCO RLE).
+
+        bf16 autocast on CUDA."""
         from pgseg_core.api import segment_files
+
+        _check_options(classes, classes_file, fmt, backend, onnx, export_onnx, feature_cache, device)
 
         overrides = {
             k: v
@@ -133,7 +132,7 @@ def register(app: typer.Typer) -> None:
                 templates=template,
                 templates_file=templates_file,
                 eval_overrides=overrides,
-                device=device,
+                device=device_or_auto(device),
                 formats=fmt,
                 recursive=recursive,
                 stdin=sys.stdin if "-" in images else None,
@@ -150,26 +149,64 @@ def register(app: typer.Typer) -> None:
                     d, t, info=f"{i.get('images_per_s', 0.0):.2f} img/s", phase=p
                 ),
             )
-        console = err if jsonl else out
+        _render(summary, out_dir, feature_cache, err if jsonl else out)
+
+
+def _check_options(classes, classes_file, fmt, backend, onnx, export_onnx, feature_cache, device) -> None:
+    """Usage errors (exit 2) for option values and combinations that cannot work, before any work."""
+    from pgseg_core.errors import ConfigError
+    from pgseg_core.segment.outputs import parse_formats
+
+    if not classes and classes_file is None:
+        raise typer.BadParameter(
+            "name at least one class (--classes 'cat,dog' or --classes-file FILE)", param_hint="'--classes'"
+        )
+    try:
+        parse_formats(fmt)
+    except ConfigError as e:
+        raise typer.BadParameter(str(e), param_hint="'--format'") from None
+    if backend not in ("torch", "onnx"):
+        raise typer.BadParameter(f"unknown backend '{backend}': use torch or onnx", param_hint="'--backend'")
+    if export_onnx is not None and onnx is not None:
+        raise typer.BadParameter(
+            "give either --export-onnx FILE (export, then use it) or --onnx FILE, not both",
+            param_hint="'--export-onnx'",
+        )
+    uses_onnx = backend == "onnx" or export_onnx is not None
+    if backend == "onnx" and onnx is None and export_onnx is None:
+        raise typer.BadParameter(
+            "--backend onnx needs --onnx MODEL.onnx (write it with 'pgseg export-onnx')",
+            param_hint="'--onnx'",
+        )
+    if uses_onnx and feature_cache is not None:
+        raise typer.BadParameter("--cache works with the torch backend only", param_hint="'--cache'")
+    if uses_onnx and device not in (None, "auto", "cpu"):
+        raise typer.BadParameter(
+            f"--backend onnx runs on the CPU; drop --device {device}", param_hint="'--device'"
+        )
+
+
+def _render(summary, out_dir, feature_cache, console) -> None:
+    """The closing lines of a run: counts, speed, caches, and one red line per failed image."""
+    console.print(
+        f"segmented {summary.processed} image(s) into {out_dir}: skipped {summary.skipped} existing, "
+        f"failed {summary.num_failed} ({summary.images_per_s:.2f} images/s, {summary.backend} on "
+        f"{summary.device}, text cache {summary.text_cache})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if summary.feature_cache is not None:
+        fc = summary.feature_cache
         console.print(
-            f"segmented {summary['processed']} image(s) into {out_dir}: skipped {summary['skipped']} existing, "
-            f"failed {summary['num_failed']} ({summary['images_per_s']:.2f} images/s, {summary['backend']} on "
-            f"{summary['device']}, text cache {summary['text_cache']})",
+            f"feature cache {feature_cache}: {fc['images_from_cache']} image(s) read, "
+            f"{fc['images_encoded']} encoded",
             highlight=False,
             soft_wrap=True,
         )
-        if "feature_cache" in summary:
-            fc = summary["feature_cache"]
-            console.print(
-                f"feature cache {feature_cache}: {fc['images_from_cache']} image(s) read, "
-                f"{fc['images_encoded']} encoded",
-                highlight=False,
-                soft_wrap=True,
-            )
-        for failure in summary["failed"]:
-            text = failure["error"]
-            if failure["image"] not in text:
-                text = f"{failure['image']}: {text}"
-            err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
-        if summary["failed"]:
-            raise typer.Exit(1)
+    for failure in summary.failed:
+        text = failure["error"]
+        if failure["image"] not in text:
+            text = f"{failure['image']}: {text}"
+        err.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+    if summary.failed:
+        raise typer.Exit(1)

@@ -221,6 +221,6 @@ def _read_trusted(path: Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=False, pickle_module=_LenientPickle)
     except Exception as e:
         raise CheckpointError(
-            f"cannot read checkpoint {path} even with --trust-pickle: {type(e).__name__}: "
+            f"cannot read checkpoint {path} even as a trusted pickle: {type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}"
         ) from e

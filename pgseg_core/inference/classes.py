@@ -179,8 +179,9 @@ def parse_class_spec(
     if bg_words:
         words += _split_phrases(bg_words) if isinstance(bg_words, str) else [str(w).strip() for w in bg_words]
     if not prompts:
-        raise ConfigError("no classes given: pass --classes 'cat,dog' or --classes-file FILE")
-    return _validated(prompts, words, "--classes" if not classes_file else f"--classes / {classes_file}")
+        raise ConfigError("no classes given: name at least one class or give a class file")
+    source = "the class list" if not classes_file else f"the classes / {classes_file}"
+    return _validated(prompts, words, source)
 
 
 @dataclass

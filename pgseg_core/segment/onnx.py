@@ -184,10 +184,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, size: int = 44
     from ..checkpoint import load_checkpoint
 
     if size <= 0 or size % TOKEN_STRIDE:
-        raise ConfigError(f"--size must be a positive multiple of {TOKEN_STRIDE} pixels, got {size}")
+        raise ConfigError(f"size must be a positive multiple of {TOKEN_STRIDE} pixels, got {size}")
     out = Path(out)
     if out.suffix.lower() != ".onnx":
-        raise ConfigError(f"--out must name a .onnx file, got {out}")
+        raise ConfigError(f"the output must be a .onnx file, got {out}")
     model, info = load_checkpoint(checkpoint, "cpu")
     meta = export_onnx(
         model,
@@ -218,7 +218,7 @@ class OnnxEncoder:
         try:
             import onnxruntime as ort
         except ImportError as e:
-            raise DependencyError("--backend onnx needs onnxruntime: pip install 'pgseg[onnx]'") from e
+            raise DependencyError("the onnx backend needs onnxruntime: pip install 'pgseg[onnx]'") from e
         path = Path(onnx_path)
         if not path.is_file():
             raise CheckpointError(f"ONNX model not found: {path}; create it with 'pgseg export-onnx'")
@@ -235,7 +235,7 @@ class OnnxEncoder:
         if checkpoint_digest is not None and stored is not None and stored != checkpoint_digest:
             raise CheckpointError(
                 f"{path} was exported from another checkpoint ({self.meta.get('checkpoint')}); "
-                "export it again from the --checkpoint you segment with"
+                "export it again from the checkpoint you segment with"
             )
         opts = ort.SessionOptions()
         if threads > 0:

@@ -59,8 +59,7 @@ def parse_formats(spec: str | list[str] | tuple[str, ...] | None) -> tuple[str, 
     bad = [n for n in names if n not in FORMATS]
     if bad or not names:
         raise ConfigError(
-            f"unknown output format {', '.join(bad) or '(none)'!s} in --format: choose from "
-            f"{', '.join(FORMATS)}"
+            f"unknown output format {', '.join(bad) or '(none)'!s}: choose from {', '.join(FORMATS)}"
         )
     return tuple(f for f in FORMATS if f in names)
 
@@ -158,7 +157,8 @@ def coco_rle_record(label: np.ndarray, scores: np.ndarray, classes: list[str], i
 
     Returns:
         ``{"image", "height", "width", "categories": [{"id", "name"}], "annotations": [{"category_id",
-        "category", "segmentation": {"size": [H, W], "counts": str}, "area", "bbox": [x, y, w, h], "score"}]}``
+        "category", "segmentation": {"size": [H, W], "counts": str}, "area", "bbox": [x, y, w, h],
+        "score"}]}``
         with ``category_id`` = label value (1 + c). ``pycocotools.mask.decode`` of a ``segmentation`` gives
         back ``label == category_id`` exactly.
     """

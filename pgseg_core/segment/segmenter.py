@@ -96,9 +96,9 @@ def check_run_options(batch_size: int, feature_cache: Any | None, backend: str) 
         ConfigError: ``batch_size`` below 1, or a feature cache with a backend other than torch.
     """
     if int(batch_size) < 1:
-        raise ConfigError(f"--batch-size must be at least 1, got {batch_size}")
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
     if feature_cache is not None and backend != "torch":
-        raise ConfigError("--cache works with the torch backend only: drop --cache or --backend onnx")
+        raise ConfigError("a feature cache works with the torch backend only")
 
 
 def eval_config_of(run_cfg: Any, overrides: dict[str, Any] | None, templates: list[str] | None) -> Any:
@@ -130,17 +130,15 @@ def _check_backend(
     """(backend, ONNX file, device) after ``--export-onnx``; the ONNX backend runs on the CPU."""
     if export_onnx_to is not None:
         if backend == "onnx" and onnx_path is not None:
-            raise ConfigError("give either --export-onnx FILE (export, then use it) or --onnx FILE, not both")
+            raise ConfigError("give either an ONNX file to export to or an existing ONNX model, not both")
         backend, onnx_path = "onnx", export_onnx_to
     if backend not in BACKENDS:
         raise ConfigError(f"unknown backend '{backend}': use torch or onnx")
     if backend == "onnx" and onnx_path is None:
-        raise ConfigError("--backend onnx needs --onnx MODEL.onnx (write it with 'pgseg export-onnx')")
+        raise ConfigError("the onnx backend needs an ONNX model (written by export-onnx)")
     if backend == "onnx":
         if device not in ("auto", "cpu"):
-            raise ConfigError(
-                f"--backend onnx runs on the CPU; drop --device {device} (or use --backend torch)"
-            )
+            raise ConfigError(f"the onnx backend runs on the CPU, not on device {device}")
         device = "cpu"
     return backend, onnx_path, device
 
@@ -234,7 +232,7 @@ class Segmenter:
         backend, onnx_path, device = _check_backend(backend, onnx_path, export_onnx_to, device)
         overrides = dict(eval_overrides or {})
         if "bg_thresh" in overrides and not 0.0 <= float(overrides["bg_thresh"]) <= 1.0:
-            raise ConfigError(f"--bg-thresh must lie in [0, 1], got {overrides['bg_thresh']}")
+            raise ConfigError(f"eval.bg_thresh must lie in [0, 1], got {overrides['bg_thresh']}")
         dev = resolve_device(device)
         if export_onnx_to is not None:
             from .onnx import export_checkpoint

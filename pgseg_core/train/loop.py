@@ -88,7 +88,9 @@ def _restore(model, optimizer, last: Path, resume: bool, init_checkpoint: str | 
     if resume and last.exists():
         ckpt = read_checkpoint_file(last)
         if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(f"{last} is not a pgseg checkpoint; remove it or train into a new --out")
+            raise CheckpointError(
+                f"{last} is not a pgseg checkpoint; remove it or train into a new run directory"
+            )
         model.load_state_dict(ckpt["model"], strict=False)
         if "optimizer" in ckpt:
             optimizer.load_state_dict(ckpt["optimizer"])
@@ -215,7 +217,7 @@ def fit(
         ConfigError: no training data given. DataError / CheckpointError / DeviceError on bad inputs.
     """
     if not cfg.data.train:
-        raise ConfigError("no training data: pass --data DIR (shards with index.json) or set data.train")
+        raise ConfigError("no training data: set data.train to shards (a directory with index.json)")
     cfg, device, out = _prepare(cfg, out_dir)
     model = create_model(cfg.model).to(device)
     optimizer = build_optimizer(model, cfg.train, device)
