@@ -319,7 +319,10 @@ def test_text_cache_key_uses_the_identity_whatever_the_checkpoint_is_called(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(text_cache, "cached_class_embeddings", spy)
-    common = dict(classes="red,green", device="cpu", formats="json", text_cache=tmp_path / "tc")
+    from pgseg_core.segment.options import SegmentOptions
+
+    options = SegmentOptions(device="cpu", formats="json", text_cache=tmp_path / "tc")
+    common = dict(classes="red,green", options=options)
     first = segment_files([str(tmp_path / "a.png")], tiny_checkpoint, tmp_path / "o1", **common)
     second = segment_files([str(tmp_path / "a.png")], run, tmp_path / "o2", **common)
     assert digests == [checkpoint_sha256(tiny_checkpoint)[:16]] * 2

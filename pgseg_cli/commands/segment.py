@@ -107,6 +107,7 @@ def register(app: typer.Typer) -> None:
 
         bf16 autocast on CUDA."""
         from pgseg_core.api import segment_files
+        from pgseg_core.segment.options import SegmentOptions
 
         _check_options(classes, classes_file, fmt, backend, onnx, export_onnx, feature_cache, device)
 
@@ -120,7 +121,20 @@ def register(app: typer.Typer) -> None:
             if jsonl:
                 typer.echo(json.dumps(record, ensure_ascii=False))
 
-        cache: Path | bool = False if no_text_cache else (text_cache if text_cache is not None else True)
+        options = SegmentOptions(
+            eval_overrides=overrides,
+            device=device_or_auto(device),
+            formats=fmt,
+            recursive=recursive,
+            skip_existing=skip_existing,
+            batch_size=batch_size,
+            num_workers=workers,
+            backend=backend,
+            onnx_path=onnx,
+            export_onnx_to=export_onnx,
+            text_cache=False if no_text_cache else (text_cache if text_cache is not None else True),
+            feature_cache=feature_cache,
+        )
         with progress_bar("segment") as update:
             summary = segment_files(
                 images,
@@ -131,19 +145,8 @@ def register(app: typer.Typer) -> None:
                 bg_words=bg_words,
                 templates=template,
                 templates_file=templates_file,
-                eval_overrides=overrides,
-                device=device_or_auto(device),
-                formats=fmt,
-                recursive=recursive,
+                options=options,
                 stdin=sys.stdin if "-" in images else None,
-                skip_existing=skip_existing,
-                batch_size=batch_size,
-                num_workers=workers,
-                backend=backend,
-                onnx_path=onnx,
-                text_cache=cache,
-                export_onnx_to=export_onnx,
-                feature_cache=feature_cache,
                 on_record=emit,
                 progress=lambda p, d, t, i: update(
                     d, t, info=f"{i.get('images_per_s', 0.0):.2f} img/s", phase=p

@@ -61,9 +61,8 @@ def register(app: typer.Typer) -> None:
                 device=device,
                 progress=cb,
             )
-        final = result["final"]
-        loss = f", final loss {final['loss']:.3f}" if "loss" in final else ""
+        loss = f", final loss {result.final['loss']:.3f}" if "loss" in result.final else ""
         out.print(
-            f"trained {result['steps']} steps on {result['device']} in {result['seconds']:.0f} s{loss}; "
-            f"checkpoint: {result['checkpoint']}"
+            f"trained {result.steps} steps on {result.device} in {result.seconds:.0f} s{loss}; "
+            f"checkpoint: {result.checkpoint}"
         )
