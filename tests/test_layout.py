@@ -152,6 +152,8 @@ def _architecture_names() -> set[str]:
         if not line.strip():
             continue
         indent = len(line) - len(line.lstrip())
+        if indent == 0:  # the next top-level tree (pgseg_cli/)
+            break
         first = line.split()[0]
         while stack and stack[-1][0] >= indent:
             stack.pop()
@@ -162,7 +164,8 @@ def _architecture_names() -> set[str]:
             stack.append((indent, pkg))
         else:
             for token in re.findall(r"\b[a-z_0-9]+\.py\b", line.strip().split("  ")[0]):
-                names.add(prefix + token[:-3])
+                if token != "__init__.py":  # a package's own module: the package line names it
+                    names.add(prefix + token[:-3])
     return names
 
 
