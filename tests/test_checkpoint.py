@@ -185,6 +185,35 @@ def test_unexpected_weights_for_the_stored_config(tmp_path):
     _assert_checkpoint_error(path, "do not match")
 
 
+def test_check_weights_fit_messages_for_load_and_convert():
+    from pgseg_core.checkpoint.io import check_weights_fit
+
+    miss, extra = [f"m{i}" for i in range(9)], ["x0", "x1", "x2", "x3"]
+    mismatch = "ck: weights do not match {} (9 missing, e.g. ['m0', 'm1']; 0 unexpected, e.g. [])"
+    for kw, against in (
+        ({}, "the stored config"),
+        ({"against": "their config", "explain_unexpected": False}, "their config"),
+    ):
+        notes: list[str] = []
+        with pytest.raises(CheckpointError) as e:
+            check_weights_fit("ck", "pgseg", miss, [], notes, **kw)
+        assert str(e.value) == mismatch.format(against)
+        with pytest.raises(CheckpointError, match=rf"^ck: weights do not match {against} \(0 missing"):
+            check_weights_fit("ck", "pgseg", [], extra, notes, **kw)
+        check_weights_fit("ck", "hf", miss, [], notes, **kw)
+        check_weights_fit("ck", "hf", miss[:2], [], notes, **kw)
+        check_weights_fit("ck", "pgseg", [], [], notes, **kw)
+        assert notes == [
+            "9 new keys initialised at random: m0, m1, m2, m3, m4, m5, m6, m7 ...",
+            "2 new keys initialised at random: m0, m1",
+        ]
+    with pytest.raises(CheckpointError) as e:
+        check_weights_fit("ck", "hf", miss, extra, [])
+    assert str(e.value) == "ck: 4 hf weights have no place in the inferred model, e.g. ['x0', 'x1', 'x2']"
+    with pytest.raises(CheckpointError, match=r"^ck: weights do not match their config \(9 missing"):
+        check_weights_fit("ck", "hf", miss, extra, [], against="their config", explain_unexpected=False)
+
+
 def test_wrongly_shaped_weights_for_the_stored_config(tmp_path):
     """Same keys, other shapes: weights of an embed_dim=32 model stored under an embed_dim=48 config."""
     cfg = load_config("pgseg-tiny")

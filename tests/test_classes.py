@@ -14,6 +14,7 @@ from pgseg_core.inference import (
     parse_class_lines,
     parse_class_spec,
     read_class_file,
+    read_templates,
 )
 
 
@@ -69,6 +70,23 @@ def test_read_class_file_and_errors(tmp_path):
     bad.write_text("[]")
     with pytest.raises(DataError, match="unknown class-file format '.json'"):
         read_class_file(bad)
+
+
+def test_unreadable_files_name_what_and_where(tmp_path):
+    from pgseg_core.data.captions import read_caption_table
+    from pgseg_core.utils.io import read_text_file
+
+    for name in ("c.txt", "t.txt", "captions.tsv"):
+        (tmp_path / name).write_bytes(b"\xff\xfe\xfa bad utf-8")
+    with pytest.raises(DataError, match=r"^cannot read class file .*c\.txt: "):
+        read_class_file(tmp_path / "c.txt")
+    with pytest.raises(DataError, match=r"^cannot read templates file .*t\.txt: "):
+        read_templates(None, tmp_path / "t.txt")
+    with pytest.raises(DataError, match=r"^cannot read caption file .*captions\.tsv: "):
+        read_caption_table(tmp_path / "captions.tsv")
+    with pytest.raises(DataError, match=r"^cannot read thing .*missing: "):
+        read_text_file(tmp_path / "missing", "thing")
+    assert read_text_file(tmp_path / "c.txt", "x", encoding="latin-1").startswith("\xff")
 
 
 def test_parse_class_spec_merges_cli_file_and_bg_words(tmp_path):

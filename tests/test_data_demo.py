@@ -36,10 +36,22 @@ def _splitread_tar_samples(out: Path, split: str) -> dict[str, dict[str, bytes]]
 def fake_build(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
     roots = make_fake_roots(root / "src")
+    ticks: list[tuple[int, int]] = []
     summary = build_demo_shards(
-        root / "a", seed=3, n_train=12, n_val=6, img_size=64, roots=roots, shard_size=5
+        root / "a",
+        seed=3,
+        n_train=12,
+        n_val=6,
+        img_size=64,
+        roots=roots,
+        shard_size=5,
+        progress=lambda d, t: ticks.append((d, t)),
     )
-    return root, roots, summary
+    return root, roots, {**summary, "ticks": ticks}
+
+
+def test_progress_counts_every_composite_of_all_splits(fake_build):
+    assert fake_build[2]["ticks"] == [(d, 24) for d in range(1, 25)]
 
 
 def test_index_schema_and_vocabulary(fake_build):

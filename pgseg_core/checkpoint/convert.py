@@ -8,12 +8,11 @@ from typing import Any
 
 import torch
 
-from ..errors import CheckpointError
 from ..models.factory import create_model
 from ..utils.io import atomic_write, atomic_write_json
 from ..version import __version__
 from .formats import CHECKPOINT_FORMAT, CHECKPOINT_SCHEMA
-from .io import fit_pos_embed, load_weights, read_any_checkpoint, trainable_state_dict
+from .io import check_weights_fit, fit_pos_embed, load_weights, read_any_checkpoint, trainable_state_dict
 
 __all__ = ["convert_checkpoint"]
 
@@ -44,16 +43,15 @@ def convert_checkpoint(src: str | Path, dst: str | Path, *, trust_pickle: bool =
     notes = list(loaded.notes)
     state = fit_pos_embed(loaded.state, model, notes)
     missing, unexpected = load_weights(model, state, os.fspath(src))
-    if unexpected or (missing and loaded.source_format == "pgseg"):
-        raise CheckpointError(
-            f"{src}: weights do not match their config ({len(missing)} missing, e.g. "
-            f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})"
-        )
-    if missing:
-        notes.append(
-            f"{len(missing)} new keys initialised at random: {', '.join(missing[:8])}"
-            + (" ..." if len(missing) > 8 else "")
-        )
+    check_weights_fit(
+        src,
+        loaded.source_format,
+        missing,
+        unexpected,
+        notes,
+        against="their config",
+        explain_unexpected=False,
+    )
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in trainable_state_dict(model).items()}
     dst = Path(dst)
     if dst.suffix in (".safetensors", ".json"):

@@ -52,6 +52,7 @@ __all__ = [
     "init_from",
     "fit_pos_embed",
     "load_weights",
+    "check_weights_fit",
 ]
 
 _log = logging.getLogger("pgseg.checkpoint")
@@ -292,6 +293,48 @@ def load_weights(model: PGSeg, state: dict[str, torch.Tensor], path: str) -> tup
     return missing, list(unexpected)
 
 
+def check_weights_fit(
+    path: str | Path,
+    source_format: str,
+    missing: list[str],
+    unexpected: list[str],
+    notes: list[str],
+    *,
+    against: str = "the stored config",
+    explain_unexpected: bool = True,
+) -> None:
+    """Check the keys :func:`load_weights` reported; note the new keys a converted checkpoint leaves random.
+
+    A pgseg checkpoint must fill its model exactly. One of another ``source_format`` may leave keys of the
+    model new (appended to ``notes`` as initialised at random) but must bring no weight the model has no
+    place for.
+
+    Args:
+        against: what the mismatch message says the weights were checked against.
+        explain_unexpected: name a converted checkpoint's unplaced weights in a message of their own
+            (``False``: the mismatch message, as :func:`.convert.convert_checkpoint` words it).
+
+    Raises:
+        CheckpointError: missing keys of a pgseg checkpoint, or unexpected keys.
+    """
+    exact = source_format == "pgseg"
+    if unexpected and not exact and explain_unexpected:
+        raise CheckpointError(
+            f"{path}: {len(unexpected)} {source_format} weights have no place in the "
+            f"inferred model, e.g. {unexpected[:3]}"
+        )
+    if unexpected or (missing and exact):
+        raise CheckpointError(
+            f"{path}: weights do not match {against} ({len(missing)} missing, e.g. "
+            f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})"
+        )
+    if missing:
+        notes.append(
+            f"{len(missing)} new keys initialised at random: {', '.join(missing[:8])}"
+            + (" ..." if len(missing) > 8 else "")
+        )
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[PGSeg, CheckpointInfo]:
     """Rebuild the model stored in a checkpoint of any supported format, in eval mode.
 
@@ -321,23 +364,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
         if loaded.source_format == "pgseg":
             raise CheckpointError(str(e).replace("the model", "the stored config")) from None
         raise
-    if loaded.source_format == "pgseg":
-        if missing or unexpected:
-            raise CheckpointError(
-                f"{path}: weights do not match the stored config ({len(missing)} missing, e.g. "
-                f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})"
-            )
-    else:
-        if unexpected:
-            raise CheckpointError(
-                f"{path}: {len(unexpected)} {loaded.source_format} weights have no place in the "
-                f"inferred model, e.g. {unexpected[:3]}"
-            )
-        if missing:
-            notes.append(
-                f"{len(missing)} new keys initialised at random: {', '.join(missing[:8])}"
-                + (" ..." if len(missing) > 8 else "")
-            )
+    check_weights_fit(path, loaded.source_format, missing, unexpected, notes)
     model.to(device).eval()
     info = CheckpointInfo(
         path=os.fspath(path),

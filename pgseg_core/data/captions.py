@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 from ..errors import DataError
+from ..utils.io import read_text_file
 
 log = logging.getLogger("pgseg.data.captions")
 
@@ -42,10 +43,7 @@ def read_caption_table(path: Path) -> list[tuple[str, str]]:
             f"unsupported caption file {path}: use captions.tsv, captions.csv or captions.jsonl "
             "(or <stem>.txt files next to the images)"
         )
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read caption file {path}: {e}") from e
+    text = read_text_file(path, "caption file", encoding="utf-8-sig")
     rows: list[tuple[str, str]] = []
     if suffix == ".jsonl":
         for n, line in enumerate(text.splitlines(), 1):

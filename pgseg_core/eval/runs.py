@@ -19,9 +19,10 @@ import torch
 
 from ..errors import DataError
 from ..inference.classes import ClassSpec
+from ..utils.progress import progress_ticker
 from .metrics import harmonic_mean
 from .result import SEEN_SPLIT, UNSEEN_SPLIT, EvalResult
-from .stream import evaluate_samples, evaluate_stream, progress_ticker
+from .stream import evaluate_samples, evaluate_stream
 from .sweep import Sweep
 
 __all__ = ["evaluate", "evaluate_dataset", "config_dict"]

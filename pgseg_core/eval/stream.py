@@ -23,7 +23,7 @@ from .metrics import ConfusionAccumulator, metrics_from_confusion
 from .result import BACKGROUND
 from .sweep import Sweep
 
-__all__ = ["evaluate_stream", "evaluate_samples", "progress_ticker"]
+__all__ = ["evaluate_stream", "evaluate_samples"]
 
 logger = logging.getLogger("pgseg.eval")
 
@@ -247,18 +247,3 @@ def evaluate_samples(
         max_images=max_images,
         on_image=on_image,
     )
-
-
-def progress_ticker(
-    progress: Callable[[int, int | None], None] | None, total: int | None
-) -> Callable[[], None]:
-    """A callback that counts finished images and reports ``progress(done, total)`` after each."""
-    done = 0
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total)
-
-    return tick

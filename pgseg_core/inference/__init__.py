@@ -30,7 +30,6 @@ from .features import (
     extract_image_features,
     iter_score_maps,
     predict,
-    score_maps,
     scores_from_features,
 )
 from .preprocess import (
@@ -96,7 +95,6 @@ __all__ = [
     "rescale_size",
     "resize_scores",
     "resize_short_side",
-    "score_maps",
     "scores_from_features",
     "select_rule",
     "slide_windows",

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError
+from ..utils.io import read_text_file
 
 __all__ = [
     "ClassSpec",
@@ -148,10 +149,7 @@ def read_class_file(path: str | Path) -> ClassSpec:
             f"unknown class-file format '{path.suffix}' for {path}: use a .txt file with one class "
             "per line (synonyms comma-separated)"
         )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read class file {path}: {e}") from e
+    text = read_text_file(path, "class file")
     return parse_class_lines(text.splitlines(), source=str(path))
 
 
@@ -311,10 +309,7 @@ def read_templates(templates: list[str] | None, templates_file: str | Path | Non
         path = Path(templates_file)
         if not path.is_file():
             raise DataError(f"templates file not found: {path}")
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise DataError(f"cannot read templates file {path}: {e}") from e
+        lines = read_text_file(path, "templates file").splitlines()
         found += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
         if not found:
             raise ConfigError(

@@ -46,7 +46,6 @@ __all__ = [
     "extract_image_features",
     "iter_score_maps",
     "predict",
-    "score_maps",
     "scores_from_features",
 ]
 
@@ -279,27 +278,6 @@ def _finish(
 
 
 @torch.no_grad()
-def score_maps(
-    features: ImageFeatures,
-    class_emb: torch.Tensor | ClassEmbeddings,
-    eval_cfg: Any,
-    *,
-    with_background: bool = True,
-    crop_batch: int = 4,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class-dependent half of inference, on the features' device (see :func:`scores_from_features`).
-
-    Returns:
-        ``(label, scores)``: label int64 tensor [H0,W0] and scores float32 tensor [K,H0,W0].
-    """
-    return next(
-        iter_score_maps(
-            features, class_emb, [eval_cfg], with_background=with_background, crop_batch=crop_batch
-        )
-    )
-
-
-@torch.no_grad()
 def iter_score_maps(
     features: ImageFeatures,
     class_emb: torch.Tensor | ClassEmbeddings,
@@ -308,10 +286,11 @@ def iter_score_maps(
     with_background: bool = True,
     crop_batch: int = 4,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """:func:`score_maps` for several eval settings (a sweep), computing the per-pixel groups once.
+    """:func:`scores_from_features` for several eval settings (a sweep), computing the per-pixel groups once.
 
     Yields:
-        ``(label, scores)`` per entry of ``eval_cfgs``, in order, each equal to ``score_maps`` with it.
+        ``(label, scores)`` per entry of ``eval_cfgs``, in order, each equal to ``scores_from_features``
+        with it but as tensors on the features' device (label int64 [H0,W0], scores float32 [K,H0,W0]).
 
     Raises:
         ConfigError: invalid settings, or background words on a dataset without background.
@@ -360,8 +339,10 @@ def scores_from_features(
     Raises:
         ConfigError: invalid eval settings, or background words on a dataset without background.
     """
-    label, scores = score_maps(
-        features, class_emb, eval_cfg, with_background=with_background, crop_batch=crop_batch
+    label, scores = next(
+        iter_score_maps(
+            features, class_emb, [eval_cfg], with_background=with_background, crop_batch=crop_batch
+        )
     )
     return label.cpu().numpy().astype(np.int64), scores.cpu().numpy().astype(np.float32)
 

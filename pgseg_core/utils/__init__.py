@@ -1,1 +1,1 @@
-"""Small shared utilities (device resolution, atomic writes, seeding)."""
+"""Small shared utilities (device resolution, file hashes, atomic writes, text reads, progress counting)."""

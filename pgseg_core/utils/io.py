@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temporary file beside the target, then ``os.replace``."""
+"""File helpers: atomic writes (a temporary file beside the target, then ``os.replace``) and text reads
+that fail with a :class:`~pgseg_core.errors.DataError` naming the file."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save"]
+from pgseg_core.errors import DataError
+
+__all__ = ["atomic_write", "atomic_write_json", "atomic_torch_save", "read_text_file"]
 
 
 def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
@@ -40,3 +43,15 @@ def atomic_torch_save(path: str | Path, obj: Any) -> Path:
     import torch
 
     return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def read_text_file(path: str | Path, what: str, encoding: str = "utf-8") -> str:
+    """The text of ``path``.
+
+    Raises:
+        DataError: ``cannot read {what} {path}: {reason}`` when the file cannot be opened or decoded.
+    """
+    try:
+        return Path(path).read_text(encoding=encoding)
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {what} {path}: {e}") from e

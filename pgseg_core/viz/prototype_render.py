@@ -139,6 +139,24 @@ def _compose(tiles: list[list[tuple[str, np.ndarray | None]]], title: str) -> Im
     return canvas
 
 
+def _stage_tiles(
+    base: np.ndarray, size: tuple[int, int], st: StageState, prototypes: bool
+) -> tuple[tuple[str, np.ndarray], tuple[str, np.ndarray]]:
+    """The captioned hard and soft tiles of one stage's group map (or, ``prototypes``, prototype map)."""
+    if prototypes:
+        kind, hard_map, probs, suffix = "prototypes", st.proto_map, st.proto_probs, ""
+        colours = _proto_colours(st)
+    else:
+        kind, hard_map, probs, suffix = "groups", st.group_map, st.group_probs, " used"
+        colours = _colours(st.assign_hard.shape[0])
+    caption = f"stage {st.index + 1} {kind}"
+    used = len(np.unique(hard_map))
+    return (
+        (f"{caption}: {used}/{len(colours)}{suffix}", _hard_tile(base, hard_map, colours, size)),
+        (f"{caption}, soft", _soft_tile(base, probs, colours, size)),
+    )
+
+
 def render_panel(state: ImageState) -> Image.Image:
     """The per-image panel.
 
@@ -157,32 +175,10 @@ def render_panel(state: ImageState) -> Image.Image:
     size_text = f"{state.image.shape[1]}x{state.image.shape[0]}"
     hard_row: list[tuple[str, np.ndarray | None]] = [(f"image ({size_text})", base)]
     soft_row: list[tuple[str, np.ndarray | None]] = [(f"token grid {w}x{h}", _grid_tile(base, state.grid))]
-    for st in state.stages:
-        colours = _colours(st.assign_hard.shape[0])
-        used = len(np.unique(st.group_map))
-        hard_row.append(
-            (
-                f"stage {st.index + 1} groups: {used}/{len(colours)} used",
-                _hard_tile(base, st.group_map, colours, size),
-            )
-        )
-        soft_row.append(
-            (f"stage {st.index + 1} groups, soft", _soft_tile(base, st.group_probs, colours, size))
-        )
-    for st in state.stages:
-        if not st.has_npr:
-            continue
-        colours = _proto_colours(st)
-        used = len(np.unique(st.proto_map))
-        hard_row.append(
-            (
-                f"stage {st.index + 1} prototypes: {used}/{len(colours)}",
-                _hard_tile(base, st.proto_map, colours, size),
-            )
-        )
-        soft_row.append(
-            (f"stage {st.index + 1} prototypes, soft", _soft_tile(base, st.proto_probs, colours, size))
-        )
+    pairs = [_stage_tiles(base, size, st, prototypes=False) for st in state.stages]
+    pairs += [_stage_tiles(base, size, st, prototypes=True) for st in state.stages if st.has_npr]
+    hard_row += [hard for hard, _ in pairs]
+    soft_row += [soft for _, soft in pairs]
     if state.npr:
         mode = (
             "released-code matching (minimise) and HRS (column 0)"

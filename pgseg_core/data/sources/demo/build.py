@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ....errors import DataError
+from ....utils.progress import progress_ticker
 from ...shards import Progress, SplitWriter, new_index, write_index
 from .compose import compose, encode_image
 from .photos import Background, split_backgrounds
@@ -84,15 +85,7 @@ def build_demo_shards(
         ("val-caption", n_val, src["caption"], src["backgrounds"]),
         ("val-heldout", n_val, src["heldout"], src["backgrounds"]),
     ]
-    total = sum(n for _, n, _, _ in plan)
-    done = 0
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        if progress is not None:
-            progress(done, total)
-
+    tick = progress_ticker(progress, sum(n for _, n, _, _ in plan))
     out_dir = Path(out_dir)
     splits = {
         split: _write_split(out_dir, split, n, classes, bgs, seed, img_size, shard_size, tick)
