@@ -34,8 +34,8 @@ def register(app: typer.Typer) -> None:
                 help="Caption file .tsv/.csv/.jsonl (source 'folder'; default: captions.* or <stem>.txt)."
             ),
         ] = None,
-        n_train: Annotated[int, typer.Option(min=1, help="Demo: training composites.")] = 8000,
-        n_val: Annotated[int, typer.Option(min=1, help="Demo: composites per validation split.")] = 200,
+        n_train: Annotated[int, typer.Option(min=0, help="Demo: training composites.")] = 8000,
+        n_val: Annotated[int, typer.Option(min=0, help="Demo: composites per validation split.")] = 200,
         img_size: Annotated[int, typer.Option(min=16, help="Demo: composite side in pixels.")] = 224,
         seed: Annotated[int, typer.Option(help="Demo: random seed (same seed, same shards).")] = 0,
         shard_size: Annotated[int, typer.Option(min=1, help="Samples per tar shard.")] = 1000,
