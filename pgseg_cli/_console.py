@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sys
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
@@ -21,6 +22,7 @@ from rich.progress import (
 )
 
 from pgseg_core.errors import PgsegError
+from pgseg_core.utils.io import output_error
 
 out = Console()  # results
 err = Console(stderr=True)  # logs, progress, errors
@@ -47,20 +49,47 @@ def fail(message: str, code: int = 1) -> None:
 
 
 def handle_errors(fn: Callable) -> Callable:
-    """Turn library errors into one red line and a non-zero exit (traceback only with --verbose)."""
+    """Turn errors into one red line and a non-zero exit (traceback only with --verbose).
+
+    pgseg's own errors keep their exit code; an OSError (a path that cannot be read or written, a full disk)
+    becomes one line naming the path and the fix; a ValueError one line with its message; a closed stdout
+    (``pgseg segment ... --jsonl | head``) ends the command quietly with exit 0, as ``find`` or ``grep`` do.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except PgsegError as e:
-            if STATE["verbose"]:
-                err.print_exception()
-            fail(str(e).replace("[", r"\["), e.exit_code)
+            _fail_with(e, str(e), e.exit_code)
+        except BrokenPipeError:
+            _stdout_closed()
+        except OSError as e:
+            target = e.filename if e.filename is not None else "a file"
+            _fail_with(e, str(output_error(target, e, "use")), 1)
+        except ValueError as e:
+            _fail_with(e, f"{e} (a value pgseg could not use; -v shows where)", 1)
         except KeyboardInterrupt:
             fail("interrupted", 130)
 
     return wrapper
+
+
+def _fail_with(e: BaseException, message: str, code: int) -> None:
+    if STATE["verbose"]:
+        err.print_exception()
+    fail(message.replace("[", r"\["), code)
+
+
+def _stdout_closed() -> None:
+    """The reader of stdout went away: stop quietly. stdout is pointed at /dev/null so that the
+    interpreter's final flush does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    raise typer.Exit(0)
 
 
 @contextmanager

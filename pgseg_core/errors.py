@@ -32,3 +32,8 @@ class DeviceError(PgsegError):
 
 class DependencyError(PgsegError):
     """An optional dependency (or a package-shipped weight file) is missing."""
+
+
+class OutputError(PgsegError):
+    """An output path cannot be written (a file where a folder is needed, no permission, a full disk), or
+    it belongs to another run and would be overwritten without being asked to."""
