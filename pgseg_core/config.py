@@ -21,8 +21,24 @@ from .errors import ConfigError
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
+class _Validated:
+    """Mixin of the config dataclasses: every construction (``from_dict``, overrides, ``dataclasses.replace``,
+    direct) checks the numeric ranges of :data:`RANGES` through :meth:`validate`."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check this section's numeric fields against :data:`RANGES`.
+
+        Raises:
+            ConfigError: ``SECTION.KEY must be >= 0, got -5`` for the first value out of range.
+        """
+        check_ranges(self, _SECTIONS[type(self).__name__])
+
+
 @dataclass
-class VisionConfig:
+class VisionConfig(_Validated):
     """GroupViT image encoder (docs/METHOD.md §1.1-1.3)."""
 
     stem: Literal["patch", "efficientnet_lite0"] = (
@@ -55,7 +71,7 @@ class VisionConfig:
 
 
 @dataclass
-class TextConfig:
+class TextConfig(_Validated):
     """Text tower: the CLIP-style causal transformer, or the frozen MiniLM demo variant."""
 
     tower: Literal["transformer", "minilm"] = "transformer"
@@ -68,7 +84,7 @@ class TextConfig:
 
 
 @dataclass
-class NPRConfig:
+class NPRConfig(_Validated):
     """Non-learnable Prototypical Regularization (PGSeg, docs/METHOD.md §3)."""
 
     enabled: bool = False  # False = plain GroupViT
@@ -88,7 +104,7 @@ class NPRConfig:
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Validated):
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     npr: NPRConfig = field(default_factory=NPRConfig)
@@ -106,7 +122,7 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_Validated):
     train: str = ""  # shard dir, brace pattern, or index.json
     img_size: int = 224  # training crop, pixels
     crop_scale: list[float] = field(default_factory=lambda: [0.08, 1.0])  # RandomResizedCrop area range
@@ -117,7 +133,7 @@ class DataConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Validated):
     steps: int = 1000
     batch_size: int = 64
     lr: float = 1e-4
@@ -137,7 +153,7 @@ class TrainConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(_Validated):
     short_side: int = 448  # resize so the short side is this many pixels (long side capped at max_long)
     max_long: int = 2048
     mode: Literal["slide", "whole"] = "slide"
@@ -164,6 +180,127 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# numeric ranges: the one place they are checked
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric field accepts: ``lo``..``hi`` (either may be open or absent), finite.
+
+    ``text`` replaces the generated description (``>= 0``, ``> 0``, ``in [0, 1]``); ``note`` is appended in
+    parentheses. A list field is checked entry by entry.
+    """
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+    note: str = ""
+    text: str = ""
+
+    def holds(self, value: float) -> bool:
+        v = float(value)
+        if v != v or v in (float("inf"), float("-inf")):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def describe(self) -> str:
+        if self.text:
+            return self.text
+        if self.lo is not None and self.hi is not None:
+            left, right = "(" if self.lo_open else "[", ")" if self.hi_open else "]"
+            text = f"lie in {left}{_num(self.lo)}, {_num(self.hi)}{right}"
+        elif self.lo is not None:
+            text = f"be {'>' if self.lo_open else '>='} {_num(self.lo)}"
+        else:
+            text = f"be {'<' if self.hi_open else '<='} {_num(self.hi)}"
+        return text + (f" ({self.note})" if self.note else "")
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
+
+_POS = Range(1)  # a count or a size of at least one
+_NONNEG = Range(0)
+_POSITIVE = Range(0, lo_open=True)
+_UNIT = Range(0, 1)
+_FRACTION = Range(0, 1, hi_open=True)
+_PIXELS = Range(1, text="be a positive number of pixels")
+
+#: Section -> field -> accepted range, for every numeric config field with an obvious range.
+RANGES: dict[str, dict[str, Range]] = {
+    "model.vision": {
+        "img_size": Range(16, note="pixels"), "patch_size": _POS, "in_chans": _POS, "embed_dim": _POS,
+        "depths": _NONNEG, "num_heads": _POS, "num_group_tokens": _NONNEG, "num_output_groups": _POS,
+        "mlp_ratio": _POSITIVE, "drop_rate": _FRACTION, "attn_drop_rate": _FRACTION,
+        "drop_path_rate": _FRACTION, "gumbel_tau": _POSITIVE, "assign_eps": _NONNEG,
+    },
+    "model.text": {
+        "context_length": _POS, "vocab_size": _POS, "width": _POS, "layers": _NONNEG, "heads": _POS,
+        "mlp_ratio": _POSITIVE,
+    },
+    "model.npr": {
+        "em_iters": _NONNEG, "text_prototypes": _POS, "momentum": _UNIT, "hrs_threshold": _UNIT,
+        "pg_temperature": _POSITIVE, "weight": _NONNEG, "text_weight": _NONNEG, "mapping_hidden": _POS,
+    },
+    "model": {
+        "embed_dim": _POS, "proj_hidden": _POS, "proj_layers": _POS, "contrast_temperature": _POSITIVE,
+        "multi_label": _NONNEG, "multi_label_weight": _NONNEG,
+    },
+    "data": {
+        "img_size": Range(16, note="pixels"), "crop_scale": Range(0, 1, lo_open=True), "num_workers": _NONNEG,
+        "shuffle_buffer": _NONNEG,
+    },
+    "train": {
+        "steps": _NONNEG, "batch_size": _POS, "lr": _POSITIVE, "warmup_lr": _NONNEG, "min_lr": _NONNEG,
+        "warmup_steps": _NONNEG, "weight_decay": _NONNEG, "betas": _FRACTION, "grad_clip": _POSITIVE,
+        "seed": Range(0, 2**32 - 1), "hard_assign_start": _NONNEG, "log_every": _POS, "ckpt_every": _POS,
+        "time_budget_s": Range(0, note="0 = no budget"),
+    },
+    "eval": {
+        "short_side": _PIXELS, "max_long": _PIXELS, "crop": _PIXELS, "stride": _PIXELS, "bg_thresh": _UNIT,
+        "top_k": Range(0, note="0 = all"), "logit_scale": Range(0, note="0 = the model's"),
+        "prob_thresh": _UNIT,
+    },
+}  # fmt: skip
+
+_SECTIONS = {
+    "VisionConfig": "model.vision",
+    "TextConfig": "model.text",
+    "NPRConfig": "model.npr",
+    "ModelConfig": "model",
+    "DataConfig": "data",
+    "TrainConfig": "train",
+    "EvalConfig": "eval",
+}
+
+
+def check_ranges(obj: Any, section: str) -> None:
+    """Check the numeric fields of ``obj`` (any object with the section's attributes; missing ones are
+    skipped) against ``RANGES[section]``.
+
+    Raises:
+        ConfigError: ``{section}.{key} must be >= 0, got -5`` (``must lie in [0, 1]``, ...) for the first
+            value out of range or not a number.
+    """
+    for key, rng in RANGES[section].items():
+        if not hasattr(obj, key):
+            continue
+        value = getattr(obj, key)
+        entries = value if isinstance(value, (list, tuple)) else [value]
+        try:
+            ok = all(not isinstance(v, bool) and rng.holds(v) for v in entries)
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            each = " (each entry)" if isinstance(value, (list, tuple)) else ""
+            raise ConfigError(f"{section}.{key} must {rng.describe()}{each}, got {value!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -193,3 +193,71 @@ def test_config_hash_stable_and_model_sensitive():
     assert config_hash(other_train, section="train") != config_hash(a, section="train")
     # different presets differ
     assert config_hash(load_config("pgseg-s")) != config_hash(load_config("groupvit-s"))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# numeric ranges: checked once, in the config dataclasses
+
+
+@pytest.mark.parametrize(
+    "key,value,message",
+    [
+        ("train.steps", "-5", "train.steps must be >= 0, got -5"),
+        ("train.batch_size", "0", "train.batch_size must be >= 1, got 0"),
+        ("train.lr", "0", "train.lr must be > 0, got 0.0"),
+        ("train.lr", "nan", "train.lr must be > 0"),
+        ("train.warmup_steps", "-1", "train.warmup_steps must be >= 0"),
+        ("train.log_every", "0", "train.log_every must be >= 1"),
+        ("train.ckpt_every", "0", "train.ckpt_every must be >= 1"),
+        ("train.grad_clip", "0", "train.grad_clip must be > 0"),
+        ("train.hard_assign_start", "-1", "train.hard_assign_start must be >= 0"),
+        ("train.time_budget_s", "-1", "train.time_budget_s must be >= 0 (0 = no budget), got -1.0"),
+        ("train.betas", "0.9,1.5", "train.betas must lie in [0, 1) (each entry), got [0.9, 1.5]"),
+        ("train.seed", "-1", "train.seed must lie in [0, 4294967295]"),
+        ("data.img_size", "8", "data.img_size must be >= 16 (pixels), got 8"),
+        ("data.crop_scale", "0,1", "data.crop_scale must lie in (0, 1] (each entry)"),
+        ("data.num_workers", "-1", "data.num_workers must be >= 0"),
+        ("eval.bg_thresh", "1.5", "eval.bg_thresh must lie in [0, 1], got 1.5"),
+        ("eval.prob_thresh", "-0.1", "eval.prob_thresh must lie in [0, 1]"),
+        ("eval.top_k", "-1", "eval.top_k must be >= 0 (0 = all), got -1"),
+        ("eval.stride", "0", "eval.stride must be a positive number of pixels, got 0"),
+        ("eval.short_side", "0", "eval.short_side must be a positive number of pixels"),
+        ("eval.logit_scale", "-1", "eval.logit_scale must be >= 0 (0 = the model's)"),
+        ("model.vision.img_size", "8", "model.vision.img_size must be >= 16"),
+        ("model.vision.num_heads", "2,0,2", "model.vision.num_heads must be >= 1 (each entry)"),
+        ("model.vision.drop_path_rate", "1", "model.vision.drop_path_rate must lie in [0, 1)"),
+        ("model.text.heads", "0", "model.text.heads must be >= 1"),
+        ("model.npr.momentum", "2", "model.npr.momentum must lie in [0, 1]"),
+        ("model.contrast_temperature", "0", "model.contrast_temperature must be > 0"),
+    ],
+)
+def test_out_of_range_value_names_the_dotted_key(key, value, message):
+    with pytest.raises(ConfigError) as e:
+        load_config("pgseg-tiny", {key: value})
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_ranges_hold_for_every_construction_and_the_bundled_presets():
+    import dataclasses
+
+    from pgseg_core.config import EvalConfig, TrainConfig, check_ranges
+
+    for name in list_presets():
+        cfg = load_config(name)
+        load_config(name, cfg.cuda_overrides)
+    # direct construction and dataclasses.replace are checked too, not only overrides
+    with pytest.raises(ConfigError, match="train.steps must be >= 0"):
+        TrainConfig(steps=-1)
+    with pytest.raises(ConfigError, match=r"eval.bg_thresh must lie in \[0, 1\]"):
+        dataclasses.replace(EvalConfig(), bg_thresh=2.0)
+    # boundaries are accepted
+    TrainConfig(steps=0, warmup_steps=0, hard_assign_start=0, time_budget_s=0.0, log_every=1, ckpt_every=1)
+    EvalConfig(bg_thresh=0.0, prob_thresh=1.0, top_k=0, logit_scale=0.0, stride=1)
+
+    # duck-typed objects (inference's check_eval_config) use the same table
+    class Loose:
+        bg_thresh = 0.5
+        top_k = -2
+
+    with pytest.raises(ConfigError, match="eval.top_k must be >= 0"):
+        check_ranges(Loose(), "eval")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn.functional as F
 
+from ..config import check_ranges
 from ..errors import ConfigError
 from .classes import ClassEmbeddings, as_class_embeddings
 from .windows import channel_argmax
@@ -47,27 +48,20 @@ RULES = ("groupvit", "prob")
 def check_eval_config(eval_cfg: Any) -> None:
     """Validate the eval settings inference reads (resize, windows, rule and its thresholds).
 
+    ``eval_cfg`` may be any object with the :class:`~pgseg_core.config.EvalConfig` attributes; the numeric
+    ranges are the config's own (:func:`pgseg_core.config.check_ranges`, section ``eval``).
+
     Raises:
         ConfigError: ``mode`` not slide / whole; a non-positive ``short_side``, ``max_long``, ``crop`` or
             ``stride``; ``bg_thresh`` or ``prob_thresh`` outside [0, 1]; an unknown ``rule``; a negative
-            ``logit_scale``.
+            ``top_k`` or ``logit_scale``.
     """
     if eval_cfg.mode not in ("slide", "whole"):
         raise ConfigError(f"eval.mode must be 'slide' or 'whole', got {eval_cfg.mode!r}")
-    for key in ("short_side", "max_long", "crop", "stride"):
-        if int(getattr(eval_cfg, key)) <= 0:
-            raise ConfigError(
-                f"eval.{key} must be a positive number of pixels, got {getattr(eval_cfg, key)!r}"
-            )
-    if not 0.0 <= float(eval_cfg.bg_thresh) <= 1.0:
-        raise ConfigError(f"eval.bg_thresh must lie in [0, 1], got {eval_cfg.bg_thresh!r}")
+    check_ranges(eval_cfg, "eval")
     rule = getattr(eval_cfg, "rule", "groupvit")
     if rule not in RULES:
         raise ConfigError(f"eval.rule must be one of {', '.join(RULES)}, got {rule!r}")
-    if not 0.0 <= float(getattr(eval_cfg, "prob_thresh", 0.0)) <= 1.0:
-        raise ConfigError(f"eval.prob_thresh must lie in [0, 1], got {eval_cfg.prob_thresh!r}")
-    if float(getattr(eval_cfg, "logit_scale", 0.0)) < 0:
-        raise ConfigError(f"eval.logit_scale must be >= 0 (0 = the model's), got {eval_cfg.logit_scale!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------
