@@ -75,20 +75,23 @@ def prep_shards(source: str, out_dir: str | Path | None, *, images: str | Path |
 
 
 def train(model: str, data: str, out_dir: str | Path, *, overrides: dict[str, Any] | None = None,
-          resume: bool = False, init_checkpoint: str | None = None, device: str | None = None,
-          progress: Progress | None = None) -> TrainResult:  # fmt: skip
+          resume: bool = False, overwrite: bool = False, init_checkpoint: str | None = None,
+          device: str | None = None, progress: Progress | None = None) -> TrainResult:  # fmt: skip
     """Train ``model`` (a preset name or config JSON, with dotted ``overrides``) on the shards ``data``
     into the run directory ``out_dir`` (:func:`pgseg_core.train.loop.fit`); ``device`` None keeps the
-    config's ``train.device``.
+    config's ``train.device``. A folder that holds a run needs ``resume`` (continue it) or ``overwrite``
+    (start it over); the config is checked before the folder is touched.
 
     Raises:
-        ConfigError, DataError, CheckpointError, DeviceError: on bad inputs.
+        ConfigError, DataError, CheckpointError, DeviceError: on bad inputs. OutputError: ``out_dir`` is a
+            file, cannot be written, or holds a run without ``resume`` / ``overwrite``.
     """
     from .train.loop import fit
 
     changes: dict[str, Any] = {"data.train": str(data), **({"train.device": device} if device else {})}
     cfg = apply_overrides(load_config(model, overrides), changes)
-    return fit(cfg, out_dir, resume=resume, init_checkpoint=init_checkpoint, progress=progress)
+    return fit(cfg, out_dir, resume=resume, overwrite=overwrite, init_checkpoint=init_checkpoint,
+               progress=progress)  # fmt: skip
 
 
 def _open_dataset(name: str, root: str | Path, split: str) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -28,7 +29,20 @@ def register(app: typer.Typer) -> None:
             ),
         ] = "pgseg-demo",
         device: DeviceOpt = None,
-        resume: Annotated[bool, typer.Option(help="Continue from OUT/last.pt.")] = False,
+        resume: Annotated[
+            bool,
+            typer.Option(
+                help="Continue the run in --out from its last.pt; metrics rows logged after that step by an "
+                "interrupted run are dropped. A folder without last.pt starts at step 0."
+            ),
+        ] = False,
+        overwrite: Annotated[
+            bool,
+            typer.Option(
+                help="Start the run in --out over: its last.pt and metrics.jsonl are replaced (the stem "
+                "cache, which depends only on the data and the stem, is kept)."
+            ),
+        ] = False,
         init: Annotated[
             Optional[str],
             typer.Option(
@@ -39,10 +53,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Train a model into the run directory --out (checkpoints, metrics.jsonl, config.json).
 
-        Extra '--section.key value' arguments override the preset (e.g. --train.steps 200)."""
+        A folder that already holds a run needs --resume or --overwrite. Extra '--section.key value'
+        arguments override the preset (e.g. --train.steps 200)."""
         from pgseg_core.api import train
 
         overrides = parse_overrides(list(ctx.args))
+        _check_out(out_dir, resume, overwrite)
         with progress_bar("train") as update:
 
             def cb(phase: str, done: int, total: int, info: dict) -> None:
@@ -57,12 +73,42 @@ def register(app: typer.Typer) -> None:
                 out_dir,
                 overrides=overrides,
                 resume=resume,
+                overwrite=overwrite,
                 init_checkpoint=init,
                 device=device,
                 progress=cb,
             )
         loss = f", final loss {result.final['loss']:.3f}" if "loss" in result.final else ""
         out.print(
-            f"trained {result.steps} steps on {result.device} in {result.seconds:.0f} s{loss}; "
+            f"trained {_steps_text(result)} on {result.device} in {result.seconds:.0f} s{loss}; "
             f"checkpoint: {result.checkpoint}"
         )
+
+
+def _check_out(out_dir: Path, resume: bool, overwrite: bool) -> None:
+    """Usage errors (exit 2) naming the flags: both --resume and --overwrite, or a folder that holds a run
+    without either. A file or an unwritable path is left to the library (one line, exit 1)."""
+    from pgseg_core.train.loop import RUN_MARKERS
+    from pgseg_core.utils.claims import inspect_folder
+
+    if resume and overwrite:
+        raise typer.BadParameter(
+            "--resume and --overwrite exclude each other: continue the run or start it over",
+            param_hint="'--overwrite'",
+        )
+    state = inspect_folder(out_dir, RUN_MARKERS)
+    if state.holds_run and not (resume or overwrite):
+        raise typer.BadParameter(
+            f"{out_dir} already holds a training run ({', '.join(state.markers)}): add --resume to continue "
+            "it, --overwrite to start it over, or choose another folder",
+            param_hint="'--out'",
+        )
+
+
+def _steps_text(result) -> str:
+    """``3 steps`` for a new run; ``15 steps (16-30)`` for a resumed one; ``0 steps (already at step 30)``."""
+    if result.start_step == 0:
+        return f"{result.steps} steps"
+    if result.trained == 0:
+        return f"0 steps (already at step {result.steps})"
+    return f"{result.trained} steps ({result.start_step + 1}-{result.steps})"

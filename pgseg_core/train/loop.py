@@ -1,5 +1,11 @@
 """The training loop: one device, bf16 autocast on CUDA, AdamW + warm-up/cosine, grad clipping,
-``metrics.jsonl``, atomic self-describing checkpoints and ``--resume``.
+``metrics.jsonl``, atomic self-describing checkpoints, resume and overwrite.
+
+A run directory holds ``last.pt`` (written atomically every ``train.ckpt_every`` steps and at the end),
+``metrics.jsonl`` (one row per ``train.log_every`` steps, flushed as written), ``config.json`` and, for a
+frozen hybrid stem, ``stem_cache.h5``. A process killed at any point (``kill -9``) leaves the previous
+``last.pt`` whole; resuming drops the rows the killed process logged after that checkpoint, so every step
+appears once.
 """
 
 from __future__ import annotations
@@ -20,10 +26,15 @@ from ..checkpoint import CHECKPOINT_FORMAT, init_from, read_checkpoint_file, sav
 from ..config import RunConfig, apply_overrides
 from ..errors import CheckpointError, ConfigError
 from ..models.factory import create_model
+from ..utils.claims import claim_folder
 from ..utils.device import resolve_device
+from ..utils.io import atomic_write, atomic_write_json, output_error, remove_stale_temps
 from .optim import build_optimizer, build_scheduler
 
-__all__ = ["fit", "TrainResult", "ProgressFn"]
+__all__ = ["fit", "TrainResult", "ProgressFn", "RUN_MARKERS"]
+
+#: The files that show a folder holds a training run (``claim_folder`` markers).
+RUN_MARKERS = ("last.pt", "metrics.jsonl")
 
 _log = logging.getLogger("pgseg.train")
 
@@ -32,6 +43,14 @@ ProgressFn = Callable[[str, int, int, dict[str, Any]], None]  # (phase, done, to
 
 @dataclass
 class TrainResult:
+    """What :func:`fit` did.
+
+    Attributes:
+        steps: the step the run stands at (its checkpoint's step).
+        start_step: the step this call started from (0, or the resumed checkpoint's step).
+        stopped_early: the time budget ended the call before ``train.steps``.
+    """
+
     out_dir: str
     steps: int
     checkpoint: str
@@ -39,6 +58,12 @@ class TrainResult:
     seconds: float
     final: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
+    start_step: int = 0
+
+    @property
+    def trained(self) -> int:
+        """Steps trained by this call (``steps - start_step``)."""
+        return self.steps - self.start_step
 
 
 def _seed_all(seed: int) -> None:
@@ -70,21 +95,63 @@ def _image_batches(cfg: RunConfig, model, device, out_dir: Path, progress: Progr
             yield {"images": batch["image"].to(device, non_blocking=True)}, batch["text"]
 
 
-def _prepare(cfg: RunConfig, out_dir: str | Path) -> tuple[RunConfig, torch.device, Path]:
-    """Device (preset ``cuda_overrides`` on CUDA), the run directory with ``config.json``, seeds."""
+def _prepare(cfg: RunConfig, out: Path) -> tuple[RunConfig, torch.device]:
+    """Device (preset ``cuda_overrides`` on CUDA), ``config.json`` in the run directory, seeds."""
     device = resolve_device(cfg.train.device)
     if device.type == "cuda" and cfg.cuda_overrides:
         cfg = apply_overrides(cfg, cfg.cuda_overrides)
         _log.info("CUDA device: applied the preset's cuda_overrides %s", cfg.cuda_overrides)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    try:
+        atomic_write_json(out / "config.json", cfg.to_dict())
+    except OSError as e:
+        raise output_error(out / "config.json", e) from e
     _seed_all(cfg.train.seed)
-    return cfg, device, out
+    return cfg, device
+
+
+def _metrics_rows(path: Path, upto: int) -> tuple[list[str], int]:
+    """The lines of ``path`` whose step is at most ``upto``, and how many other lines there were (rows of a
+    killed run after its last checkpoint, a torn last line)."""
+    try:
+        lines = path.read_text().splitlines() if path.exists() else []
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"cannot read {path} to resume: {e}") from e
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+            step = int(row["step"])
+        except (ValueError, TypeError, KeyError):
+            continue
+        if step <= upto:
+            kept.append(line)
+    return kept, len(lines) - len(kept)
+
+
+def _start_metrics(out: Path, start_step: int, overwrite: bool) -> Path:
+    """Make ``metrics.jsonl`` hold exactly the rows up to ``start_step`` (none for a new run), rewritten
+    atomically; with ``overwrite`` the old ``last.pt`` goes first, so a killed start leaves no mixed run."""
+    path = out / "metrics.jsonl"
+    try:
+        if overwrite:
+            (out / "last.pt").unlink(missing_ok=True)
+        kept, dropped = ([], 0) if overwrite else _metrics_rows(path, start_step)
+        if dropped:
+            _log.info(
+                "metrics.jsonl: dropped %d rows logged after step %d (an interrupted run)",
+                dropped,
+                start_step,
+            )
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(f"{ln}\n" for ln in kept)))
+    except OSError as e:
+        raise output_error(path, e) from e
+    return path
 
 
 def _restore(model, optimizer, last: Path, resume: bool, init_checkpoint: str | None) -> int:
     """Resume from ``last`` (model, optimizer, step) or init from ``init_checkpoint``; the first step."""
+    if resume and not last.exists():
+        _log.warning("no %s to resume from: starting at step 0", last)
     if resume and last.exists():
         ckpt = read_checkpoint_file(last)
         if ckpt.get("format") != CHECKPOINT_FORMAT:
@@ -158,8 +225,11 @@ class _Trainer:
             images_per_s=window.n * self.cfg.train.batch_size / dt,
             elapsed_s=time.time() - t0,
         )
-        mfile.write(json.dumps(record) + "\n")
-        mfile.flush()
+        try:
+            mfile.write(json.dumps(record) + "\n")
+            mfile.flush()
+        except OSError as e:
+            raise output_error(mfile.name, e) from e
         return record
 
     def run(self, batches, mfile, start_step: int, t0: float) -> tuple[int, bool, int, dict[str, float]]:
@@ -200,30 +270,47 @@ def fit(
     out_dir: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     init_checkpoint: str | None = None,
     progress: ProgressFn | None = None,
 ) -> TrainResult:
-    """Train a model and write ``out_dir/{last.pt, step_N.pt, metrics.jsonl, config.json}``.
+    """Train a model and write ``out_dir/{last.pt, metrics.jsonl, config.json}`` (module docstring).
 
     Args:
         cfg: the full run config (``cfg.data.train`` names the training shards).
-        out_dir: run directory (created).
-        resume: continue from ``out_dir/last.pt`` (model, optimizer, scheduler, step).
+        out_dir: run directory (created). One that already holds a run (``last.pt`` or ``metrics.jsonl``)
+            needs ``resume`` or ``overwrite``.
+        resume: continue from ``out_dir/last.pt`` (model, optimizer, step; the schedule follows the step);
+            rows of ``metrics.jsonl`` after that step (logged by a killed run) are dropped. Without a
+            ``last.pt`` the run starts at step 0 (with a warning).
+        overwrite: start the run over: the old ``last.pt`` and ``metrics.jsonl`` are replaced; the frozen-stem
+            cache ``stem_cache.h5`` depends only on the data and the stem, and is kept.
         init_checkpoint: start the weights from this checkpoint, any format ``load_checkpoint`` reads
             (non-strict, see :func:`~pgseg_core.checkpoint.init_from`: new keys are reported).
         progress: optional callback ``(phase, done, total, info)``; phases "cache" and "train".
 
+    Temporary files of killed runs (``.last.pt.PID.XXXX.tmp``) are removed first.
+
     Raises:
-        ConfigError: no training data given. DataError / CheckpointError / DeviceError on bad inputs.
+        ConfigError: no training data given, or both ``resume`` and ``overwrite``.
+        OutputError: ``out_dir`` is a file, cannot be created or written (a full disk included), or holds a
+            run and neither ``resume`` nor ``overwrite`` was given.
+        DataError / CheckpointError / DeviceError on bad inputs.
     """
+    if resume and overwrite:
+        raise ConfigError("resume and overwrite exclude each other: continue the run or start it over")
     if not cfg.data.train:
         raise ConfigError("no training data: set data.train to shards (a directory with index.json)")
-    cfg, device, out = _prepare(cfg, out_dir)
+    out = Path(out_dir)
+    claim_folder(out, RUN_MARKERS, "training run", resume=resume, overwrite=overwrite)
+    remove_stale_temps(out)
+    cfg, device = _prepare(cfg, out)
     model = create_model(cfg.model).to(device)
     optimizer = build_optimizer(model, cfg.train, device)
     scheduler = build_scheduler(optimizer, cfg.train)
     last = out / "last.pt"
     start_step = _restore(model, optimizer, last, resume, init_checkpoint)
+    metrics = _start_metrics(out, start_step, overwrite)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device.type == "cuda" and cfg.train.amp
@@ -233,12 +320,17 @@ def fit(
     t0 = time.time()
     trainer = _Trainer(cfg, model, optimizer, scheduler, last, progress, autocast)
     batches = _image_batches(cfg, model, device, out, progress)
-    with open(out / "metrics.jsonl", "a") as mfile:
+    try:
+        mfile = open(metrics, "a")
+    except OSError as e:
+        raise output_error(metrics, e) from e
+    with mfile:
         step, stopped_early, seen, final = trainer.run(batches, mfile, start_step, t0)
-    end_step = step if stopped_early else cfg.train.steps
+    end_step = step if stopped_early else max(cfg.train.steps, start_step)
     save_checkpoint(last, model, cfg, end_step, optimizer, final)
     seconds = time.time() - t0
-    _log.info("trained %d steps (%d images) in %.0f s", end_step - start_step, seen, seconds)
+    done = end_step - start_step
+    _log.info("trained %d steps (%d-%d, %d images) in %.0f s", done, start_step + 1, end_step, seen, seconds)
     return TrainResult(
         out_dir=str(out),
         steps=end_step,
@@ -247,4 +339,5 @@ def fit(
         seconds=seconds,
         final=final,
         stopped_early=stopped_early,
+        start_step=start_step,
     )
