@@ -148,8 +148,11 @@ def _start_metrics(out: Path, start_step: int, overwrite: bool) -> Path:
     return path
 
 
-def _restore(model, optimizer, last: Path, resume: bool, init_checkpoint: str | None) -> int:
-    """Resume from ``last`` (model, optimizer, step) or init from ``init_checkpoint``; the first step."""
+def _restore(
+    model, optimizer, last: Path, resume: bool, init_checkpoint: str | None
+) -> tuple[int, dict[str, float]]:
+    """Resume from ``last`` (model, optimizer, step) or init from ``init_checkpoint``; the first step and
+    the metrics stored with the resumed checkpoint."""
     if resume and not last.exists():
         _log.warning("no %s to resume from: starting at step 0", last)
     if resume and last.exists():
@@ -164,10 +167,10 @@ def _restore(model, optimizer, last: Path, resume: bool, init_checkpoint: str | 
         # the schedule is rebuilt from the (possibly changed) config; step_update(step) positions it
         start_step = int(ckpt.get("step", 0))
         _log.info("resumed from %s at step %d", last, start_step)
-        return start_step
+        return start_step, dict(ckpt.get("metrics") or {})
     if init_checkpoint:
         init_from(model, init_checkpoint)  # logs which keys were new / ignored
-    return 0
+    return 0, {}
 
 
 class _LossWindow:
@@ -309,7 +312,7 @@ def fit(
     optimizer = build_optimizer(model, cfg.train, device)
     scheduler = build_scheduler(optimizer, cfg.train)
     last = out / "last.pt"
-    start_step = _restore(model, optimizer, last, resume, init_checkpoint)
+    start_step, resumed_metrics = _restore(model, optimizer, last, resume, init_checkpoint)
     metrics = _start_metrics(out, start_step, overwrite)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
@@ -327,7 +330,10 @@ def fit(
     with mfile:
         step, stopped_early, seen, final = trainer.run(batches, mfile, start_step, t0)
     end_step = step if stopped_early else max(cfg.train.steps, start_step)
-    save_checkpoint(last, model, cfg, end_step, optimizer, final)
+    if end_step > start_step or not last.exists():
+        save_checkpoint(last, model, cfg, end_step, optimizer, final)
+    else:  # nothing trained: the resumed checkpoint stays as it is
+        final = resumed_metrics
     seconds = time.time() - t0
     done = end_step - start_step
     _log.info("trained %d steps (%d-%d, %d images) in %.0f s", done, start_step + 1, end_step, seen, seconds)
