@@ -230,6 +230,30 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(shards, three_step
     assert _steps(out) == [1, 2, 3, 4, 5] and read_checkpoint_file(out / "last.pt")["step"] == 5
 
 
+def test_save_checkpoint_errors_are_one_line(tmp_path, tiny_checkpoint, monkeypatch):
+    from pgseg_core.checkpoint import save_checkpoint
+    from pgseg_core.config import load_config
+    from pgseg_core.errors import OutputError
+    from pgseg_core.models.factory import create_model
+
+    cfg = load_config("pgseg-tiny")
+    model = create_model(cfg.model)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="cannot write .*file/last.pt") as e:
+        save_checkpoint(tmp_path / "file" / "last.pt", model, cfg, 1)
+    assert "\n" not in str(e.value)
+    target = tmp_path / "last.pt"
+    target.write_bytes(tiny_checkpoint.read_bytes())
+
+    def enospc(obj, f, *a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", enospc)
+    with pytest.raises(OutputError, match="No space left on device .the disk is full"):
+        save_checkpoint(target, model, cfg, 1)
+    assert target.read_bytes() == tiny_checkpoint.read_bytes() and _temps(tmp_path) == []
+
+
 def _mount_tmpfs(path: Path, size: int) -> bool:
     if not sys.platform.startswith("linux") or os.geteuid() != 0:
         return False

@@ -36,7 +36,7 @@ from ..errors import CheckpointError
 from ..models.factory import create_model
 from ..models.pgseg import PGSeg
 from ..models.vision import interpolate_pos_embed
-from ..utils.io import atomic_torch_save
+from ..utils.io import atomic_torch_save, output_error
 from ..version import __version__
 from .formats import CHECKPOINT_FORMAT, CHECKPOINT_SCHEMA, convert_state, detect_format
 from .pickle_policy import read_checkpoint_file
@@ -83,6 +83,10 @@ def save_checkpoint(
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        OutputError: ``path`` cannot be written (a full disk, no permission), in one line naming it. The file
+            that was at ``path`` before is left whole and no temporary file stays.
     """
     ckpt = {
         "format": CHECKPOINT_FORMAT,
@@ -98,7 +102,10 @@ def save_checkpoint(
     }
     if optimizer is not None:
         ckpt["optimizer"] = optimizer.state_dict()
-    return atomic_torch_save(path, ckpt)
+    try:
+        return atomic_torch_save(path, ckpt)
+    except OSError as e:  # torch's own write errors are already an OutputError
+        raise output_error(path, e) from e
 
 
 # ----------------------------------------------------------------------------------------------------------
