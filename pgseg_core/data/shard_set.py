@@ -142,8 +142,9 @@ class ShardSet:
 
     def __init__(self, out_dir: str | Path, *, overwrite: bool = False):
         self.out = Path(out_dir)
-        link = self.out.is_symlink() and self.out.is_dir()
-        self.target = self.out.resolve() if link else self.out  # a link keeps pointing at the new set
+        target = Path(os.path.abspath(self.out))  # "." and ".." get a name, so a sibling
+        link = target.is_symlink() and target.is_dir()
+        self.target = target.resolve() if link else target  # a link keeps pointing at the new set
         self.overwrite = overwrite
         self.tmp = _sibling(self.target, "partial")
         self.index_written = False
