@@ -404,15 +404,16 @@ def _start(tmp_path: Path, out: Path, kill_at: str, seed: int, *extra: str) -> s
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def _kill_at_random(proc: subprocess.Popen, parent: Path, rng: random.Random) -> str:
-    """SIGKILL ``proc`` at a random point of its build (once its .partial folder exists); returns when."""
+def _kill_at_random(proc: subprocess.Popen, parent: Path, rng: random.Random, sig=signal.SIGKILL) -> str:
+    """Send ``sig`` to ``proc`` at a random point of its build (once its .partial folder exists); returns
+    when."""
     deadline = time.monotonic() + 60
     while not list(parent.glob(".shards.*.partial")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     delay = rng.uniform(0.0, 1.5)
     time.sleep(delay)
     finished = proc.poll() is not None
-    proc.send_signal(signal.SIGKILL)
+    proc.send_signal(sig)
     proc.wait(timeout=30)
     return f"{delay:.2f}s into the build" + (" (it had finished)" if finished else "")
 
@@ -435,7 +436,7 @@ def test_kill_9_at_random_points_never_publishes_a_partial_or_mixed_set(tmp_path
     build_demo_shards(ref_a, seed=1, **size)
     build_demo_shards(ref_b, seed=2, **size)
     set_a, set_b = digest(ref_a), digest(ref_b)
-    work = {k: tmp_path / k for k in ("first", "replace", "renames", "delete")}
+    work = {k: tmp_path / k for k in ("first", "replace", "renames", "delete", "term")}
     for k, folder in work.items():
         folder.mkdir()
         if k != "first":
@@ -445,10 +446,13 @@ def test_kill_9_at_random_points_never_publishes_a_partial_or_mixed_set(tmp_path
         "replace": _start(tmp_path, work["replace"] / "shards", "none", 2, "--overwrite"),
         "renames": _start(tmp_path, work["renames"] / "shards", "between-renames", 2, "--overwrite"),
         "delete": _start(tmp_path, work["delete"] / "shards", "before-delete-old", 2, "--overwrite"),
+        "term": _start(tmp_path, work["term"] / "shards", "none", 2, "--overwrite"),
     }
-    with ThreadPoolExecutor(2) as pool:
-        when = dict(zip(("first", "replace"), pool.map(lambda k: _kill_at_random(procs[k], work[k], rng),
-                                                         ("first", "replace"))))  # fmt: skip
+    with ThreadPoolExecutor(3) as pool:
+        signals = {"first": signal.SIGKILL, "replace": signal.SIGKILL, "term": signal.SIGTERM}
+        when = dict(
+            zip(signals, pool.map(lambda k: _kill_at_random(procs[k], work[k], rng, signals[k]), signals))
+        )
     for k in ("renames", "delete"):
         assert procs[k].wait(timeout=120) == -signal.SIGKILL, k
 
@@ -482,6 +486,13 @@ def test_kill_9_at_random_points_never_publishes_a_partial_or_mixed_set(tmp_path
     # 4. killed after publishing, before deleting the old set: OUT is the new set
     _assert_whole(work["delete"] / "shards", [set_b], "killed before deleting the old set")
     assert len(list(work["delete"].glob(".shards.*.old"))) == 1
+
+    # 5. SIGTERM ends the build like Ctrl-C: exit 143, its temporary folder removed, nothing left beside;
+    #    one that arrives while publishing waits until the set is swapped
+    note = f"{seed_note}, SIGTERM {when['term']}"
+    assert procs["term"].returncode in (0, 128 + signal.SIGTERM), note  # 0: it had just finished
+    _assert_whole(work["term"] / "shards", [set_a, set_b], note)
+    assert leftovers(work["term"]) == [], note
 
     # every rerun completes and leaves nothing beside the set
     for k, folder in work.items():

@@ -8,7 +8,9 @@ Replacing a set (``overwrite``) takes two renames: ``NAME`` -> ``.NAME.PID.old``
 ``NAME``; then the old folder is deleted. Each rename is atomic; a ``kill -9`` between them leaves no
 ``NAME`` and the complete previous set in ``.NAME.PID.old``. The next build repairs it before it starts
 (:func:`recover_shard_set`): it renames that folder back, and deletes the ``.partial`` / ``.old`` folders
-of processes that are gone. A folder of a live process (another build running) is left alone.
+of processes that are gone. A folder of a live process (another build running) is left alone. SIGTERM and
+Ctrl-C end a build like an error does (the temporary folder is deleted); during the publish they wait until
+the renames and the deletion are done.
 
 The destination must not be a mount point (a rename cannot cross file systems): name a folder inside it.
 """
@@ -20,6 +22,8 @@ import logging
 import os
 import re
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +36,7 @@ log = logging.getLogger("pgseg.data.shard_set")
 __all__ = ["ShardSet", "recover_shard_set", "shard_folder_state"]
 
 
+_DEFERRED = {signal.SIGTERM, signal.SIGINT}
 _LEFTOVER_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<kind>partial|old)$")
 _SHARD_FILE_RE = re.compile(r"^[A-Za-z0-9_-]+-\d{6}\.tar(\.tmp)?$|^\..+\.tmp$")
 
@@ -188,11 +193,23 @@ class ShardSet:
             raise
 
     def _publish(self) -> None:
-        """Rename the temporary folder to ``out`` (moving a replaced set aside first, deleted after)."""
+        """Rename the temporary folder to ``out`` (moving a replaced set aside first, deleted after).
+
+        SIGTERM and SIGINT wait until the renames and the deletion are done (a kill -9 cannot wait: the
+        next build repairs what it leaves)."""
         state = _check_target(self.target, self.overwrite)  # another run may have published meanwhile
+        _fsync_dir(self.tmp)
+        mask = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED) if mask else None
+        try:
+            self._swap(state)
+        finally:
+            if before is not None:
+                signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+    def _swap(self, state: str) -> None:
         old = None
         try:
-            _fsync_dir(self.tmp)
             if state not in ("new", "empty"):
                 old = _sibling(self.target, "old")
                 os.rename(self.target, old)
