@@ -36,15 +36,18 @@ def prep_shards(source: str, out_dir: str | Path | None, *, images: str | Path |
                 captions: str | Path | None = None, seed: int = 0, n_train: int = 8000, n_val: int = 200,
                 img_size: int = 224, shard_size: int = 1000, photos_dir: str | Path | None = None,
                 coco_root: str | Path | None = None, coco_splits: list[str] | None = None, workers: int = 0,
-                progress: Progress | None = None) -> dict[str, Any]:  # fmt: skip
+                progress: Progress | None = None, overwrite: bool = False) -> dict[str, Any]:  # fmt: skip
     """Build shards or convert evaluation labels in place (``pgseg prep-shards``).
 
     ``source``: ``demo`` (:func:`pgseg_core.data.sources.demo.build_demo_shards`; ``photos_dir`` also
     exports the bundled photos), ``folder`` (:func:`pgseg_core.data.sources.folder.write_folder_shards`) or
     ``coco-object`` (:func:`pgseg_core.eval.datasets.coco_object.convert_coco_object`; no ``out_dir``).
+    A shard set is published at ``out_dir`` only when complete; one already there is replaced only with
+    ``overwrite`` (:class:`pgseg_core.data.shard_set.ShardSet`).
 
     Raises:
         ConfigError: unknown source, or an argument the source needs is missing. DataError: bad sources.
+        OutputError: ``out_dir`` / ``photos_dir`` cannot be used (checked before the build), a full disk.
     """
     if source == "coco-object":
         if coco_root is None:
@@ -63,12 +66,15 @@ def prep_shards(source: str, out_dir: str | Path | None, *, images: str | Path |
         from .data.sources.folder import write_folder_shards
 
         return write_folder_shards(images, out_dir, captions=captions, shard_size=shard_size,
-                                   progress=_phase_cb(progress, "images"))  # fmt: skip
+                                   progress=_phase_cb(progress, "images"), overwrite=overwrite)  # fmt: skip
     from .data.sources.demo import build_demo_shards, export_demo_photos
+    from .utils.io import ensure_dir
 
+    if photos_dir is not None:
+        ensure_dir(photos_dir)  # fail before the build, not after it
     tick = _phase_cb(progress, "composites")
     summary = build_demo_shards(out_dir, seed=seed, n_train=n_train, n_val=n_val, img_size=img_size,
-                                shard_size=shard_size, progress=tick)  # fmt: skip
+                                shard_size=shard_size, progress=tick, overwrite=overwrite)  # fmt: skip
     if photos_dir is not None:
         summary["photos"] = export_demo_photos(photos_dir)
     return summary

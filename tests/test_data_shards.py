@@ -132,8 +132,10 @@ def test_caption_format_errors(folder, tmp_path):
 
 
 def test_read_index_validation(tmp_path):
-    with pytest.raises(DataError, match="no shard index"):
+    with pytest.raises(DataError, match="has no index.json: the shard set is incomplete"):
         read_index(tmp_path)
+    with pytest.raises(DataError, match="no shard index"):
+        read_index(tmp_path / "index.json")
     (tmp_path / "index.json").write_text("{not json")
     with pytest.raises(DataError, match="cannot read"):
         read_index(tmp_path)
@@ -165,8 +167,12 @@ def test_resolve_shards_forms(tmp_path):
     with SplitWriter(d, "val-caption", shard_size=5) as v:
         v.write({"__key__": "v0", "txt": "t"})
     expect = [str(d / f"train-00000{i}.tar") for i in range(3)]
-    # a directory without index.json falls back to <split>-*.tar
-    assert resolve_shards(d) == expect
+    # a directory without index.json is an incomplete set: refused, naming the explicit form
+    with pytest.raises(DataError, match=r"has no index.json.*interrupted prep-shards.*train-\*\.tar"):
+        resolve_shards(d)
+    # explicit tar lists keep working without an index
+    assert resolve_shards(str(d / "train-{000000..000002}.tar")) == expect
+    assert resolve_shards(str(d / "train-*.tar")) == expect
     write_index(
         d,
         new_index(

@@ -59,12 +59,23 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         workers: Annotated[int, typer.Option(min=0, help="coco-object: worker processes.")] = 0,
+        overwrite: Annotated[
+            bool,
+            typer.Option(
+                "--overwrite", help="Replace the shard set already in --out (once the new one is complete)."
+            ),
+        ] = False,
     ) -> None:
         """Build training/validation shards (demo composites, a folder of images with captions), or write
-        COCO-Object label maps (*_instanceTrainIds.png) next to the raw COCO-Stuff PNGs."""
+        COCO-Object label maps (*_instanceTrainIds.png) next to the raw COCO-Stuff PNGs.
+
+        The shards are built in a hidden folder beside --out and renamed to --out when complete, so --out
+        never holds a partial or mixed set; an interrupted build leaves --out as it was."""
         from pgseg_core.api import prep_shards
 
         _check_source_options(source, out_dir, images, coco_root)
+        if source != "coco-object":
+            _check_out(out_dir, overwrite)
         with progress_bar("prep-shards") as update:
             summary = prep_shards(
                 source,
@@ -81,6 +92,7 @@ def register(app: typer.Typer) -> None:
                 coco_splits=coco_split,
                 workers=workers,
                 progress=lambda phase, d, t, info: update(d, t, phase=phase),
+                overwrite=overwrite,
             )
         if source == "coco-object":
             _render_coco_object(summary)
@@ -116,6 +128,29 @@ def _check_source_options(source: str, out_dir, images, coco_root) -> None:
     if source == "folder" and images is None:
         hint = "'--images'"
         raise typer.BadParameter("--source folder needs a folder of images with captions", param_hint=hint)
+
+
+def _check_out(out_dir: Path, overwrite: bool) -> None:
+    """Usage error (exit 2) for a shard set in --out (complete or not) without --overwrite; the library
+    checks the rest (a file, a folder of other files, a path that cannot be created)."""
+    from pgseg_core.data.shard_set import shard_folder_state
+    from pgseg_core.data.shards import INDEX_NAME
+    from pgseg_core.utils.claims import inspect_folder
+
+    if overwrite:
+        return
+    if inspect_folder(out_dir, (INDEX_NAME,)).holds_run:
+        raise typer.BadParameter(
+            f"{out_dir} already holds a shard set ({INDEX_NAME}): pass --overwrite to replace it, or choose "
+            "another folder",
+            param_hint="'--out'",
+        )
+    if shard_folder_state(out_dir)[0] == "incomplete":
+        raise typer.BadParameter(
+            f"{out_dir} holds shards without {INDEX_NAME} (an interrupted build?): pass --overwrite to "
+            "replace them, or choose another folder",
+            param_hint="'--out'",
+        )
 
 
 def _render_coco_object(summary: dict) -> None:

@@ -1,9 +1,13 @@
 """WebDataset shard writing, ``index.json`` (schema 1), and shard specifications -> tar paths.
 
 A shard directory holds ``<split>-%06d.tar`` files plus one ``index.json`` (docs/ARCHITECTURE.md,
-"Shards"). Shards and the index are written to a temporary name and renamed into place, so a directory
-whose ``index.json`` exists is complete. Only the public webdataset API is used (``wds.TarWriter``).
-The sources that fill shards are in :mod:`pgseg_core.data.sources`.
+"Shards"). Only the public webdataset API is used (``wds.TarWriter``). The sources that fill shards are in
+:mod:`pgseg_core.data.sources`.
+
+A shard set is written through :class:`pgseg_core.data.shard_set.ShardSet`, which builds it in a private
+temporary folder and publishes it with ``index.json`` last, so a shard directory without ``index.json`` is
+never complete: :func:`resolve_shards` refuses one (explicit tar lists, brace patterns and globs are read as
+given).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from ..utils.io import atomic_write, ensure_dir, output_error
 from ..version import __version__
 
 log = logging.getLogger("pgseg.data.shards")
@@ -38,23 +43,30 @@ Progress = Callable[[int, int], None]
 class SplitWriter:
     """Write the samples of one split into ``<split>-%06d.tar`` shards of at most ``shard_size`` samples.
 
-    Each shard is written as ``<name>.tmp`` and renamed when full, so readers never see a partial tar.
-    On :meth:`close`, stale ``<split>-NNNNNN.tar`` files left in ``out_dir`` by an earlier, larger build
-    are deleted. Use as a context manager; on an exception the unfinished shard is removed.
+    Each shard is written as ``<name>.tmp``, flushed to disk and renamed when full, so readers never see a
+    partial tar. On :meth:`close`, stale ``<split>-NNNNNN.tar`` files left in ``out_dir`` by an earlier,
+    larger build are deleted. Use as a context manager; on an exception the unfinished shard is removed.
+    A whole shard set is written through :class:`ShardSet`, which gives each split a writer.
 
     Args:
         out_dir: shard directory (created if missing).
         split: split name, also the shard file prefix ("train", "val-caption", ...).
         shard_size: samples per shard (>= 1).
+        shown_as: the path named in error messages (default ``out_dir``).
+
+    Raises:
+        OutputError: a shard cannot be written (full disk, no permission): one line naming ``shown_as``.
     """
 
-    def __init__(self, out_dir: str | Path, split: str, shard_size: int = 1000):
+    def __init__(
+        self, out_dir: str | Path, split: str, shard_size: int = 1000, *, shown_as: str | Path | None = None
+    ):
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         if not re.fullmatch(r"[A-Za-z0-9_-]+", split):
             raise ValueError(f"split name {split!r} must be letters, digits, '-' or '_'")
-        self.out_dir = Path(out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.out_dir = ensure_dir(out_dir)
+        self.shown_as = Path(shown_as) if shown_as is not None else self.out_dir
         self.split = split
         self.shard_size = int(shard_size)
         self.count = 0
@@ -73,7 +85,9 @@ class SplitWriter:
         self._in_shard = 0
 
     def _finish(self) -> None:
-        self._tar.close()
+        self._tar.close()  # webdataset's TarWriter leaves a file object it did not open open
+        self._file.flush()
+        os.fsync(self._file.fileno())
         self._file.close()
         os.replace(self.out_dir / (self._name + ".tmp"), self.out_dir / self._name)
         self.shards.append(self._name)
@@ -98,18 +112,24 @@ class SplitWriter:
             if isinstance(value, str):
                 value = value.encode("utf-8")
             out[ext] = bytes(value)
-        if self._tar is None:
-            self._open()
-        self._tar.write(out)
-        self._in_shard += 1
-        self.count += 1
-        if self._in_shard >= self.shard_size:
-            self._finish()
+        try:
+            if self._tar is None:
+                self._open()
+            self._tar.write(out)
+            self._in_shard += 1
+            self.count += 1
+            if self._in_shard >= self.shard_size:
+                self._finish()
+        except OSError as e:
+            raise output_error(self.shown_as, e, "write the shards of") from e
 
     def close(self) -> list[str]:
         """Finish the last shard, delete stale shards of this split, and return the shard file names."""
-        if self._tar is not None:
-            self._finish()
+        try:
+            if self._tar is not None:
+                self._finish()
+        except OSError as e:
+            raise output_error(self.shown_as, e, "write the shards of") from e
         keep = set(self.shards)
         for p in self.out_dir.glob(f"{self.split}-*.tar"):
             if re.fullmatch(re.escape(self.split) + _SHARD_RE, p.name) and p.name not in keep:
@@ -118,11 +138,13 @@ class SplitWriter:
         return list(self.shards)
 
     def abort(self) -> None:
-        """Drop the unfinished shard (already finished shards stay)."""
+        """Drop the unfinished shard (already finished shards stay); never raises for the file itself."""
         if self._tar is not None:
             try:
                 self._tar.close()
                 self._file.close()
+            except OSError:
+                pass  # a full disk fails the final flush too; the file is deleted anyway
             finally:
                 (self.out_dir / (self._name + ".tmp")).unlink(missing_ok=True)
                 self._tar = self._file = None
@@ -174,13 +196,16 @@ def new_index(
 
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON to ``path`` via a temporary file and ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    """Write ``data`` as indented JSON to ``path`` via a temporary file (flushed to disk) and a rename."""
+    text = json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+
+    def _write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return atomic_write(path, _write)
 
 
 def write_index(out_dir: str | Path, index: dict[str, Any]) -> Path:
@@ -206,11 +231,11 @@ def read_index(path_or_dir: str | Path) -> dict[str, Any]:
     """
     path = Path(path_or_dir)
     if path.is_dir():
+        if not (path / INDEX_NAME).is_file():
+            raise DataError(_no_index_message(path))
         path = path / INDEX_NAME
     if not path.is_file():
-        raise DataError(
-            f"no shard index at {path}: build shards with `pgseg demo-data` or `pgseg prep-shards` first"
-        )
+        raise DataError(f"no shard index at {path}: build shards with `pgseg prep-shards` first")
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -294,16 +319,19 @@ def resolve_shards(spec: str | Path, split: str = "train") -> list[str]:
     """Turn a shard specification into a list of tar paths.
 
     Args:
-        spec: a directory with ``index.json`` (or with ``<split>-*.tar`` files), an ``index.json`` path,
-            a brace pattern ``"dir/train-{000000..000003}.tar"``, a glob ``"dir/train-*.tar"``, a single
-            ``.tar`` file, or a URL (``http://...``, ``pipe:...``; expanded but not checked).
+        spec: a directory with ``index.json``, an ``index.json`` path, a brace pattern
+            ``"dir/train-{000000..000003}.tar"``, a glob ``"dir/train-*.tar"``, a single ``.tar`` file, or
+            a URL (``http://...``, ``pipe:...``; expanded but not checked). A directory without
+            ``index.json`` is refused: it is an interrupted build (or not a shard set); its tar files can
+            still be named explicitly by a pattern.
         split: the split to take from an index or directory ("train", "val-caption", "val-heldout").
 
     Returns:
         Shard paths/URLs in a stable order.
 
     Raises:
-        DataError: nothing found, shards listed but missing, or the split is absent (lists the splits).
+        DataError: nothing found, a directory without ``index.json``, shards listed but missing, or the
+            split is absent (lists the splits).
     """
     s = str(spec).strip()
     if not s:
@@ -314,13 +342,7 @@ def resolve_shards(spec: str | Path, split: str = "train") -> list[str]:
     if p.is_dir():
         if (p / INDEX_NAME).is_file():
             return _shards_from_index(p / INDEX_NAME, split)
-        found = sorted(str(f) for f in p.glob(f"{split}-*.tar"))
-        if found:
-            return found
-        raise DataError(
-            f"{p} has no {INDEX_NAME} and no {split}-*.tar shards; build them with `pgseg demo-data` "
-            "or `pgseg prep-shards`"
-        )
+        raise DataError(_no_index_message(p))
     if p.suffix == ".json":
         if not p.is_file():
             raise DataError(f"shard index {p} not found")
@@ -338,7 +360,26 @@ def resolve_shards(spec: str | Path, split: str = "train") -> list[str]:
         return found
     if p.is_file():
         return [str(p)]
+    aside = sorted(p.parent.glob(f".{_glob.escape(p.name)}.*.old")) if p.parent.is_dir() else []
+    if aside:
+        raise DataError(
+            f"no shards at '{s}', but {aside[0]} holds the previous shard set of an interrupted "
+            "prep-shards: run prep-shards again (it restores that set first)"
+        )
     raise DataError(
         f"no shards at '{s}': expected a directory with {INDEX_NAME}, an {INDEX_NAME} file, a brace "
         "pattern like dir/train-{000000..000003}.tar, or a glob"
+    )
+
+
+def _no_index_message(folder: Path) -> str:
+    tars = sorted(folder.glob("*.tar"))
+    also = (
+        f", or name its tar files explicitly ({folder}/{tars[0].name.rsplit('-', 1)[0]}-*.tar)"
+        if tars
+        else ""
+    )
+    return (
+        f"{folder} has no {INDEX_NAME}: the shard set is incomplete (an interrupted prep-shards?) or not a "
+        f"shard set; rebuild it with pgseg prep-shards{also}"
     )

@@ -10,7 +10,8 @@ from typing import Any
 
 from ...errors import DataError
 from ..captions import collect_captioned_images
-from ..shards import Progress, SplitWriter, new_index, write_index
+from ..shard_set import ShardSet
+from ..shards import Progress, new_index
 
 log = logging.getLogger("pgseg.data.sources.folder")
 
@@ -26,22 +27,26 @@ def write_folder_shards(
     progress: Progress | None = None,
     jpeg_quality: int = 95,
     max_side: int | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Convert a folder of captioned images into ``train-%06d.tar`` shards plus ``index.json``.
 
     Each sample is img2dataset-style: ``jpg`` (the image re-encoded as RGB JPEG), ``txt`` (caption) and
     ``json`` ``{"key", "caption", "width", "height", "original_path"}``. Images that cannot be decoded
-    are skipped and counted, never fatal.
+    are skipped and counted, never fatal. The set is built beside ``out_dir`` and published there only
+    when complete (:class:`~pgseg_core.data.shard_set.ShardSet`): an interrupted or failed build leaves
+    ``out_dir`` as it was.
 
     Args:
         image_dir: folder of images (searched recursively).
-        out_dir: shard directory to write (created; stale ``train-*.tar`` shards are removed).
+        out_dir: shard directory to write (missing or empty, or a shard set to replace with ``overwrite``).
         captions: caption file (.tsv/.csv/.jsonl with columns image, caption; a header row is allowed);
             None = ``captions.{tsv,csv,jsonl}`` in ``image_dir`` or ``<stem>.txt`` sidecars.
         shard_size: samples per tar.
         progress: called as ``progress(done, total)`` after each image.
         jpeg_quality: JPEG quality 1..95 of the re-encoded images.
         max_side: if set, downscale images whose longer side exceeds this many pixels.
+        overwrite: replace a shard set already at ``out_dir``.
 
     Returns:
         Summary ``{"out_dir", "index", "count", "shards", "skipped": {...}, "seconds"}``.
@@ -49,9 +54,12 @@ def write_folder_shards(
     Raises:
         DataError: missing folder, no images, an unsupported/unreadable caption file, or no image could
             be written.
+        OutputError: ``out_dir`` cannot be used (see :class:`~pgseg_core.data.shard_set.ShardSet`) or
+            the disk is full.
     """
     t0 = time.perf_counter()
     image_dir, out_dir = Path(image_dir), Path(out_dir)
+    dest = ShardSet(out_dir, overwrite=overwrite)  # checks out_dir before the images are read
     pairs, skipped = collect_captioned_images(image_dir, captions, exclude=out_dir.resolve())
     skipped = {"unreadable": 0, **skipped}
     if len(pairs) == 0:
@@ -59,20 +67,23 @@ def write_folder_shards(
             f"none of the images under {image_dir} has a caption: add <stem>.txt files or a "
             "captions.tsv / captions.csv / captions.jsonl"
         )
-    shards, count = _write_samples(
-        pairs, image_dir, out_dir, skipped, shard_size, progress, jpeg_quality, max_side
-    )
-    if skipped["unreadable"] > 10:
-        log.warning("skipped %d unreadable images in total", skipped["unreadable"])
-    if count == 0:
-        raise DataError(f"no image under {image_dir} could be decoded ({skipped['unreadable']} unreadable)")
-    index = new_index(
-        {"train": {"shards": shards, "count": count}},
-        sources=[{"name": "folder", "path": str(image_dir), "licence": "user-provided", "items": count}],
-        skipped=skipped,
-        generator="folder",
-    )
-    index_path = write_index(out_dir, index)
+    with dest:
+        shards, count = _write_samples(
+            pairs, image_dir, dest, skipped, shard_size, progress, jpeg_quality, max_side
+        )
+        if skipped["unreadable"] > 10:
+            log.warning("skipped %d unreadable images in total", skipped["unreadable"])
+        if count == 0:
+            raise DataError(
+                f"no image under {image_dir} could be decoded ({skipped['unreadable']} unreadable)"
+            )
+        index = new_index(
+            {"train": {"shards": shards, "count": count}},
+            sources=[{"name": "folder", "path": str(image_dir), "licence": "user-provided", "items": count}],
+            skipped=skipped,
+            generator="folder",
+        )
+        index_path = dest.write_index(index)
     return {
         "out_dir": str(out_dir),
         "index": str(index_path),
@@ -86,7 +97,7 @@ def write_folder_shards(
 def _write_samples(
     pairs: list[tuple[Path, str]],
     image_dir: Path,
-    out_dir: Path,
+    dest: ShardSet,
     skipped: dict[str, int],
     shard_size: int,
     progress: Progress | None,
@@ -101,7 +112,7 @@ def _write_samples(
     from ..transforms import load_image_rgb
 
     total = len(pairs)
-    with SplitWriter(out_dir, "train", shard_size) as writer:
+    with dest.split_writer("train", shard_size) as writer:
         for i, (path, caption) in enumerate(pairs):
             try:
                 img = load_image_rgb(path)

@@ -29,6 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 from ...errors import DataError
+from ...utils.io import atomic_write, output_error, remove_stale_temps
 
 log = logging.getLogger("pgseg.eval.datasets.coco_object")
 
@@ -269,8 +270,6 @@ def _convert_one(src: str) -> tuple[str, str]:
     """Convert one raw PNG; returns (status, message) with status "converted" | "existing" | "bad"."""
     from PIL import Image
 
-    from ...utils.io import atomic_write
-
     src_path = Path(src)
     dst = src_path.with_name(src_path.name[: -len(".png")] + INSTANCE_SUFFIX)
     if dst.is_file():
@@ -283,7 +282,10 @@ def _convert_one(src: str) -> tuple[str, str]:
         label = coco_object_label(raw)
     except Exception as e:  # a bad file is skipped and counted, never fatal
         return "bad", f"{src_path}: {e}"
-    atomic_write(dst, lambda tmp: Image.fromarray(label, mode="L").save(tmp, format="PNG"))
+    try:
+        atomic_write(dst, lambda tmp: Image.fromarray(label, mode="L").save(tmp, format="PNG"))
+    except OSError as e:  # the folder cannot be written (full disk, read-only): fatal, one line
+        raise output_error(dst, e) from e
     return "converted", ""
 
 
@@ -339,8 +341,8 @@ def convert_coco_object(
 
     For every ``annotations/<split>2017/<name>.png`` (files with "TrainIds" in the name are skipped, as in
     GroupViT's script), writes ``<name>_instanceTrainIds.png`` (uint8, see :func:`coco_object_label`).
-    Each file is written atomically; files that already exist are skipped, so an interrupted run resumes.
-    Unreadable files or files with non-COCO-Stuff values are skipped and counted.
+    Each file is written atomically and existing ones are skipped, so a killed run resumes (its temporary
+    files are removed first). Unreadable files or files with non-COCO-Stuff values are skipped and counted.
 
     Args:
         coco_stuff_root: the ``coco_stuff164k`` folder, or a ``data/`` folder holding it.
@@ -354,10 +356,13 @@ def convert_coco_object(
 
     Raises:
         DataError: missing root, no ``annotations/`` folder, a requested split folder missing, or no raw PNGs.
+        OutputError: a label map cannot be written (full disk, read-only folder): one line naming it.
     """
     root = _resolve_stuff_root(Path(coco_stuff_root))
     ann = root / "annotations"
     names = _split_folders(ann, splits)
+    for n in names:
+        remove_stale_temps(ann / n)
     jobs: list[tuple[str, Path]] = [(n, p) for n in names for p in _raw_pngs(ann / n)]
     if not jobs:
         raise DataError(f"no raw COCO-Stuff PNGs in {', '.join(str(ann / n) for n in names)}")
@@ -396,12 +401,7 @@ def convert_coco_object(
         "splits": per_split,
         **{k: sum(s[k] for s in per_split.values()) for k in ("converted", "existing", "bad")},
     }
-    log.info(
-        "COCO-Object: %d converted, %d already there, %d bad",
-        summary["converted"],
-        summary["existing"],
-        summary["bad"],
-    )
+    log.info("COCO-Object: %(converted)d converted, %(existing)d already there, %(bad)d bad", summary)
     return summary
 
 

@@ -13,7 +13,8 @@ import numpy as np
 
 from ....errors import DataError
 from ....utils.progress import progress_ticker
-from ...shards import Progress, SplitWriter, new_index, write_index
+from ...shard_set import ShardSet
+from ...shards import Progress, new_index
 from .compose import compose, encode_image
 from .photos import Background, split_backgrounds
 from .roots import DemoRoots
@@ -40,16 +41,19 @@ def build_demo_shards(
     shard_size: int = 1000,
     progress: Progress | None = None,
     vocab: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Generate the demo dataset as webdataset shards plus ``index.json``.
 
     Train samples hold ``jpg`` (RGB composite), ``txt`` (caption) and ``json`` ``{"classes": [...]}``
     (the classes in the image). Val samples hold ``jpg``, ``png`` (uint8 label map: 0 background,
     1 + i = class i of the split's class list), ``txt`` and ``json`` ``{"classes": split class list,
-    "split", "present", "caption"}``.
+    "split", "present", "caption"}``. The set is built beside ``out_dir`` and published there only when
+    complete (:class:`~pgseg_core.data.shard_set.ShardSet`): an interrupted or failed build leaves
+    ``out_dir`` as it was.
 
     Args:
-        out_dir: output directory (created).
+        out_dir: output directory (missing or empty, or a shard set to replace with ``overwrite``).
         seed: generator seed; the same seed, sizes and sources give byte-identical shards.
         n_train: number of training composites.
         n_val: composites per validation split (val-caption and val-heldout).
@@ -58,6 +62,7 @@ def build_demo_shards(
         shard_size: samples per tar file.
         progress: called as ``progress(done, total)`` after each composite (all splits together).
         vocab: vocabulary file (default: the package's ``demo_vocab.json``).
+        overwrite: replace a shard set already at ``out_dir``.
 
     Returns:
         Summary ``{"out_dir", "index", "splits": {split: count}, "vocabulary", "class_items", "sources",
@@ -65,37 +70,40 @@ def build_demo_shards(
 
     Raises:
         DataError: a missing source (names the package to install) or too few usable classes.
+        OutputError: ``out_dir`` cannot be used (see :class:`~pgseg_core.data.shard_set.ShardSet`) or
+            the disk is full.
     """
     if img_size < 32:
         raise DataError(f"demo img_size must be at least 32 pixels, got {img_size}")
     if n_train < 0 or n_val < 0:
         raise DataError(f"demo sizes must be >= 0, got n_train={n_train}, n_val={n_val}")
     t0 = time.perf_counter()
-    src = load_demo_sources(roots, img_size, vocab)
-    train_bgs, val_only_bgs = split_backgrounds(src["backgrounds"])
-    log.info(
-        "demo sources loaded in %.1fs: %d caption classes, %d held-out, %d backgrounds",
-        time.perf_counter() - t0,
-        len(src["caption"]),
-        len(src["heldout"]),
-        len(src["backgrounds"]),
-    )
-    plan = [
-        ("train", n_train, src["caption"], train_bgs),
-        ("val-caption", n_val, src["caption"], src["backgrounds"]),
-        ("val-heldout", n_val, src["heldout"], src["backgrounds"]),
-    ]
-    tick = progress_ticker(progress, sum(n for _, n, _, _ in plan))
-    out_dir = Path(out_dir)
-    splits = {
-        split: _write_split(out_dir, split, n, classes, bgs, seed, img_size, shard_size, tick)
-        for split, n, classes, bgs in plan
-    }
-    return _write_demo_index(out_dir, splits, src, seed, img_size, val_only_bgs, t0)
+    with ShardSet(out_dir, overwrite=overwrite) as dest:
+        src = load_demo_sources(roots, img_size, vocab)
+        train_bgs, val_only_bgs = split_backgrounds(src["backgrounds"])
+        log.info(
+            "demo sources loaded in %.1fs: %d caption classes, %d held-out, %d backgrounds",
+            time.perf_counter() - t0,
+            len(src["caption"]),
+            len(src["heldout"]),
+            len(src["backgrounds"]),
+        )
+        plan = [
+            ("train", n_train, src["caption"], train_bgs),
+            ("val-caption", n_val, src["caption"], src["backgrounds"]),
+            ("val-heldout", n_val, src["heldout"], src["backgrounds"]),
+        ]
+        tick = progress_ticker(progress, sum(n for _, n, _, _ in plan))
+        splits = {
+            split: _write_split(dest, split, n, classes, bgs, seed, img_size, shard_size, tick)
+            for split, n, classes, bgs in plan
+        }
+        summary = _write_demo_index(dest, splits, src, seed, img_size, val_only_bgs)
+    return {**summary, "seconds": time.perf_counter() - t0}
 
 
 def _write_split(
-    out_dir: Path,
+    dest: ShardSet,
     split: str,
     n: int,
     classes: list[DemoClass],
@@ -108,7 +116,7 @@ def _write_split(
     """Write ``n`` composites of one split (``tick()`` after each); returns the split's index entry
     ``{"shards", "count"}`` (plus ``"classes"`` for a validation split)."""
     names = [c.name for c in classes]
-    with SplitWriter(out_dir, split, shard_size) as writer:
+    with dest.split_writer(split, shard_size) as writer:
         for i in range(n):
             writer.write(_sample(split, i, classes, names, backgrounds, seed, img_size))
             tick()
@@ -147,16 +155,15 @@ def _sample(
 
 
 def _write_demo_index(
-    out_dir: Path,
+    dest: ShardSet,
     splits: dict[str, dict[str, Any]],
     src: dict[str, Any],
     seed: int,
     img_size: int,
     val_only_bgs: list[Background],
-    t0: float,
 ) -> dict[str, Any]:
-    """Write ``index.json`` of the written splits and return the build summary (see
-    :func:`build_demo_shards`)."""
+    """Write ``index.json`` of the written splits (last) and return the build summary without
+    ``seconds`` (see :func:`build_demo_shards`)."""
     vocabulary = {"caption": [c.name for c in src["caption"]], "heldout": [c.name for c in src["heldout"]]}
     index = new_index(
         splits,
@@ -170,14 +177,13 @@ def _write_demo_index(
         dropped_classes=src["dropped"],
         val_only_backgrounds=[f"{b.source}/{b.name}" for b in val_only_bgs],
     )
-    index_path = write_index(out_dir, index)
+    index_path = dest.write_index(index)
     return {
-        "out_dir": str(out_dir),
+        "out_dir": str(dest.out),
         "index": str(index_path),
         "splits": {k: v["count"] for k, v in splits.items()},
         "vocabulary": vocabulary,
         "class_items": src["class_items"],
         "sources": src["sources"],
         "dropped_classes": src["dropped"],
-        "seconds": time.perf_counter() - t0,
     }

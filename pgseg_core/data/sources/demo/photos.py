@@ -205,9 +205,14 @@ def export_demo_photos(out_dir: str | Path, roots: DemoRoots | None = None) -> l
     Returns:
         Paths of the written JPEG files, sorted.
 
+    Each file is written under a temporary name and renamed (a killed export leaves whole files only;
+    temporary files of killed exports are removed on the next one).
+
     Raises:
         DataError: no photo source is installed (pip install 'pgseg[demo]').
+        OutputError: ``out_dir`` is a file or cannot be created.
     """
+    from ....utils.io import atomic_write, ensure_dir, remove_stale_temps
     from ...shards import write_json_atomic
     from ...transforms import load_image_rgb
 
@@ -240,8 +245,8 @@ def export_demo_photos(out_dir: str | Path, roots: DemoRoots | None = None) -> l
             f = _wallpaper_file(Path(roots.wallpapers) / name)
             if f is not None:
                 files.append(("plasma-wallpapers", name, f))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(out_dir)
+    remove_stale_temps(out)
     written: list[str] = []
     listing = []
     for source, name, path in files:
@@ -253,7 +258,7 @@ def export_demo_photos(out_dir: str | Path, roots: DemoRoots | None = None) -> l
         if max(img.size) > 1600:
             img.thumbnail((1600, 1600), Image.BICUBIC)
         dest = out / f"{source}-{name}.jpg"
-        img.save(dest, format="JPEG", quality=95)
+        atomic_write(dest, lambda tmp, img=img: img.save(tmp, format="JPEG", quality=95))
         written.append(str(dest))
         listing.append(
             {"file": dest.name, "source": source, "licence": LICENCES[source], "original": str(path)}
