@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from .._console import err, handle_errors, out, progress_bar
+from .._console import err, handle_errors, progress_bar
 from ..options import BgThreshOpt, CheckpointOpt, DeviceOpt, OutDirOpt, TopKOpt, device_or_auto
 
 
@@ -108,8 +108,10 @@ def register(app: typer.Typer) -> None:
         bf16 autocast on CUDA."""
         from pgseg_core.api import segment_files
         from pgseg_core.segment.options import SegmentOptions
+        from pgseg_core.utils.io import ensure_dir
 
         _check_options(classes, classes_file, fmt, backend, onnx, export_onnx, feature_cache, device)
+        ensure_dir(out_dir)  # a file or an uncreatable path: one line before any model work
 
         overrides = {
             k: v
@@ -152,7 +154,7 @@ def register(app: typer.Typer) -> None:
                     d, t, info=f"{i.get('images_per_s', 0.0):.2f} img/s", phase=p
                 ),
             )
-        _render(summary, out_dir, feature_cache, err if jsonl else out)
+        _render(summary, out_dir, feature_cache, err if jsonl else None)
 
 
 def _check_options(classes, classes_file, fmt, backend, onnx, export_onnx, feature_cache, device) -> None:
@@ -189,22 +191,30 @@ def _check_options(classes, classes_file, fmt, backend, onnx, export_onnx, featu
         )
 
 
+def _line(console, text: str) -> None:
+    """One plain line on ``console``, or on stdout (None) through typer.echo: a closed stdout then raises
+    BrokenPipeError, which the CLI turns into a quiet exit 0 (rich's console would exit 1)."""
+    if console is None:
+        typer.echo(text)
+    else:
+        console.print(text, highlight=False, markup=False, soft_wrap=True)
+
+
 def _render(summary, out_dir, feature_cache, console) -> None:
-    """The closing lines of a run: counts, speed, caches, and one red line per failed image."""
-    console.print(
+    """The closing lines of a run (on ``console``, None = stdout): counts, speed, caches, and one red line
+    per failed image."""
+    _line(
+        console,
         f"segmented {summary.processed} image(s) into {out_dir}: skipped {summary.skipped} existing, "
         f"failed {summary.num_failed} ({summary.images_per_s:.2f} images/s, {summary.backend} on "
         f"{summary.device}, text cache {summary.text_cache})",
-        highlight=False,
-        soft_wrap=True,
     )
     if summary.feature_cache is not None:
         fc = summary.feature_cache
-        console.print(
+        _line(
+            console,
             f"feature cache {feature_cache}: {fc['images_from_cache']} image(s) read, "
             f"{fc['images_encoded']} encoded",
-            highlight=False,
-            soft_wrap=True,
         )
     for failure in summary.failed:
         text = failure["error"]

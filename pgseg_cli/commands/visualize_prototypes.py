@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .._console import err, handle_errors, out, progress_bar
+from .._console import err, handle_errors, progress_bar
 from ..options import DeviceOpt, OptionalCheckpointOpt, OutDirOpt, device_or_auto
 
 
@@ -54,6 +54,7 @@ def register(app: typer.Typer) -> None:
         Examples: pgseg visualize-prototypes photos/ -c run/ --out viz/ --cache viz.h5 (encode and cache);
         pgseg visualize-prototypes --cache viz.h5 --out viz2/ (render from the cache, no model)."""
         from pgseg_core.api import visualize_prototypes
+        from pgseg_core.utils.io import ensure_dir
 
         if not images and cache is None:
             raise typer.BadParameter(
@@ -66,6 +67,7 @@ def register(app: typer.Typer) -> None:
                 "required to encode images (or give only --cache FILE to render from a feature cache)",
                 param_hint="'--checkpoint'",
             )
+        ensure_dir(out_dir)  # a file or an uncreatable path: one line before any model work
 
         with progress_bar("visualize") as update:
             summary = visualize_prototypes(
@@ -88,11 +90,8 @@ def register(app: typer.Typer) -> None:
                 highlight=False,
                 soft_wrap=True,
             )
-        out.print(
-            f"rendered {summary['processed']} image(s){note}; open {Path(out_dir) / summary['index']}",
-            highlight=False,
-            soft_wrap=True,
-        )
+        # typer.echo: a closed stdout raises BrokenPipeError, a quiet exit 0 in handle_errors
+        typer.echo(f"rendered {summary['processed']} image(s){note}; open {Path(out_dir) / summary['index']}")
         for failure in summary.get("failed", []):
             err.print(f"[red]failed[/] {failure['image']}: {failure['error']}", highlight=False)
         if summary.get("failed"):

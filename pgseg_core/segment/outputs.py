@@ -11,8 +11,10 @@ format         file                        contents
 ``coco-rle``   ``sub/cat_rle.json``        :func:`coco_rle_record`: one COCO RLE annotation per class present
 =============  ==========================  ===================================================================
 
-Every file is written atomically (temporary file + ``os.replace``), so an interrupted run never leaves a
-half-written output and ``--skip-existing`` can trust what exists.
+Every file is written atomically (temporary file ``.NAME.PID.XXXX.tmp`` + ``os.replace``), so an
+interrupted run never leaves a half-written output and ``--skip-existing`` can trust what exists; the
+temporary files a killed run left behind are removed by the next run (:func:`prepare_output_folders`). Files
+get the permissions of the umask.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError
-from ..utils.io import atomic_write_json
+from ..utils.io import atomic_write_json, ensure_dir, output_error, remove_stale_temps
 from ..viz.overlay import render_overlay
 from ..viz.palette import label_to_palette_png, save_image_atomic
 
@@ -34,6 +36,7 @@ __all__ = [
     "parse_formats",
     "OutputPlan",
     "plan_outputs",
+    "prepare_output_folders",
     "coco_rle_record",
     "image_record",
     "write_outputs",
@@ -100,6 +103,24 @@ def plan_outputs(rels: list[str], out_dir: str | Path, formats: tuple[str, ...])
         used.add(stem.lower())
         plans.append(OutputPlan(stem, {f: out_dir / f"{stem}{_SUFFIX[f]}" for f in formats}))
     return plans
+
+
+def prepare_output_folders(out_dir: str | Path, plans: list[OutputPlan], extra: tuple[Path, ...] = ()) -> int:
+    """Check the output root before any work and clear what killed runs left: create ``out_dir``, then
+    delete the stale temporary files (of processes that no longer run) in it, in every folder ``plans``
+    write to, and in the ``extra`` folders (e.g. the text-embedding cache). Folders are not created except
+    ``out_dir``; a live run's temporary files are left alone.
+
+    Returns:
+        How many stale temporary files were removed.
+
+    Raises:
+        OutputError: ``out_dir`` is a file or cannot be created.
+    """
+    root = ensure_dir(out_dir)
+    folders = {root, *(Path(f) for f in extra)}
+    folders.update(p.parent for plan in plans for p in plan.files.values())
+    return sum(remove_stale_temps(folder) for folder in sorted(folders))
 
 
 def image_record(
@@ -210,17 +231,24 @@ def write_outputs(
 
     Returns:
         :func:`image_record` plus ``"outputs": {format: path}``.
+
+    Raises:
+        OutputError: a file cannot be written (a full disk, no permission), naming it and the fix. The files
+        written before it are complete; no temporary file stays.
     """
     record = image_record(label, scores, classes, image_name, bg_thresh)
     record["outputs"] = {f: str(p) for f, p in plan.files.items()}
     for fmt, path in plan.files.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if fmt == "png":
-            label_to_palette_png(label.astype(np.uint8), path)
-        elif fmt == "overlay":
-            save_image_atomic(render_overlay(image, label, classes), path)
-        elif fmt == "json":
-            atomic_write_json(path, {k: v for k, v in record.items() if k != "outputs"})
-        elif fmt == "coco-rle":
-            atomic_write_json(path, coco_rle_record(label, scores, classes, image_name))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if fmt == "png":
+                label_to_palette_png(label.astype(np.uint8), path)
+            elif fmt == "overlay":
+                save_image_atomic(render_overlay(image, label, classes), path)
+            elif fmt == "json":
+                atomic_write_json(path, {k: v for k, v in record.items() if k != "outputs"})
+            elif fmt == "coco-rle":
+                atomic_write_json(path, coco_rle_record(label, scores, classes, image_name))
+        except OSError as e:
+            raise output_error(path, e) from e
     return record

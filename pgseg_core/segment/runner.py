@@ -3,11 +3,22 @@
 A torch DataLoader decodes images (in worker processes with ``num_workers > 0``) and prepares them
 (:func:`pgseg_core.inference.prepare_image`); the segmenter predicts a batch of images at once;
 :mod:`.outputs` writes the requested files atomically. A bad image is recorded and skipped; the run goes on.
+
+Ending early: an output that cannot be written (a full disk) stops the run with
+:class:`~pgseg_core.errors.OutputError`, and any exception of the record callback (a ``BrokenPipeError``
+when the reader of ``--jsonl`` went away) propagates unchanged; either way the decode workers are shut down
+before it leaves. On Linux the workers also die with this process on any signal, ``kill -9`` included
+(``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
+import os
+import signal
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,7 +37,7 @@ from .outputs import OutputPlan, write_outputs
 if TYPE_CHECKING:
     from .segmenter import Segmenter
 
-__all__ = ["SegmentSummary", "run_plans"]
+__all__ = ["SegmentSummary", "run_plans", "end_with_parent"]
 
 logger = logging.getLogger("pgseg.segment")
 
@@ -117,8 +128,35 @@ def _as_list(batch: list) -> list:
     return batch
 
 
-def _worker_init(_: int) -> None:
+def end_with_parent(parent_pid: int) -> None:
+    """Make this (worker) process end when its parent ``parent_pid`` dies, however it dies.
+
+    On Linux the kernel sends SIGTERM to this process when the parent exits (``PR_SET_PDEATHSIG``), so a
+    decode worker never outlives a ``kill -9`` of its run; elsewhere this is a no-op beyond the next check.
+    When the parent is already gone (it died before this call), the process exits at once with status 1.
+    The signal follows the parent *thread* that started this process: call it in processes started by a
+    thread that lives as long as they are needed (DataLoader workers of the main thread).
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):  # no libc prctl (e.g. a static or non-glibc build): best effort
+            pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _worker_init(_: int, parent_pid: int) -> None:
+    end_with_parent(parent_pid)
     torch.set_num_threads(1)  # decode workers: one thread each, the model keeps the others
+
+
+def _close_loader(batches: Any) -> None:
+    """Stop the decode workers of a DataLoader iterator now (also when the loop ended with an exception)."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multiprocessing iterator
+    if callable(shutdown):
+        shutdown()
 
 
 @dataclass
@@ -228,19 +266,24 @@ def run_plans(
     todo = _skip_done(items, plans, skip_existing, tally)
     tally.tick()
     if todo:
-        out_dir.mkdir(parents=True, exist_ok=True)
         loader = torch.utils.data.DataLoader(
             _DecodeDataset([im.path for im, _ in todo], segmenter.eval_cfg),
             batch_size=max(int(batch_size), 1),
             shuffle=False,
             num_workers=max(int(num_workers), 0),
             collate_fn=_as_list,
-            worker_init_fn=_worker_init if num_workers > 0 else None,
+            worker_init_fn=functools.partial(_worker_init, parent_pid=os.getpid())
+            if num_workers > 0
+            else None,
         )
         max_crops = max(int(batch_size), 1) * 8
-        for batch in loader:
-            _write_batch(segmenter, batch, todo, tally, max_crops=max_crops, feature_cache=feature_cache)
-            tally.tick()
+        batches = iter(loader)
+        try:
+            for batch in batches:
+                _write_batch(segmenter, batch, todo, tally, max_crops=max_crops, feature_cache=feature_cache)
+                tally.tick()
+        finally:
+            _close_loader(batches)
     return _summary(segmenter, tally, out_dir, formats, feature_cache is not None)
 
 

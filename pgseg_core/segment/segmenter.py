@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from ..config import eval_with_overrides
-from ..errors import ConfigError
+from ..errors import ConfigError, OutputError
 from ..inference import (
     ClassEmbeddings,
     ClassSpec,
@@ -40,7 +40,7 @@ from ..inference import (
 )
 from ..utils.hashing import image_cache_key
 from .inputs import InputImage
-from .outputs import DEFAULT_FORMATS, plan_outputs
+from .outputs import DEFAULT_FORMATS, OutputPlan, plan_outputs, prepare_output_folders
 from .runner import SegmentSummary, run_plans
 
 __all__ = ["MAX_PNG_CLASSES", "SegResult", "SegmentSummary", "Segmenter", "check_run_options"]
@@ -390,6 +390,24 @@ class Segmenter:
         )
         return FeatureCache.open(path, meta)
 
+    def _plan_run(
+        self, images: Sequence[InputImage | Path | str], out_dir: Path, formats: Sequence[str]
+    ) -> tuple[list[InputImage], list[OutputPlan]]:
+        """The input items and their output plans of :meth:`run`; checks the class count and the output
+        folders, and removes the temporary files killed runs left there and in the text cache."""
+        if len(self.classes) > MAX_PNG_CLASSES:
+            raise ConfigError(
+                f"{len(self.classes)} classes do not fit an 8-bit label PNG: segment at most "
+                f"{MAX_PNG_CLASSES} classes at once"
+            )
+        items = [im if isinstance(im, InputImage) else InputImage(Path(im), Path(im).name) for im in images]
+        plans = plan_outputs([im.rel for im in items], out_dir, tuple(formats))
+        text_dir = self._source.text_cache if self._source is not None else None
+        if text_dir is not None and text_dir.exists() and not text_dir.is_dir():
+            raise OutputError(f"{text_dir} is a file, not a folder: choose another text-cache folder")
+        prepare_output_folders(out_dir, plans, (text_dir,) if text_dir is not None else ())
+        return items, plans
+
     def run(
         self,
         images: Sequence[InputImage | Path | str],
@@ -406,6 +424,10 @@ class Segmenter:
     ) -> SegmentSummary:
         """Segment image files and write the requested outputs under ``out_dir`` (see :mod:`.outputs`).
 
+        Before the checkpoint is read, ``out_dir`` is created and the temporary files that killed runs left
+        in the output folders and the text cache are removed; outputs are written atomically, so after a
+        ``kill -9`` a rerun with ``skip_existing`` redoes exactly the images with a missing output.
+
         Args:
             images: :class:`~pgseg_core.segment.inputs.InputImage` items (plain paths are placed by file
                 name); outputs mirror their relative paths under ``out_dir``.
@@ -414,7 +436,8 @@ class Segmenter:
             skip_existing: skip (without decoding) images whose requested outputs all exist; when every
                 image is skipped the checkpoint is never read.
             batch_size: images decoded and encoded together (their same-size crops share one forward).
-            num_workers: DataLoader decode processes (0 = decode in this process).
+            num_workers: DataLoader decode processes (0 = decode in this process); they are stopped when the
+                run ends in any way, and on Linux die with this process on any signal, ``kill -9`` included.
             missing: ``(item, reason)`` inputs that resolved to nothing; counted as failed.
             feature_cache: an HDF5 feature cache file (docs/FEATURE_CACHE.md; needs :meth:`from_checkpoint`
                 and the torch backend) or an open :class:`pgseg_core.cache.features.FeatureCache`: images it
@@ -422,7 +445,8 @@ class Segmenter:
                 only re-scores. Masks equal those of a run without it.
             on_record: called with one JSON-serialisable record per image, in input order within a batch:
                 ``status`` "ok" (plus :func:`.outputs.image_record` fields and ``outputs``), "skipped"
-                (``outputs``) or "failed" (``error``).
+                (``outputs``) or "failed" (``error``). An exception it raises (``BrokenPipeError`` when the
+                reader of stdout went away) ends the run and propagates unchanged.
             progress: ``callback(done, total, {"images_per_s": float})`` after each batch.
 
         Returns:
@@ -431,17 +455,13 @@ class Segmenter:
         Raises:
             ConfigError: more than 254 classes, a bad batch size, a feature cache with the ONNX backend or of
             another checkpoint, invalid eval settings. CheckpointError: as :meth:`load`. Bad images never
-            raise: they are counted in ``failed``.
+            raise: they are counted in ``failed``. OutputError: ``out_dir`` or the text-cache folder is a
+            file, ``out_dir`` cannot be created (both before the checkpoint is read), or an output cannot be
+            written (the run stops there; outputs already written are complete).
         """
         check_run_options(batch_size, feature_cache, self.backend)
-        if len(self.classes) > MAX_PNG_CLASSES:
-            raise ConfigError(
-                f"{len(self.classes)} classes do not fit an 8-bit label PNG: segment at most "
-                f"{MAX_PNG_CLASSES} classes at once"
-            )
         out_dir = Path(out_dir)
-        items = [im if isinstance(im, InputImage) else InputImage(Path(im), Path(im).name) for im in images]
-        plans = plan_outputs([im.rel for im in items], out_dir, tuple(formats))
+        items, plans = self._plan_run(images, out_dir, formats)
         if not items and not missing:
             logger.warning("no input images: nothing to segment")
         pending = any(not (skip_existing and p.all_exist()) for p in plans)

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ..utils.io import atomic_write
+from ..utils.io import atomic_write, output_error
 from ..inference.classes import ClassEmbeddings, ClassSpec, embed_classes
 
 __all__ = ["text_cache_key", "cached_class_embeddings"]
@@ -61,10 +61,11 @@ def cached_class_embeddings(
         came from the cache. An unreadable cache file is ignored (recomputed and overwritten).
 
     Raises:
-        ConfigError: no / malformed templates (from :func:`embed_classes`).
+        ConfigError: no / malformed templates (from :func:`embed_classes`). OutputError: the cache file cannot
+        be written (a full disk, no permission); no temporary file stays.
     """
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file, save
 
     file = None
     if digest is not None and cache_dir is not None:
@@ -85,6 +86,10 @@ def cached_class_embeddings(
     if file is not None:
         tensors = {"emb": ce.emb.detach().float().cpu().contiguous(), "owner": ce.owner.cpu().contiguous()}
         meta = {"classes": json.dumps(spec.names), "templates": json.dumps(list(templates))}
-        atomic_write(file, lambda tmp: save_file(tensors, tmp, metadata=meta))
+        blob = save(tensors, metadata=meta)  # bytes: our atomic write owns the temporary file and its mode
+        try:
+            atomic_write(file, lambda tmp: Path(tmp).write_bytes(blob))
+        except OSError as e:
+            raise output_error(file, e) from e
         logger.debug("text embeddings cached in %s", file)
     return ce, False

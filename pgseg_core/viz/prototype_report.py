@@ -1,6 +1,8 @@
 """Files -> prototype visualisation folder: per-image PNGs and JSON, nearest-patch grids, ``index.html``.
 
-Output layout (all writes atomic: temporary file + ``os.replace``)::
+Output layout (all writes atomic: temporary file + ``os.replace``; ``index.html`` is written last, so a page
+never links to a file an interrupted run did not write; the temporary files of killed runs are removed at
+the start of the next)::
 
     OUT/index.html                 static page, relative links only, opens from disk
     OUT/summary.json               what was written, what failed
@@ -24,7 +26,7 @@ import torch
 
 from ..data.transforms import load_image_rgb
 from ..errors import DataError
-from ..utils.io import atomic_write, atomic_write_json
+from ..utils.io import atomic_write, atomic_write_json, ensure_dir, output_error, remove_stale_temps
 from .palette import save_image_atomic
 from .prototype_render import render_matching, render_panel, render_patch_grid
 from .patch_bank import PatchBank
@@ -108,7 +110,8 @@ def render_states(
         states: :class:`ImageState` s, from image files (:func:`states_from_files`) or from the ``viz``
             section of a feature cache (:mod:`pgseg_core.viz.prototype_cache`); produced lazily, so the
             producer may append to ``failed`` while it runs.
-        out_dir: output folder (created).
+        out_dir: output folder (created; stale temporary files of killed runs in it and in ``images/`` are
+            removed first).
         total: number of inputs expected (for progress).
         npr, released_code: what the model is (shown on the page and in the summary).
         patches_per_prototype: patches shown per prototype in the grids.
@@ -120,9 +123,14 @@ def render_states(
     Returns:
         ``{"out_dir", "index", "processed", "outputs": [{"image", "panel", "matching", "json", "stages"}],
         "patch_grids", "npr", "released_code", "failed", "num_failed"}``; paths relative to ``out_dir``.
+
+    Raises:
+        OutputError: ``out_dir`` is a file or cannot be created, or a file cannot be written (a full disk).
     """
     out_dir = Path(out_dir)
-    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    ensure_dir(out_dir / "images")
+    for folder in (out_dir, out_dir / "images"):
+        remove_stale_temps(folder)
     failed = failed if failed is not None else []
     bank = PatchBank(patches_per_prototype, tile)
     outputs: list[dict[str, Any]] = []
@@ -140,7 +148,8 @@ def render_states(
     grids = []
     for stage in bank.stages():
         rel = f"patches_stage{stage + 1}.png"
-        save_image_atomic(render_patch_grid(bank.hits(stage), stage, bank.tile_for(stage)), out_dir / rel)
+        grid = render_patch_grid(bank.hits(stage), stage, bank.tile_for(stage))
+        _write(out_dir / rel, lambda path: save_image_atomic(grid, path))
         grids.append({"stage": stage + 1, "png": rel})
     summary = {
         "out_dir": str(out_dir),
@@ -153,16 +162,27 @@ def render_states(
         "failed": failed,
         "num_failed": len(failed),
     }
-    atomic_write(
-        out_dir / "index.html", lambda tmp: Path(tmp).write_text(_page(summary, title), encoding="utf-8")
+    _write(out_dir / "summary.json", lambda path: atomic_write_json(path, summary))
+    page = _page(summary, title)
+    _write(
+        out_dir / "index.html",
+        lambda path: atomic_write(path, lambda tmp: Path(tmp).write_text(page, "utf-8")),
     )
-    atomic_write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def _write(path: Path, write: Callable[[Path], Any]) -> None:
+    """``write(path)``, an OSError of it (a full disk, no permission) as one-line OutputError."""
+    try:
+        write(path)
+    except OSError as e:
+        raise output_error(path, e) from e
 
 
 def _write_image(state: ImageState, out_dir: Path, stem: str) -> dict[str, Any]:
     panel = f"images/{stem}_panel.png"
-    save_image_atomic(render_panel(state), out_dir / panel)
+    panel_img = render_panel(state)
+    _write(out_dir / panel, lambda path: save_image_atomic(panel_img, path))
     record: dict[str, Any] = {
         "image": state.name,
         "panel": panel,
@@ -172,9 +192,9 @@ def _write_image(state: ImageState, out_dir: Path, stem: str) -> dict[str, Any]:
     fig = render_matching(state)
     if fig is not None:
         record["matching"] = f"images/{stem}_matching.png"
-        save_image_atomic(fig, out_dir / record["matching"])
+        _write(out_dir / record["matching"], lambda path: save_image_atomic(fig, path))
     data = state.to_json()
-    atomic_write_json(out_dir / record["json"], data)
+    _write(out_dir / record["json"], lambda path: atomic_write_json(path, data))
     record["stages"] = data["stages"]
     return record
 
