@@ -48,6 +48,7 @@ STATE: dict[str, Any] = {"verbose": False, "quiet": False}
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     STATE["verbose"] = verbose or os.environ.get("PGSEG_DEBUG") == "1"
     STATE["quiet"] = quiet
+    out.quiet = err.quiet = False  # a closed pipe silenced them in an earlier command of this process
     level = logging.DEBUG if STATE["verbose"] else (logging.WARNING if quiet else logging.INFO)
     logger = logging.getLogger("pgseg")
     logger.handlers.clear()
@@ -99,7 +100,6 @@ def _fail_with(e: BaseException, message: str, code: int) -> None:
 def _stdout_closed() -> None:
     """The reader of stdout went away: stop quietly. stdout is pointed at /dev/null so that the
     interpreter's final flush does not fail again."""
-    out.quiet = True
     _to_devnull(sys.stdout)
     raise typer.Exit(0)
 

@@ -92,6 +92,21 @@ def test_a_closed_stdout_ends_any_command_quietly(command, monkeypatch):
     assert result.output == ""
 
 
+def test_a_closed_pipe_does_not_silence_the_next_command_of_the_process(monkeypatch):
+    from pgseg_cli._console import _Console, out
+
+    with pytest.raises(Exception):
+        _Console.on_broken_pipe(out)  # what rich calls on a closed stdout: silences the console, exits
+    assert out.quiet
+    import pgseg_core.checkpoint
+
+    summary = {"notes": [], "source_format": "pgseg", "weights": "c.safetensors", "config": "c.json",
+               "tensors": 1, "parameters": 1}  # fmt: skip
+    monkeypatch.setattr(pgseg_core.checkpoint, "convert_checkpoint", lambda *a, **k: summary)
+    result = runner.invoke(app, ["convert", "ck.pt", "c"])
+    assert result.exit_code == 0 and "converted pgseg -> c.safetensors" in result.stdout
+
+
 def test_a_bug_is_not_hidden():
     """Anything that is not a user-path or user-value error keeps its traceback (it is a bug to report)."""
     from pgseg_cli._console import handle_errors
