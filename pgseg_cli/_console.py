@@ -24,8 +24,23 @@ from rich.progress import (
 from pgseg_core.errors import PgsegError
 from pgseg_core.utils.io import output_error
 
-out = Console()  # results
-err = Console(stderr=True)  # logs, progress, errors
+
+class _Console(Console):
+    """rich's Console, except for a reader that went away: rich itself would exit with status 1 at the
+    first write to a closed pipe, pgseg ends the command quietly with status 0 (closed stdout, as
+    :func:`handle_errors` does) or just stops writing (closed stderr: logs and progress are dropped, the
+    command carries on and its exit status stays its own)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        if self.stderr:
+            _to_devnull(sys.stderr)
+            return
+        _stdout_closed()
+
+
+out = _Console()  # results
+err = _Console(stderr=True)  # logs, progress, errors
 
 STATE: dict[str, Any] = {"verbose": False, "quiet": False}
 
@@ -33,6 +48,7 @@ STATE: dict[str, Any] = {"verbose": False, "quiet": False}
 def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     STATE["verbose"] = verbose or os.environ.get("PGSEG_DEBUG") == "1"
     STATE["quiet"] = quiet
+    out.quiet = err.quiet = False  # a closed pipe silenced them in an earlier command of this process
     level = logging.DEBUG if STATE["verbose"] else (logging.WARNING if quiet else logging.INFO)
     logger = logging.getLogger("pgseg")
     logger.handlers.clear()
@@ -84,17 +100,27 @@ def _fail_with(e: BaseException, message: str, code: int) -> None:
 def _stdout_closed() -> None:
     """The reader of stdout went away: stop quietly. stdout is pointed at /dev/null so that the
     interpreter's final flush does not fail again."""
+    _to_devnull(sys.stdout)
+    raise typer.Exit(0)
+
+
+def _to_devnull(stream: Any) -> None:
+    """Point the file descriptor of ``stream`` at /dev/null (nothing to do for a stream without one)."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
     except (OSError, ValueError):
         pass
-    raise typer.Exit(0)
 
 
 @contextmanager
 def progress_bar(description: str, *, transient: bool = False) -> Iterator[Callable[..., None]]:
-    """Yield ``update(done, total, info=None)``; renders a rich bar on stderr unless --quiet."""
+    """Yield ``update(done, total, info=None)``; renders a rich bar on stderr unless --quiet.
+
+    The bar is stopped when the block ends; when it ends with an exception (an error, Ctrl-C, SIGTERM) or
+    before anything was counted, the bar is cleared instead of left on screen, so that an error line
+    printed next stands alone."""
     if STATE["quiet"]:
         yield lambda *a, **k: None
         return
@@ -116,4 +142,19 @@ def progress_bar(description: str, *, transient: bool = False) -> Iterator[Calla
             fields = {"info": info} if info else {}
             bar.update(tasks[name], completed=done, total=total or None, **fields)
 
-        yield update
+        try:
+            yield update
+        except BaseException:
+            _clear(bar)  # an error, Ctrl-C or SIGTERM: the one error line stands alone
+            raise
+        finally:
+            if not tasks:  # nothing was counted: leave no empty bar line behind
+                _clear(bar)
+
+
+def _clear(bar: Progress) -> None:
+    """Stop ``bar`` and erase it (on a terminal) or print nothing of it (to a file or pipe); rich's own
+    stop then has nothing left to do (it would add a blank line when stderr is not a terminal)."""
+    bar.live.transient = True
+    bar.live.stop()
+    bar.disable = True

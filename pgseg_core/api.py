@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .config import apply_overrides, load_config
 from .errors import ConfigError, DataError, DependencyError
-from .utils.io import atomic_write_json
 
 if TYPE_CHECKING:
     from .eval.report import EvalReport
@@ -117,26 +116,39 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
                         device: str = "auto", max_images: int | None = None, out: str | Path | None = None,
                         progress: Progress | None = None) -> EvalReport:  # fmt: skip
     """Evaluate a checkpoint on shards (``data``) or a benchmark ``dataset`` under ``data_root``, and write
-    the metrics JSON to ``out`` (default: beside the checkpoint). ``protocol`` defaults to ``groupvit`` for a
-    dataset, to the checkpoint's eval settings for shards; ``eval_overrides`` apply last; ``splits``: shard
-    splits or ``[dataset split]``; ``cache``, ``sweep``: :func:`pgseg_core.eval.report.evaluate_loaded`.
+    the metrics JSON to ``out`` (default: beside the checkpoint, :func:`pgseg_core.eval.report.metrics_path`).
+    ``protocol`` defaults to ``groupvit`` for a dataset, to the checkpoint's eval settings for shards;
+    ``eval_overrides`` apply last; ``splits``: shard splits or ``[dataset split]``; ``cache``, ``sweep``:
+    :func:`pgseg_core.eval.report.evaluate_loaded`.
+
+    The metrics path (and the feature cache's folder) is checked before any image is encoded; the metrics
+    file is written atomically at the end (the old one stays whole until then). A write that still fails at
+    the end raises :class:`~pgseg_core.eval.report.MetricsWriteError` carrying the finished report.
 
     Raises:
         ConfigError: not exactly one of ``data`` / ``dataset``, no ``data_root``, a bad protocol, key or
-            sweep. DataError: bad data or a foreign cache. CheckpointError, DeviceError, DependencyError.
+            sweep. DataError: bad data or a foreign cache. OutputError: ``out`` (MetricsPathError: the
+            default path beside the checkpoint) or the cache path cannot be written; MetricsWriteError as
+            above. CheckpointError, DeviceError, DependencyError.
     """
     from .checkpoint import load_checkpoint
     from .eval.protocol import model_family
     from .eval.report import CheckpointRef, EvalTarget, eval_settings, evaluate_loaded
+    from .eval.report import check_metrics_path, metrics_path, write_metrics
     from .utils.device import resolve_device
 
     if (data is None) == (dataset is None):
         raise ConfigError("give either demo shards or a benchmark dataset name with its folder, not both")
     if dataset is not None and data_root is None:
         raise ConfigError(f"dataset {dataset} needs its folder (the dataset's mmseg-layout root)")
+    if out is not None:
+        check_metrics_path(out)  # before the checkpoint is even loaded
     dev = resolve_device(device)
     model, info = load_checkpoint(checkpoint, dev)
     eval_cfg, resolved = eval_settings(info.config, protocol, dataset, eval_overrides)
+    if out is None:  # beside the checkpoint: checked before any image is encoded
+        out = metrics_path(None, info.path, dataset, resolved.name if resolved is not None else "checkpoint")
+        check_metrics_path(out, beside_checkpoint=True)
     if dataset is not None:
         split = (splits or ["val"])[0]
         target = EvalTarget(dataset=_open_dataset(dataset, data_root, split), name=dataset, splits=[split])
@@ -148,13 +160,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
         model, info.config, ref, target, eval_cfg=eval_cfg, resolved=resolved, device=dev, cache=cache,
         sweep=sweep, max_images=max_images, progress=_phase_cb(progress, "eval"),
     )  # fmt: skip
-    if out is None:
-        ck = Path(info.path)
-        name = "metrics.json" if dataset is None else f"metrics_{dataset}_{report.protocol['name']}.json"
-        out = (ck if ck.is_dir() else ck.parent) / name
-    atomic_write_json(out, report.to_dict())
-    report.written_to = str(out)
-    return report
+    return write_metrics(report, out)
 
 
 def segment_files(inputs: list[str], checkpoint: str | Path, out_dir: str | Path, *,

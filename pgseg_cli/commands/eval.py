@@ -82,7 +82,8 @@ def render(report: Any, per_class: bool = True) -> None:
             f"feature cache {cache.path}: {cache.images_from_cache} image(s) read, "
             f"{cache.images_encoded} encoded"
         )
-    out.print(f"metrics written to {report.written_to}")
+    if report.written_to:
+        out.print(f"metrics written to {report.written_to}")
 
 
 def register(app: typer.Typer) -> None:
@@ -134,8 +135,15 @@ def register(app: typer.Typer) -> None:
         output: Annotated[Optional[Path], typer.Option("--output", help="metrics JSON path.")] = None,
         per_class: Annotated[bool, typer.Option(help="Print the per-class IoU table.")] = True,
     ) -> None:
-        """Evaluate mIoU/mAcc/aAcc (and seen/unseen hIoU). Extra '--eval.key value' overrides are accepted."""
+        """Evaluate mIoU/mAcc/aAcc (and seen/unseen hIoU). Extra '--eval.key value' overrides are accepted.
+
+        The metrics file (--output, default beside the checkpoint) and the --cache path are checked before
+        any image is encoded. If writing the metrics still fails at the end (a full disk), the tables are
+        printed first, then the one-line error (exit 1).
+        """
         from pgseg_core.api import evaluate_checkpoint
+        from pgseg_core.errors import OutputError
+        from pgseg_core.eval.report import MetricsPathError, MetricsWriteError
 
         if (data is None) == (dataset is None):
             hint = "'--data' / '--dataset'"
@@ -148,20 +156,28 @@ def register(app: typer.Typer) -> None:
             overrides["eval.bg_thresh"] = bg_thresh
         if top_k is not None:
             overrides["eval.top_k"] = top_k
+        failed: MetricsWriteError | None = None
         with progress_bar("eval") as update:
-            report = evaluate_checkpoint(
-                checkpoint,
-                data,
-                dataset=dataset,
-                data_root=data_root,
-                protocol=protocol,
-                cache=cache,
-                sweep=sweep,
-                splits=split,
-                eval_overrides=overrides,
-                device=device_or_auto(device),
-                max_images=max_images,
-                out=output,
-                progress=lambda p, d, t, i: update(d, t, phase=p),
-            )
+            try:
+                report = evaluate_checkpoint(
+                    checkpoint,
+                    data,
+                    dataset=dataset,
+                    data_root=data_root,
+                    protocol=protocol,
+                    cache=cache,
+                    sweep=sweep,
+                    splits=split,
+                    eval_overrides=overrides,
+                    device=device_or_auto(device),
+                    max_images=max_images,
+                    out=output,
+                    progress=lambda p, d, t, i: update(d, t, phase=p),
+                )
+            except MetricsPathError as e:
+                raise OutputError(f"{e}: pass --output FILE to write it elsewhere") from e
+            except MetricsWriteError as e:
+                report, failed = e.report, e
         render(report, per_class=per_class)
+        if failed is not None:
+            raise OutputError(f"{failed}; the metrics are printed above") from failed

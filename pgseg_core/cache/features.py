@@ -26,9 +26,12 @@ was killed while writing it) is dropped when the cache is reopened, and the run 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,8 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, OutputError
 from ..inference import ImageFeatures
+from ..utils.io import check_writable_file, output_error
 
 __all__ = [
     "FeatureCache",
@@ -53,6 +57,7 @@ FEATURE_CACHE_SCHEMA = 1
 _KIND = "pgseg-feature-cache"
 CLASS_INDEPENDENT_KEYS = ("short_side", "max_long", "mode", "crop", "stride")
 _COMPRESSION = {"compression": "gzip", "compression_opts": 4, "shuffle": True}
+SPACE_MARGIN = 16 << 20  # bytes an entry leaves free besides its own size: HDF5 metadata, the final flush
 
 
 def feature_config_hash(model_cfg: Any, eval_cfg: Any) -> str:
@@ -163,6 +168,9 @@ class FeatureCache:
             DataError: the file is not a readable feature cache, has another schema, or was written for
                 another checkpoint, config, protocol or dataset (the message names the attribute and says
                 to pass a new path or delete the file); a missing file with ``readonly`` / no ``meta``.
+            OutputError: a cache to write whose folder cannot be created or written (a file on the way, no
+                permission), an existing file without write permission, or a file another process holds
+                open (HDF5's file lock). Raised at open, before any image is encoded.
         """
         import h5py
 
@@ -173,14 +181,15 @@ class FeatureCache:
         if path.exists() and not path.is_file():
             raise DataError(f"feature cache path {path} is not a file: pass a path ending in .h5")
         existed = path.is_file() and path.stat().st_size > 0
-        path.parent.mkdir(parents=True, exist_ok=True)
+        created = not readonly and not path.exists()
+        if not readonly:
+            _check_writable(path, 0 if existed else 1 << 20)
         try:
             handle = h5py.File(path, "r" if readonly else "a")
         except OSError as e:
-            raise DataError(
-                f"cannot read feature cache {path} ({e.__class__.__name__}: {str(e).splitlines()[0]}): "
-                "delete it or use another cache file"
-            ) from e
+            if created:
+                path.unlink(missing_ok=True)  # the empty file this call created
+            raise _open_error(path, e) from e
         try:
             if existed or readonly:
                 cls._check(handle, path, meta, check)
@@ -295,10 +304,15 @@ class FeatureCache:
 
         Raises:
             ValueError: the cache was opened read-only.
+            OutputError: the disk has no room for the entry (:func:`_check_space`); nothing was written.
         """
         if not self.writable:
             raise ValueError(f"feature cache {self.path} is open read-only")
         key = str(key)
+        tensors = {"group_emb": feats.group_emb, "image_emb": feats.image_emb}
+        tensors.update({f"assign_soft_{i}": a for i, a in enumerate(feats.assign_soft)})
+        arrays = {k: t.detach().to("cpu", torch.float32).contiguous().numpy() for k, t in tensors.items()}
+        _check_space(self.path, sum(a.nbytes for a in arrays.values()))
         images = self._handle().require_group("images")
         name = _escape(key)
         if name in images:
@@ -307,10 +321,7 @@ class FeatureCache:
         grp = images.create_group(name)
         grp.attrs["key"] = key
         grp.create_dataset("windows", data=np.asarray(feats.windows, dtype=np.int32).reshape(-1, 4))
-        arrays = {"group_emb": feats.group_emb, "image_emb": feats.image_emb}
-        arrays.update({f"assign_soft_{i}": a for i, a in enumerate(feats.assign_soft)})
-        for ds_name, t in arrays.items():
-            arr = t.detach().to("cpu", torch.float32).contiguous().numpy()
+        for ds_name, arr in arrays.items():
             grp.create_dataset(ds_name, data=arr, chunks=(1, *arr.shape[1:]), **_COMPRESSION)
         grp.attrs.update(
             {
@@ -381,10 +392,12 @@ class FeatureCache:
 
         Raises:
             ValueError: read-only cache or invalid section name.
+            OutputError: the disk has no room for the entry (:func:`_check_space`); nothing was written.
         """
         if not self.writable:
             raise ValueError(f"feature cache {self.path} is open read-only")
         key = str(key)
+        _check_space(self.path, sum(np.asarray(a).nbytes for a in arrays.values()))
         top = self._handle().require_group(self._section_name(section))
         done = self._sections.setdefault(section, set())
         name = _escape(key)
@@ -401,6 +414,57 @@ class FeatureCache:
         grp.attrs["complete"] = 1
         self._f.flush()
         done.add(key)
+
+
+def _check_writable(path: Path, nbytes: int) -> None:
+    """OutputError naming the cache when it could not be written: its folder (created if missing), the
+    existing file, or a disk without room for ``nbytes`` plus :data:`SPACE_MARGIN`."""
+    try:
+        check_writable_file(path)
+    except OutputError as e:
+        raise OutputError(f"feature cache {path}: {e}") from e
+    if path.is_file() and not os.access(path, os.W_OK):
+        raise OutputError(
+            f"cannot write feature cache {path}: no permission (use a cache file you can write)"
+        )
+    if nbytes:
+        _check_space(path, nbytes)
+
+
+def _check_space(path: Path, nbytes: int) -> None:
+    """Refuse to write ``nbytes`` (uncompressed) into the cache ``path`` when its disk has less room than
+    that plus :data:`SPACE_MARGIN`: HDF5 does not survive a write that fails for a full disk (the process can
+    crash at the next flush), so the cache stops short of it, whole, with the images written so far.
+
+    Raises:
+        OutputError: too little free space (the message names the cache and the free space).
+    """
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return
+    if free < nbytes + SPACE_MARGIN:
+        kept = "; the images cached so far are kept" if path.is_file() else ""
+        raise OutputError(
+            f"cannot write feature cache {path}: the disk is nearly full ({free / 2**20:.1f} MiB free"
+            f"{kept}): free space or use a cache file on another disk"
+        )
+
+
+def _open_error(path: Path, e: OSError) -> Exception:
+    """The one-line error of an h5py open that failed: another process holds the file, the disk or the
+    permissions refuse it (OutputError), or the file is not a readable HDF5 file (DataError)."""
+    if "unable to lock file" in str(e):
+        return OutputError(
+            f"feature cache {path} is open in another process (it holds the file's lock): wait for that run "
+            "to end or use another cache file"
+        )
+    if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS):
+        return output_error(path, OSError(e.errno, os.strerror(e.errno)), "write the feature cache")
+    return DataError(
+        f"cannot read feature cache {path} ({e.__class__.__name__}: {str(e).splitlines()[0]}): "
+        "delete it or use another cache file"
+    )
 
 
 def _pair(v: Any) -> tuple[int, int]:

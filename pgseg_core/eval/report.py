@@ -17,12 +17,26 @@ from typing import Any
 import torch
 
 from ..config import EvalConfig, RunConfig, config_hash, eval_with_overrides
+from ..errors import OutputError
+from ..utils.io import atomic_write_json, check_writable_file, output_error, remove_stale_temps
 from .protocol import ResolvedProtocol, model_family, resolve_protocol
 from .result import EvalResult
 from .runs import evaluate, evaluate_dataset
 from .sweep import parse_sweep
 
-__all__ = ["EvalReport", "CheckpointRef", "CacheUse", "EvalTarget", "evaluate_loaded", "eval_settings"]
+__all__ = [
+    "EvalReport",
+    "CheckpointRef",
+    "CacheUse",
+    "EvalTarget",
+    "evaluate_loaded",
+    "eval_settings",
+    "metrics_path",
+    "check_metrics_path",
+    "write_metrics",
+    "MetricsPathError",
+    "MetricsWriteError",
+]
 
 logger = logging.getLogger("pgseg.eval")
 
@@ -91,7 +105,11 @@ class EvalTarget:
 
 @dataclass
 class EvalReport:
-    """A finished evaluation: metrics and provenance (``metrics.json`` is :meth:`to_dict`)."""
+    """A finished evaluation: metrics and provenance (``metrics.json`` is :meth:`to_dict`).
+
+    ``written_to`` is the metrics file once written; ``write_error`` the one-line reason when writing it
+    failed after the evaluation (:func:`write_metrics`), the metrics then live only in this object.
+    """
 
     result: EvalResult
     protocol: dict[str, Any]
@@ -102,6 +120,7 @@ class EvalReport:
     target: EvalTarget
     cache: CacheUse | None = None
     written_to: str = ""
+    write_error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -234,3 +253,72 @@ def evaluate_loaded(
         target=target,
         cache=cache_use,
     )
+
+
+# ----------------------------------------------------------------------------------------------------
+# the metrics file: its path is checked before the evaluation, written atomically after it
+
+
+class MetricsPathError(OutputError):
+    """The default metrics path beside the checkpoint cannot be written (a read-only run folder): the
+    caller should name another metrics file. Raised before anything is evaluated."""
+
+
+class MetricsWriteError(OutputError):
+    """The evaluation finished but its metrics file could not be written (the disk filled up meanwhile,
+    the folder went away). ``report`` holds every metric (``report.write_error`` is this message), so a
+    caller can still show or save them."""
+
+    def __init__(self, message: str, report: EvalReport) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+def metrics_path(
+    out: str | Path | None, checkpoint_path: str | Path, dataset: str | None, protocol_name: str
+) -> Path:
+    """Where the metrics JSON goes: ``out``, else beside the checkpoint (in its folder, or in the run
+    folder it names): ``metrics.json`` for shards, ``metrics_<dataset>_<protocol>.json`` for a dataset."""
+    if out is not None:
+        return Path(out)
+    ck = Path(checkpoint_path)
+    name = "metrics.json" if dataset is None else f"metrics_{dataset}_{protocol_name}.json"
+    return (ck if ck.is_dir() else ck.parent) / name
+
+
+def check_metrics_path(path: str | Path, *, beside_checkpoint: bool = False) -> Path:
+    """Fail before a long evaluation when its metrics file could not be written later
+    (:func:`pgseg_core.utils.io.check_writable_file`); an existing metrics file is left as it is until
+    the new one replaces it.
+
+    Raises:
+        MetricsPathError: ``beside_checkpoint`` (the default path) and it cannot be written.
+        OutputError: ``path`` is a folder, is under a file, or its folder cannot be created or written.
+    """
+    try:
+        return check_writable_file(path)
+    except OutputError as e:
+        if beside_checkpoint:
+            raise MetricsPathError(f"{e}; the metrics file goes beside the checkpoint by default") from e
+        raise
+
+
+def write_metrics(report: EvalReport, path: str | Path) -> EvalReport:
+    """Write ``report.to_dict()`` to ``path`` atomically (a reader sees the old file or the new one, never
+    half of one; temporary files of killed earlier writers in that folder are removed first) and set
+    ``report.written_to``.
+
+    Raises:
+        MetricsWriteError: the write failed (full disk, no permission, the folder gone); it carries the
+            report, whose ``write_error`` holds the same one-line message and ``written_to`` stays empty.
+    """
+    path = Path(path)
+    try:
+        remove_stale_temps(path.parent)
+        atomic_write_json(path, report.to_dict())
+    except (OSError, OutputError) as e:
+        message = str(output_error(path, e, "write the metrics to")) if isinstance(e, OSError) else str(e)
+        report.write_error = message
+        raise MetricsWriteError(message, report) from e
+    report.written_to = str(path)
+    return report

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, ConfigError, DependencyError
-from ..utils.io import atomic_write, atomic_write_json
+from ..utils.io import atomic_write, atomic_write_json, check_writable_file, output_error, remove_stale_temps
 from ..inference import TOKEN_STRIDE, CropFeatures, group_probabilities
 
 __all__ = ["export_onnx", "export_checkpoint", "OnnxEncoder", "ONNX_FORMAT", "onnx_sidecar_path"]
@@ -126,8 +126,14 @@ def export_onnx(
         The sidecar dict (``format``, ``onnx``, ``opset``, ``input_size``, ``inputs``, ``outputs``,
         ``logit_scale``, ``num_stages``, ``config``, ``checkpoint``, ``checkpoint_digest``, versions).
 
+    Both files are written atomically: a failed write (a full disk) leaves an old export as it was; the old
+    sidecar is removed only once the new graph is complete, just before it replaces the old one, so a run
+    killed at any point leaves at worst a graph without a sidecar, which the ONNX backend refuses (export
+    again), never a graph beside the sidecar of another checkpoint.
+
     Raises:
-        DependencyError: the ``onnx`` extra is not installed. ConfigError-free: a bad ``size`` raises
+        DependencyError: the ``onnx`` extra is not installed. OutputError: a file cannot be written (the
+        message names it: no permission, a full disk). ConfigError-free: a bad ``size`` raises
         ValueError (the CLI validates it).
     """
     if size <= 0 or size % TOKEN_STRIDE:
@@ -144,7 +150,16 @@ def export_onnx(
         n_stages = len(model.encode_image(example, dense=True).assign_soft)
     outputs = ["group_emb", "image_emb"] + [f"assign_{i}" for i in range(n_stages)]
     write = _onnx_writer(_EncoderGraph(model).eval(), example, outputs, n_stages, onnx)
-    atomic_write(out_path, write)
+    sidecar = onnx_sidecar_path(out_path)
+
+    def write_graph(tmp: str) -> None:
+        write(tmp)
+        sidecar.unlink(missing_ok=True)  # never a new graph beside an old sidecar (another checkpoint's)
+
+    try:
+        atomic_write(out_path, write_graph)
+    except OSError as e:
+        raise output_error(sidecar if str(e.filename) == str(sidecar) else out_path, e) from e
     meta = {
         "format": ONNX_FORMAT,
         "onnx": out_path.name,
@@ -161,7 +176,10 @@ def export_onnx(
         "torch_version": str(torch.__version__),
         "onnx_version": str(onnx.__version__),
     }
-    atomic_write_json(onnx_sidecar_path(out_path), meta)
+    try:
+        atomic_write_json(sidecar, meta)
+    except OSError as e:
+        raise output_error(sidecar, e) from e
     logger.info("exported the image encoder to %s (%d grouping stages)", out_path, n_stages)
     return meta
 
@@ -179,7 +197,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, size: int = 44
 
     Raises:
         ConfigError: a bad size or a file name without ``.onnx``. CheckpointError, DependencyError: an
-        unreadable checkpoint, onnx missing.
+        unreadable checkpoint, onnx missing. OutputError: ``out`` or its sidecar is a folder, is under a
+        file or in a folder that cannot be created or written (checked before the checkpoint is read), or
+        a write fails (:func:`export_onnx`).
     """
     from ..checkpoint import load_checkpoint
 
@@ -188,6 +208,9 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path, *, size: int = 44
     out = Path(out)
     if out.suffix.lower() != ".onnx":
         raise ConfigError(f"the output must be a .onnx file, got {out}")
+    for path in (out, onnx_sidecar_path(out)):
+        check_writable_file(path)
+    remove_stale_temps(out.parent)
     model, info = load_checkpoint(checkpoint, "cpu")
     meta = export_onnx(
         model,
