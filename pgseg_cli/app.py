@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from typing import Annotated
 
 import typer
@@ -51,14 +50,9 @@ def _register() -> None:
 _register()
 
 
-def _terminate(signum: int, frame: object) -> None:
-    """SIGTERM ends the command like Ctrl-C does: ``finally`` blocks run, decode workers are stopped, open
-    files are closed; the exit status is 128 + the signal number, as a shell reports it."""
-    raise SystemExit(128 + signum)
-
-
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminate)
+    """Run the Typer app (the console script is :func:`pgseg_cli.main`, which installs the SIGTERM
+    handler first)."""
     app(prog_name="pgseg")
 
 

@@ -35,7 +35,7 @@ def _open(name: str, root: str, split: str) -> FakeDataset:
 api._open_dataset = _open
 
 if __name__ == "__main__":
-    from pgseg_cli.app import main
+    from pgseg_cli import main
 
     sys.argv[0] = "pgseg"
     main()

@@ -219,7 +219,7 @@ def test_decode_workers_end_with_a_signalled_segment(tiny_checkpoint, many, tmp_
 
 _FORKER = """
 import os, sys, time
-from pgseg_core.segment.runner import end_with_parent
+from pgseg_core.utils.process import end_with_parent
 parent = int(sys.argv[1]) if len(sys.argv) > 1 else os.getpid()
 child = os.fork()
 if child == 0:

@@ -376,7 +376,7 @@ def rmtree(path, *a, **k):
     return real_rmtree(path, *a, **k)
 
 shard_set.os.rename, shard_set.shutil.rmtree = rename, rmtree
-from pgseg_cli.app import main
+from pgseg_cli import main
 sys.argv = ["pgseg", "-q", *sys.argv[3:]]
 main()
 """

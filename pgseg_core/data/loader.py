@@ -6,9 +6,11 @@ Only webdataset's public API is used (``wds.DataPipeline``, ``wds.ResampledShard
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +21,7 @@ import torch
 
 from ..config import DataConfig
 from ..errors import DataError
+from ..utils.process import end_with_parent
 from .shards import resolve_shards
 
 log = logging.getLogger("pgseg.data.loader")
@@ -122,9 +125,19 @@ def make_train_loader(data_cfg: DataConfig, batch_size: int, seed: int, *, img_s
         wds.batched(batch_size, collation_fn=_collate, partial=False),
     )
     workers = max(0, int(data_cfg.num_workers))
+    init = functools.partial(_worker_init, parent_pid=os.getpid()) if workers > 0 else None
     return wds.WebLoader(
-        pipeline, batch_size=None, shuffle=False, num_workers=workers, persistent_workers=workers > 0
+        pipeline,
+        batch_size=None,
+        shuffle=False,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        worker_init_fn=init,
     )
+
+
+def _worker_init(_: int, parent_pid: int) -> None:
+    end_with_parent(parent_pid)  # a kill -9 of the training run takes its decode workers with it
 
 
 @dataclass

@@ -13,12 +13,9 @@ before it leaves. On Linux the workers also die with this process on any signal,
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import logging
 import os
-import signal
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,13 +28,14 @@ import torch
 from ..data.transforms import load_image_rgb
 from ..errors import DataError
 from ..inference import prepare_image
+from ..utils.process import end_with_parent
 from .inputs import InputImage
 from .outputs import OutputPlan, write_outputs
 
 if TYPE_CHECKING:
     from .segmenter import Segmenter
 
-__all__ = ["SegmentSummary", "run_plans", "end_with_parent"]
+__all__ = ["SegmentSummary", "run_plans"]
 
 logger = logging.getLogger("pgseg.segment")
 
@@ -126,25 +124,6 @@ class _DecodeDataset(torch.utils.data.Dataset):
 
 def _as_list(batch: list) -> list:
     return batch
-
-
-def end_with_parent(parent_pid: int) -> None:
-    """Make this (worker) process end when its parent ``parent_pid`` dies, however it dies.
-
-    On Linux the kernel sends SIGTERM to this process when the parent exits (``PR_SET_PDEATHSIG``), so a
-    decode worker never outlives a ``kill -9`` of its run; elsewhere this is a no-op beyond the next check.
-    When the parent is already gone (it died before this call), the process exits at once with status 1.
-    The signal follows the parent *thread* that started this process: call it in processes started by a
-    thread that lives as long as they are needed (DataLoader workers of the main thread).
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-        except (OSError, AttributeError):  # no libc prctl (e.g. a static or non-glibc build): best effort
-            pass
-    if os.getppid() != parent_pid:
-        os._exit(1)
 
 
 def _worker_init(_: int, parent_pid: int) -> None:

@@ -231,8 +231,6 @@ class Segmenter:
         spec = _as_spec(classes)
         backend, onnx_path, device = _check_backend(backend, onnx_path, export_onnx_to, device)
         overrides = dict(eval_overrides or {})
-        if "bg_thresh" in overrides and not 0.0 <= float(overrides["bg_thresh"]) <= 1.0:
-            raise ConfigError(f"eval.bg_thresh must lie in [0, 1], got {overrides['bg_thresh']}")
         dev = resolve_device(device)
         if export_onnx_to is not None:
             from .onnx import export_checkpoint

@@ -25,6 +25,7 @@ import torch
 from ..checkpoint import CHECKPOINT_FORMAT, init_from, read_checkpoint_file, save_checkpoint
 from ..config import RunConfig, apply_overrides
 from ..errors import CheckpointError, ConfigError
+from ..data.shards import resolve_shards
 from ..models.factory import create_model
 from ..utils.claims import claim_folder
 from ..utils.device import resolve_device
@@ -207,7 +208,9 @@ class _Trainer:
             losses = self.model.forward_train(captions, **inputs)
         loss = losses["loss"]
         if not torch.isfinite(loss):
-            raise RuntimeError(f"loss became {loss.item()} at step {step}; lower train.lr")
+            raise ConfigError(
+                f"loss became {loss.item()} at step {step}: lower train.lr (or raise warmup_steps)"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -304,6 +307,7 @@ def fit(
         raise ConfigError("resume and overwrite exclude each other: continue the run or start it over")
     if not cfg.data.train:
         raise ConfigError("no training data: set data.train to shards (a directory with index.json)")
+    resolve_shards(cfg.data.train, "train")  # bad data fails here, before anything is written
     out = Path(out_dir)
     claim_folder(out, RUN_MARKERS, "training run", resume=resume, overwrite=overwrite)
     remove_stale_temps(out)

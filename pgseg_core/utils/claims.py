@@ -26,7 +26,7 @@ class FolderState:
     Attributes:
         path: the path.
         is_file: a file is there (nothing can be written under it).
-        markers: the marker files found (empty: a new or unrelated folder).
+        markers: the non-empty marker files found (empty: a new or unrelated folder).
     """
 
     path: Path
@@ -38,12 +38,20 @@ class FolderState:
         return bool(self.markers)
 
 
+def _has_content(path: Path) -> bool:
+    try:
+        return path.is_dir() or (path.is_file() and path.stat().st_size > 0)
+    except OSError:
+        return False
+
+
 def inspect_folder(path: str | Path, markers: tuple[str, ...]) -> FolderState:
     """The :class:`FolderState` of ``path`` for the given marker file names (no side effects)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         return FolderState(path, True, ())
-    found = tuple(m for m in markers if (path / m).exists()) if path.is_dir() else ()
+    # an empty marker (a run that failed before its first line) is not a run
+    found = tuple(m for m in markers if _has_content(path / m)) if path.is_dir() else ()
     return FolderState(path, False, found)
 
 

@@ -145,6 +145,7 @@ def atomic_write(path: str | Path, writer: Callable[[str], None]) -> Path:
     try:
         os.chmod(tmp, _FILE_MODE)
         writer(tmp)
+        os.chmod(tmp, _FILE_MODE)  # again: some writers (safetensors) replace the file with their own
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
