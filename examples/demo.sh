@@ -16,12 +16,15 @@ bash scripts/setup_env.sh demo --with-demo-data
 export PGSEG_DEMO_OUT="$OUT"
 
 echo "[demo] 1/6 building the demo shards (and a calibration split from another seed)"
-pgseg prep-shards --source demo --out "$OUT/shards" --photos "$OUT/photos" --n-train 8000 --n-val 200 --img-size 224
-pgseg -q prep-shards --source demo --out "$OUT/calib" --n-train 0 --n-val 200 --img-size 224 --seed 1
+# --overwrite: a rerun of the demo replaces its own earlier shards and runs (each replaced only when complete)
+pgseg prep-shards --source demo --out "$OUT/shards" --photos "$OUT/photos" --n-train 8000 --n-val 200 --img-size 224 \
+  --overwrite
+pgseg -q prep-shards --source demo --out "$OUT/calib" --n-train 0 --n-val 200 --img-size 224 --seed 1 --overwrite
 
 echo "[demo] 2/6 training pgseg-demo (captions only; masks are never used)"
-pgseg train --model pgseg-demo --data "$OUT/shards" --out "$OUT/run" --device "$DEVICE"
-pgseg -q train --model pgseg-demo --data "$OUT/shards" --out "$OUT/untrained" --device "$DEVICE" --train.steps 0
+pgseg train --model pgseg-demo --data "$OUT/shards" --out "$OUT/run" --device "$DEVICE" --overwrite
+pgseg -q train --model pgseg-demo --data "$OUT/shards" --out "$OUT/untrained" --device "$DEVICE" --overwrite \
+  --train.steps 0
 
 echo "[demo] 3/6 choosing bg_thresh on the calibration split (seed 1), for each model"
 for m in run untrained; do
