@@ -41,12 +41,11 @@ def prep_shards(source: str, out_dir: str | Path | None, *, images: str | Path |
     ``source``: ``demo`` (:func:`pgseg_core.data.sources.demo.build_demo_shards`; ``photos_dir`` also
     exports the bundled photos), ``folder`` (:func:`pgseg_core.data.sources.folder.write_folder_shards`) or
     ``coco-object`` (:func:`pgseg_core.eval.datasets.coco_object.convert_coco_object`; no ``out_dir``).
-    A shard set is published at ``out_dir`` only when complete; one already there is replaced only with
-    ``overwrite`` (:class:`pgseg_core.data.shard_set.ShardSet`).
+    Shard sets are published whole; one already at ``out_dir`` is replaced only with ``overwrite``.
 
     Raises:
-        ConfigError: unknown source, or an argument the source needs is missing. DataError: bad sources.
-        OutputError: ``out_dir`` / ``photos_dir`` cannot be used (checked before the build), a full disk.
+        ConfigError: unknown source or a missing argument. DataError: bad sources. OutputError: unusable
+            ``out_dir`` / ``photos_dir`` (checked before the build), a full disk.
     """
     if source == "coco-object":
         if coco_root is None:
@@ -82,14 +81,12 @@ def prep_shards(source: str, out_dir: str | Path | None, *, images: str | Path |
 def train(model: str, data: str, out_dir: str | Path, *, overrides: dict[str, Any] | None = None,
           resume: bool = False, overwrite: bool = False, init_checkpoint: str | None = None,
           device: str | None = None, progress: Progress | None = None) -> TrainResult:  # fmt: skip
-    """Train ``model`` (a preset name or config JSON, with dotted ``overrides``) on the shards ``data``
-    into the run directory ``out_dir`` (:func:`pgseg_core.train.loop.fit`); ``device`` None keeps the
-    config's ``train.device``. A folder that holds a run needs ``resume`` (continue it) or ``overwrite``
-    (start it over); the config is checked before the folder is touched.
+    """Train ``model`` (a preset or config JSON, dotted ``overrides``) on the shards ``data`` into the run
+    directory ``out_dir`` (:func:`pgseg_core.train.loop.fit`: a folder holding a run needs ``resume`` or
+    ``overwrite``); ``device`` None keeps the config's ``train.device``.
 
     Raises:
-        ConfigError, DataError, CheckpointError, DeviceError: on bad inputs. OutputError: ``out_dir`` is a
-            file, cannot be written, or holds a run without ``resume`` / ``overwrite``.
+        ConfigError, DataError, CheckpointError, DeviceError, OutputError: on bad inputs or output folders.
     """
     from .train.loop import fit
 
@@ -115,21 +112,15 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
                         splits: list[str] | None = None, eval_overrides: dict[str, Any] | None = None,
                         device: str = "auto", max_images: int | None = None, out: str | Path | None = None,
                         progress: Progress | None = None) -> EvalReport:  # fmt: skip
-    """Evaluate a checkpoint on shards (``data``) or a benchmark ``dataset`` under ``data_root``, and write
-    the metrics JSON to ``out`` (default: beside the checkpoint, :func:`pgseg_core.eval.report.metrics_path`).
-    ``protocol`` defaults to ``groupvit`` for a dataset, to the checkpoint's eval settings for shards;
-    ``eval_overrides`` apply last; ``splits``: shard splits or ``[dataset split]``; ``cache``, ``sweep``:
-    :func:`pgseg_core.eval.report.evaluate_loaded`.
-
-    The metrics path (and the feature cache's folder) is checked before any image is encoded; the metrics
-    file is written atomically at the end (the old one stays whole until then). A write that still fails at
-    the end raises :class:`~pgseg_core.eval.report.MetricsWriteError` carrying the finished report.
+    """Evaluate a checkpoint on shards (``data``) or a benchmark ``dataset`` under ``data_root`` and write the
+    metrics JSON to ``out`` (default :func:`pgseg_core.eval.report.metrics_path`, checked before any image is
+    encoded). ``protocol``: default ``groupvit`` for a dataset, the checkpoint's settings for shards;
+    ``eval_overrides`` apply last; ``cache``, ``sweep``: :func:`pgseg_core.eval.report.evaluate_loaded`.
 
     Raises:
         ConfigError: not exactly one of ``data`` / ``dataset``, no ``data_root``, a bad protocol, key or
-            sweep. DataError: bad data or a foreign cache. OutputError: ``out`` (MetricsPathError: the
-            default path beside the checkpoint) or the cache path cannot be written; MetricsWriteError as
-            above. CheckpointError, DeviceError, DependencyError.
+            sweep. DataError: bad data or a foreign cache. OutputError: ``out`` or the cache unwritable;
+            ``MetricsWriteError`` (carries the report) when the final write fails. CheckpointError, ...
     """
     from .checkpoint import load_checkpoint
     from .eval.protocol import model_family
@@ -165,14 +156,12 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
 
 def segment_files(inputs: list[str], checkpoint: str | Path, out_dir: str | Path, *,
                   classes: str | None = None, classes_file: str | Path | None = None,
-                  bg_words: str | None = None,
-                  templates: list[str] | None = None, templates_file: str | Path | None = None,
-                  options: SegmentOptions | None = None, stdin: Iterable[str] | None = None,
-                  on_record: Callable[[dict[str, Any]], None] | None = None,
+                  bg_words: str | None = None, templates: list[str] | None = None,
+                  templates_file: str | Path | None = None, options: SegmentOptions | None = None,
+                  stdin: Iterable[str] | None = None, on_record: Callable[[dict], None] | None = None,
                   progress: Progress | None = None) -> SegmentSummary:  # fmt: skip
-    """Segment image files into the named classes and write label PNGs, overlays, JSON and/or COCO RLE
-    under ``out_dir``: :meth:`pgseg_core.segment.Segmenter.from_checkpoint` then
-    :meth:`~pgseg_core.segment.Segmenter.run`.
+    """Segment image files into the named classes, writing label PNGs, overlays, JSON and/or COCO RLE under
+    ``out_dir``: :meth:`pgseg_core.segment.Segmenter.from_checkpoint`, then ``.run``.
 
     ``inputs``: :func:`pgseg_core.segment.inputs.resolve_inputs` (``stdin`` for ``-``); vocabulary:
     :func:`pgseg_core.inference.parse_class_spec`; templates: :func:`pgseg_core.inference.read_templates`;
