@@ -211,3 +211,52 @@ def test_a_closed_stdout_after_eval_exits_0_with_the_metrics_written(tiny_checkp
     assert child.returncode == 0, stderr
     assert "Traceback" not in stderr and "error:" not in stderr
     assert json.loads(out.read_text())["splits"]["val"]["num_images"] == 3
+
+
+# ------------------------------------------------------------------------------------------------------
+# a SIGTERM whose SystemExit a finaliser swallowed is delivered again
+
+
+def test_a_swallowed_sigterm_is_delivered_again(monkeypatch):
+    import types
+
+    import pgseg_cli
+
+    sent = []
+    monkeypatch.setattr(pgseg_cli.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.setattr(pgseg_cli, "_TERMINATED", pgseg_cli.threading.Event())
+    pgseg_cli._TERMINATED.set()
+    pgseg_cli._unraisable(types.SimpleNamespace(exc_value=SystemExit(143)))
+    deadline = time.time() + 5
+    while not sent and time.time() < deadline:
+        time.sleep(0.01)
+    assert sent == [(os.getpid(), signal.SIGTERM)]
+
+
+def test_other_unraisable_errors_are_still_reported(monkeypatch):
+    import types
+
+    import pgseg_cli
+
+    reported = []
+    monkeypatch.setattr(pgseg_cli.sys, "__unraisablehook__", reported.append)
+    monkeypatch.setattr(pgseg_cli, "_TERMINATED", pgseg_cli.threading.Event())
+    args = types.SimpleNamespace(exc_value=SystemExit(143))  # no SIGTERM came: not ours to resend
+    pgseg_cli._unraisable(args)
+    assert reported == [args]
+
+
+def test_a_command_that_finished_after_sigterm_still_exits_143(monkeypatch):
+    import pgseg_cli
+    import pgseg_cli.app
+
+    monkeypatch.setattr(pgseg_cli, "_TERMINATED", pgseg_cli.threading.Event())
+    monkeypatch.setattr(pgseg_cli.app, "main", lambda: pgseg_cli._TERMINATED.set())
+    old_handler, old_hook = signal.getsignal(signal.SIGTERM), sys.unraisablehook
+    try:
+        with pytest.raises(SystemExit) as e:
+            pgseg_cli.main()
+    finally:
+        signal.signal(signal.SIGTERM, old_handler)
+        sys.unraisablehook = old_hook
+    assert e.value.code == 143
