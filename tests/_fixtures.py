@@ -65,3 +65,22 @@ def read_tar_samples(tar_path: Path) -> dict[str, dict[str, bytes]]:
             key, ext = m.name.split(".", 1)
             out.setdefault(key, {})[ext] = tf.extractfile(m).read()
     return out
+
+
+def varied_model(cfg, seed: int = 3):
+    """pgseg-tiny with random weights drawn wide (std 0.3) and logit_scale 100, so that groups, and therefore
+    labels, differ within an image (the default init gives one class everywhere)."""
+    import math
+
+    import torch
+
+    from pgseg_core.models.factory import create_model
+
+    torch.manual_seed(seed)
+    model = create_model(cfg.model).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.3)
+        model.logit_scale.fill_(math.log(100.0))
+    return model

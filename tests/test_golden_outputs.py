@@ -13,40 +13,25 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from _fixtures import make_fake_roots
+from _fixtures import make_fake_roots, varied_model
 from pgseg_cli.app import app
 from pgseg_core.config import apply_overrides, load_config
 from pgseg_core.checkpoint import save_checkpoint
 from pgseg_core.data.sources.demo import build_demo_shards
-from pgseg_core.models.factory import create_model
 
 MANIFEST = Path(__file__).parent / "golden" / "outputs.json"
 # the checkpoint file itself is written under a random temporary name, which torch.save records in the
 # archive, so its sha256 differs between runs (the weights do not)
 VOLATILE_KEYS = {"seconds", "images_per_s", "written_to", "sha256", "sha256_16"}
 runner = CliRunner()
-
-
-def _varied_model(cfg, seed: int = 3):
-    """pgseg-tiny with wide random weights and logit_scale 100: labels vary within an image."""
-    torch.manual_seed(seed)
-    model = create_model(cfg.model).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.3)
-        model.logit_scale.fill_(math.log(100.0))
-    return model
 
 
 def _run(*args) -> None:
@@ -85,9 +70,9 @@ def _make_inputs(root: Path) -> dict[str, Path]:
     blobs = np.stack([(xx * 2) % 256, (yy * 3) % 256, ((xx + yy) * 5) % 256], -1).astype(np.uint8)
     Image.fromarray(blobs).save(photos / "c.png")
     cfg = load_config("pgseg-tiny")
-    save_checkpoint(root / "tiny.pt", _varied_model(cfg), cfg, 0)
+    save_checkpoint(root / "tiny.pt", varied_model(cfg), cfg, 0)
     prob_cfg = apply_overrides(cfg, {"eval.rule": "prob"})
-    save_checkpoint(root / "tiny_prob.pt", _varied_model(prob_cfg), prob_cfg, 0)
+    save_checkpoint(root / "tiny_prob.pt", varied_model(prob_cfg), prob_cfg, 0)
     build_demo_shards(
         root / "shards",
         seed=1,

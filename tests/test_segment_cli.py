@@ -8,12 +8,10 @@ embedding cache, every bad input with its message and exit code, and torch/onnxr
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -21,8 +19,8 @@ import pgseg_core.inference.batch as batch_mod
 from pgseg_cli.app import app
 from pgseg_core.checkpoint import save_checkpoint
 from pgseg_core.config import load_config
-from pgseg_core.models.factory import create_model
 from pgseg_core.models.pgseg import PGSeg
+from _fixtures import varied_model
 from test_image_loading import write_tiff
 
 runner = CliRunner()
@@ -72,19 +70,6 @@ def env(tmp_path_factory, single_thread):
         photos / "trip" / "day2" / "c.png"
     )
     return root
-
-
-def varied_model(cfg, seed: int = 3):
-    """pgseg-tiny with random weights drawn wide (std 0.3) and logit_scale 100, so that groups, and therefore
-    labels, differ within an image (the default init gives one class everywhere)."""
-    torch.manual_seed(seed)
-    model = create_model(cfg.model).eval()
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 0.3)
-        model.logit_scale.fill_(math.log(100.0))
-    return model
 
 
 def files_under(out: Path) -> set[str]:
