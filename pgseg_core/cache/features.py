@@ -42,6 +42,7 @@ import torch
 from ..errors import DataError, OutputError
 from ..inference import ImageFeatures
 from ..utils.io import check_writable_file, output_error
+from ..utils.process import deferred_signals
 
 __all__ = [
     "FeatureCache",
@@ -313,30 +314,31 @@ class FeatureCache:
         tensors.update({f"assign_soft_{i}": a for i, a in enumerate(feats.assign_soft)})
         arrays = {k: t.detach().to("cpu", torch.float32).contiguous().numpy() for k, t in tensors.items()}
         _check_space(self.path, sum(a.nbytes for a in arrays.values()))
-        images = self._handle().require_group("images")
-        name = _escape(key)
-        if name in images:
-            del images[name]
-            self._complete.discard(key)
-        grp = images.create_group(name)
-        grp.attrs["key"] = key
-        grp.create_dataset("windows", data=np.asarray(feats.windows, dtype=np.int32).reshape(-1, 4))
-        for ds_name, arr in arrays.items():
-            grp.create_dataset(ds_name, data=arr, chunks=(1, *arr.shape[1:]), **_COMPRESSION)
-        grp.attrs.update(
-            {
-                "orig_size": list(feats.orig_size),
-                "resized_size": list(feats.resized_size),
-                "padded_size": list(feats.padded_size),
-                "grid": list(feats.grid),
-                "logit_scale": float(feats.logit_scale),
-                "num_stages": len(feats.assign_soft),
-                "group_emb_d_major": int(feats.group_emb_d_major),
-            }
-        )
-        grp.attrs["complete"] = 1
-        self._f.flush()
-        self._complete.add(key)
+        with deferred_signals():  # a SIGTERM waits for the entry to be whole
+            images = self._handle().require_group("images")
+            name = _escape(key)
+            if name in images:
+                del images[name]
+                self._complete.discard(key)
+            grp = images.create_group(name)
+            grp.attrs["key"] = key
+            grp.create_dataset("windows", data=np.asarray(feats.windows, dtype=np.int32).reshape(-1, 4))
+            for ds_name, arr in arrays.items():
+                grp.create_dataset(ds_name, data=arr, chunks=(1, *arr.shape[1:]), **_COMPRESSION)
+            grp.attrs.update(
+                {
+                    "orig_size": list(feats.orig_size),
+                    "resized_size": list(feats.resized_size),
+                    "padded_size": list(feats.padded_size),
+                    "grid": list(feats.grid),
+                    "logit_scale": float(feats.logit_scale),
+                    "num_stages": len(feats.assign_soft),
+                    "group_emb_d_major": int(feats.group_emb_d_major),
+                }
+            )
+            grp.attrs["complete"] = 1
+            self._f.flush()
+            self._complete.add(key)
 
     # ------------------------------------------------------------------------------------------------
     # sections: other per-image records keyed like /images (e.g. "viz", pgseg_core.viz.prototype_cache)
@@ -398,22 +400,23 @@ class FeatureCache:
             raise ValueError(f"feature cache {self.path} is open read-only")
         key = str(key)
         _check_space(self.path, sum(np.asarray(a).nbytes for a in arrays.values()))
-        top = self._handle().require_group(self._section_name(section))
-        done = self._sections.setdefault(section, set())
-        name = _escape(key)
-        if name in top:
-            del top[name]
-            done.discard(key)
-        grp = top.create_group(name)
-        grp.attrs["key"] = key
-        for ds_name, arr in arrays.items():
-            arr = np.ascontiguousarray(arr)
-            opts = dict(_COMPRESSION) if arr.ndim >= 2 and arr.size > 0 else {}
-            grp.create_dataset(ds_name, data=arr, **opts)
-        grp.attrs.update(attrs)
-        grp.attrs["complete"] = 1
-        self._f.flush()
-        done.add(key)
+        with deferred_signals():  # a SIGTERM waits for the entry to be whole
+            top = self._handle().require_group(self._section_name(section))
+            done = self._sections.setdefault(section, set())
+            name = _escape(key)
+            if name in top:
+                del top[name]
+                done.discard(key)
+            grp = top.create_group(name)
+            grp.attrs["key"] = key
+            for ds_name, arr in arrays.items():
+                arr = np.ascontiguousarray(arr)
+                opts = dict(_COMPRESSION) if arr.ndim >= 2 and arr.size > 0 else {}
+                grp.create_dataset(ds_name, data=arr, **opts)
+            grp.attrs.update(attrs)
+            grp.attrs["complete"] = 1
+            self._f.flush()
+            done.add(key)
 
 
 def _check_writable(path: Path, nbytes: int) -> None:

@@ -22,13 +22,12 @@ import logging
 import os
 import re
 import shutil
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
 from ..errors import OutputError
 from ..utils.io import ensure_dir, output_error, pid_alive
+from ..utils.process import deferred_signals
 from .shards import INDEX_NAME, SplitWriter, write_index
 
 log = logging.getLogger("pgseg.data.shard_set")
@@ -36,7 +35,6 @@ log = logging.getLogger("pgseg.data.shard_set")
 __all__ = ["ShardSet", "recover_shard_set", "shard_folder_state"]
 
 
-_DEFERRED = {signal.SIGTERM, signal.SIGINT}
 _LEFTOVER_RE = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.(?P<kind>partial|old)$")
 _SHARD_FILE_RE = re.compile(r"^[A-Za-z0-9_-]+-\d{6}\.tar(\.tmp)?$|^\..+\.tmp$")
 
@@ -199,13 +197,8 @@ class ShardSet:
         next build repairs what it leaves)."""
         state = _check_target(self.target, self.overwrite)  # another run may have published meanwhile
         _fsync_dir(self.tmp)
-        mask = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
-        before = signal.pthread_sigmask(signal.SIG_BLOCK, _DEFERRED) if mask else None
-        try:
+        with deferred_signals():
             self._swap(state)
-        finally:
-            if before is not None:
-                signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
     def _swap(self, state: str) -> None:
         old = None
