@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from test_cli import assert_one_line_error
 from _fixtures import make_fake_roots
 from pgseg_cli.app import app
 from pgseg_core.cache.stem import build_stem_cache
@@ -39,17 +40,6 @@ SMALL = dict(n_train=6, n_val=2, img_size=64, shard_size=4)
 
 def run(*args):
     return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
-
-
-def assert_one_line_error(result, *needles: str, code: int = 1) -> None:
-    assert result.exit_code == code, (result.exit_code, result.output)
-    text = result.stderr if hasattr(result, "stderr") else result.output
-    assert "Traceback" not in result.output
-    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
-    assert len([ln for ln in lines if ln.startswith("error:")]) == 1, lines
-    joined = " ".join(lines).lower()
-    for needle in needles:
-        assert needle.lower() in joined, (needle, lines)
 
 
 def digest(folder: Path) -> dict[str, str]:
