@@ -161,19 +161,18 @@ def register(app: typer.Typer) -> None:
 
 
 def _defaults(checkpoint: str | None, out_dir: Path | None) -> tuple[str, Path]:
-    """The released default model and ./pgseg_out when the flags were not given, each said on stderr."""
+    """The released default model and ./pgseg_out when the flags were not given, said in one stderr line."""
     from pgseg_core.checkpoint.registry import default_weights_name
 
+    said = []
     if checkpoint is None:
         checkpoint = default_weights_name()
-        err.print(
-            f"no --checkpoint: using the released model {checkpoint} ('pgseg models' lists the others)",
-            highlight=False, markup=False, soft_wrap=True,
-        )  # fmt: skip
+        said.append(f"using the released model {checkpoint} (no --checkpoint; 'pgseg models' lists others)")
     if out_dir is None:
         out_dir = Path("pgseg_out")
-        say = f"no --out: writing into {out_dir.absolute()}"
-        err.print(say, highlight=False, markup=False, soft_wrap=True)
+        said.append(f"writing into {out_dir.absolute()} (no --out)")
+    if said:
+        err.print("; ".join(said), highlight=False, markup=False, soft_wrap=True)
     return checkpoint, out_dir
 
 

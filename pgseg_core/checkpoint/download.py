@@ -198,14 +198,14 @@ def download_file(
             raise DownloadError(f"cannot download {label} (HTTP {e.code} from {url}): {manual}") from e
         except _TRANSIENT as e:
             kept = part.stat().st_size if part.exists() else 0
-            log.warning("download of %s interrupted at %d bytes (%s); attempt %d of %d", label, kept,
-                        type(e).__name__, attempt + 1, retries + 1)  # fmt: skip
             if attempt == retries or kept <= before:  # no byte came in this attempt: no point retrying
                 why = getattr(e, "reason", None) or e
                 raise DownloadError(
                     f"cannot download {label} from {url} ({why}; {kept} bytes kept to resume): run again, "
                     f"or {manual}"
                 ) from e
+            log.warning("download of %s interrupted at %d bytes (%s); resuming (attempt %d of %d)", label,
+                        kept, type(e).__name__, attempt + 2, retries + 1)  # fmt: skip
     _check_hash(part, sha256, sha256_prefix, label, url, dest)
     os.replace(part, dest)
     return dest
