@@ -107,7 +107,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Segment images into the classes you name (label PNG, overlay with legend, JSON, COCO RLE).
 
-        bf16 autocast on CUDA."""
+        Without --checkpoint the released default model is used (downloaded once; 'pgseg models'), without
+        --out the outputs go to ./pgseg_out. bf16 autocast on CUDA."""
         from pgseg_core.api import segment_files
         from pgseg_core.segment.options import SegmentOptions
         from pgseg_core.utils.io import ensure_dir
