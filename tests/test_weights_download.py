@@ -249,6 +249,8 @@ def test_hub_download_revision_cache_and_offline(server, env, models, monkeypatc
         "model.safetensors": files["safetensors"],
     }
     monkeypatch.setenv("HF_ENDPOINT", server.url)
+    weights_path = "/nvidia/groupvit-gcc-yfcc/resolve/v1.0/model.safetensors"
+    server.drops[weights_path] = 1  # cut off half-way: huggingface_hub retries within the same call
     model, info = load_checkpoint("nvidia/groupvit-gcc-yfcc@v1.0")
     assert info.source_format == "hf-groupvit" and info.resolved.kind == "hf"
     assert COMMIT in str(info.resolved.path) and str(tmp_path / "hub") in str(info.resolved.path)
@@ -256,8 +258,10 @@ def test_hub_download_revision_cache_and_offline(server, env, models, monkeypatc
         assert torch.equal(model.state_dict()[k], v), k
     assert {r[1] for r in server.requests} == {
         "/nvidia/groupvit-gcc-yfcc/resolve/v1.0/config.json",
-        "/nvidia/groupvit-gcc-yfcc/resolve/v1.0/model.safetensors",
+        weights_path,
     }
+    gets = [r[2] for r in server.requests if r[:2] == ("GET", weights_path)]
+    assert len(gets) == 2  # (from byte 0 again here: httpx had handed none of the cut-off body over)
     (row,) = [r for r in list_weights() if r.entry.name == "nvidia/groupvit-gcc-yfcc"]
     assert row.cached is None  # the listing is of the entry's own revision (main), not v1.0
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -348,3 +352,35 @@ def test_cli_segment_needs_no_checkpoint_nor_out_and_models_lists_the_cache(serv
     errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert res.exit_code == 1 and len(errors) == 1 and "Traceback" not in res.output
     assert f"fetch {url} by hand and put it at {tmp_path / 'empty'}" in errors[0]
+
+
+def test_library_chatter_is_hidden_unless_verbose(monkeypatch):
+    """Without -v the CLI turns off transformers' "Loading weights" bars and warnings before transformers is
+    imported (a command imports it lazily); with -v it leaves them on. A value the user set is kept."""
+    from pgseg_cli._console import setup_logging
+
+    quiet = {"TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    for var in quiet:
+        monkeypatch.setenv(var, "x")
+        monkeypatch.delenv(var)
+    setup_logging(verbose=True)
+    assert not set(quiet) & set(os.environ)
+    setup_logging(verbose=False)
+    assert {k: os.environ.get(k) for k in quiet} == quiet
+    monkeypatch.setenv("TRANSFORMERS_VERBOSITY", "info")
+    setup_logging(verbose=False)
+    assert os.environ["TRANSFORMERS_VERBOSITY"] == "info"
+    setup_logging()  # back to the default state for later tests
+
+
+def test_concurrent_fetches_of_one_file_download_it_once(server, env, models, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    files, _ = models
+    path, url = _serve_release(server, files["official"])
+    dest = tmp_path / "cache" / "x.pth"
+    prefix = _sha(files["official"])[:8]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: download_file(url, dest, sha256_prefix=prefix), range(4)))
+    assert got == [dest] * 4 and dest.read_bytes() == files["official"]
+    assert [r[0] for r in server.requests] == ["GET"] and _files_under(dest.parent) == ["x.pth"]

@@ -30,11 +30,13 @@ def register(app: typer.Typer) -> None:
             e = row.entry
             star = " (default)" if row.is_default else ""
             cached = f"cached: {row.cached} ({row.cached_bytes / 1e6:.0f} MB)" if row.cached else "not cached"
-            head = f"[bold]{e.name}[/]{star}  {e.source}, ~{row.approx_mb:.0f} MB  {cached}"
-            out.print(head, highlight=False, soft_wrap=True)
-            out.print(f"    {e.description}", highlight=False, markup=False, soft_wrap=True)
-            out.print(f"    source: {e.download_url}", highlight=False, markup=False, soft_wrap=True)
-            out.print(f"    licence: {e.licence}", highlight=False, markup=False, soft_wrap=True)
+            size = f"~{row.approx_mb:.0f} MB" if row.approx_mb else "size not stated"
+            out.print(
+                f"[bold]{e.name}[/]{star}  {e.source}, {size}  {cached}", highlight=False, soft_wrap=True
+            )
+            for line in (e.description, f"source: {e.download_url}", f"licence: {e.licence or 'not stated'}"):
+                if line:
+                    out.print(f"    {line}", highlight=False, markup=False, soft_wrap=True)
         out.print(f"cache: {weights_dir()}", highlight=False, markup=False, soft_wrap=True)
 
 

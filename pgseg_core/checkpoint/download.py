@@ -187,6 +187,30 @@ def download_file(
     if reason:
         raise DownloadError(f"{label} is not downloaded and downloads are off ({reason}): {manual}")
     dest.parent.mkdir(parents=True, exist_ok=True)
+    with _exclusive(dest):  # another process fetching the same file: wait for it, then use its result
+        if dest.exists():
+            return dest
+        _fetch_verified(url, dest, label, sha256, sha256_prefix, progress, retries, timeout)
+    return dest
+
+
+@contextlib.contextmanager
+def _exclusive(dest: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``dest``'s folder (no lock file is left behind; the kernel releases the
+    lock if the process dies)."""
+    import fcntl
+
+    fd = os.open(dest.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _fetch_verified(url, dest, label, sha256, sha256_prefix, progress, retries, timeout) -> None:
+    """The transfer loop of :func:`download_file` (resume, retry, verify, rename)."""
+    manual = f"fetch {url} by hand and put it at {dest}"
     part = dest.with_name(dest.name + ".part")
     tick = report_progress(label, progress)
     for attempt in range(retries + 1):
@@ -208,4 +232,3 @@ def download_file(
                         kept, type(e).__name__, attempt + 2, retries + 1)  # fmt: skip
     _check_hash(part, sha256, sha256_prefix, label, url, dest)
     os.replace(part, dest)
-    return dest
