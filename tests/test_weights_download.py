@@ -384,3 +384,39 @@ def test_concurrent_fetches_of_one_file_download_it_once(server, env, models, tm
         got = list(pool.map(lambda _: download_file(url, dest, sha256_prefix=prefix), range(4)))
     assert got == [dest] * 4 and dest.read_bytes() == files["official"]
     assert [r[0] for r in server.requests] == ["GET"] and _files_under(dest.parent) == ["x.pth"]
+
+
+def test_a_name_works_in_every_command_that_takes_a_checkpoint(server, env, models, tmp_path, monkeypatch):
+    """convert, export-onnx, visualize-prototypes, train --init (init_from) and eval's default metrics path
+    take a released model's name; it is downloaded once."""
+    import numpy as np
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from pgseg_cli.app import app
+    from pgseg_core.checkpoint import init_from
+    from pgseg_core.eval.report import metrics_path
+
+    files, state = models
+    _, url = _serve_release(server, files["official"])
+    env(**{"groupvit-gcc-redcaps": _release_entry(url)})
+    monkeypatch.chdir(tmp_path)
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save("a.png")
+    runner = CliRunner()
+    res = runner.invoke(app, ["convert", "groupvit-gcc-redcaps", "pair"])
+    assert res.exit_code == 0, res.output
+    assert load_checkpoint("pair.safetensors")[1].config.name == "nvlabs-groupvit:groupvit-gcc-redcaps"
+    res = runner.invoke(app, ["export-onnx", "-c", "groupvit-gcc-redcaps", "-o", "m.onnx", "--size", "64"])
+    assert res.exit_code == 0 and (tmp_path / "m.onnx").exists(), res.output
+    res = runner.invoke(app, ["visualize-prototypes", "a.png", "-c", "groupvit-gcc-redcaps", "--out", "viz"])
+    assert res.exit_code == 0 and (tmp_path / "viz" / "index.html").exists(), res.output
+    model = create_model(load_config("pgseg-tiny").model)  # PGSeg from GroupViT: NPR keys are new
+    report = init_from(model, "groupvit-gcc-redcaps")
+    assert report["new_keys"] and all("npr" in k or "downsample_spatial" in k or "logit_scale" in k
+                                      for k in report["new_keys"])  # fmt: skip
+    assert torch.equal(model.state_dict()["img_encoder.pos_embed"], state["img_encoder.pos_embed"])
+    assert (
+        metrics_path(None, "groupvit-gcc-redcaps", "voc21", "groupvit").as_posix()
+        == "metrics_voc21_groupvit.json"
+    )
+    assert [r[0] for r in server.requests] == ["GET"]  # downloaded once, then read from the cache
