@@ -285,8 +285,10 @@ def test_hub_falls_back_to_pytorch_model_bin(server, env, models, monkeypatch):
         "pytorch_model.bin": bin_bytes,
     }
     monkeypatch.setenv("HF_ENDPOINT", server.url)
-    local = fetch_weights("nvidia/groupvit-gcc-redcaps")
+    seen = []
+    local = fetch_weights("nvidia/groupvit-gcc-redcaps", progress=lambda d, t: seen.append((d, t)))
     assert (local / "pytorch_model.bin").read_bytes() == bin_bytes
+    assert seen[-1] == (len(bin_bytes), len(bin_bytes))  # the weights' bytes reach the progress callback
     (row,) = [r for r in list_weights() if r.entry.name == "nvidia/groupvit-gcc-redcaps"]
     assert row.cached == local and row.cached_bytes == len(bin_bytes) + len(files["config"])
     with pytest.raises(DownloadError, match="no repository nvidia/other"):
