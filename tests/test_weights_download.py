@@ -236,6 +236,10 @@ def test_a_path_wins_over_a_name_and_near_misses_are_suggested(tmp_path, monkeyp
         resolve("groupvit-gcc-yfcc")  # the folder, not the release
     with pytest.raises(CheckpointError, match="did you mean the released model groupvit-gcc-redcaps"):
         resolve("groupvit-gcc-redcap")
+    files, _ = models
+    (tmp_path / "groupvit-gcc-redcaps.safetensors").write_bytes(files["safetensors"])
+    (tmp_path / "groupvit-gcc-redcaps.json").write_text(json.dumps({"format": "pgseg-checkpoint"}))
+    assert resolve("groupvit-gcc-redcaps").kind == "pair"  # a 'pgseg convert' pair's stem, not the release
 
 
 # ----------------------------------------------------------------------------------------------------------

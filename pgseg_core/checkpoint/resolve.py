@@ -195,7 +195,7 @@ def resolve(path: str | Path) -> ResolvedCheckpoint:
             that is not a checkpoint, or a pair / HF config whose weights are missing. DownloadError: a
             released model that is not cached and cannot be downloaded (one line: what to fetch, where).
     """
-    if not Path(path).exists():
+    if not Path(path).exists() and _pair(Path(path)) is None:  # a path (or a pair's stem) wins over a name
         local = fetch_weights(str(path))
         if local is not None:
             res = resolve(local)
