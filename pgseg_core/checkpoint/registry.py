@@ -185,7 +185,10 @@ def _verified_file(entry: ReleasedWeights, path: Path) -> Path:
             f"{path} has sha256 {digest[:16]}..., not the {entry.name} release's {want[:16]}...: delete it "
             f"and run again to download it, or fetch {entry.download_url} by hand"
         )
-    note.write_text(f"{stamp} {digest}\n")
+    try:
+        note.write_text(f"{stamp} {digest}\n")
+    except OSError:  # a read-only cache: checked again next time
+        pass
     return path
 
 
