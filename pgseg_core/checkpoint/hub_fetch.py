@@ -68,8 +68,8 @@ def _hub() -> Any:
         import huggingface_hub
     except ImportError as e:
         raise DownloadError(
-            "Hugging Face Hub weights need huggingface_hub: pip install 'pgseg[hub]' (or name an NVlabs "
-            "release, e.g. groupvit-gcc-yfcc)"
+            "Hugging Face Hub weights need huggingface_hub, a pgseg dependency: reinstall pgseg (or name an "
+            "NVlabs release, e.g. groupvit-gcc-yfcc)"
         ) from e
     return huggingface_hub
 
