@@ -57,6 +57,9 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     logger.addHandler(handler)
     logger.setLevel(level)
     logger.propagate = False
+    if not STATE["verbose"]:  # library chatter (transformers' "Loading weights" bars, warnings): -v shows it
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def fail(message: str, code: int = 1) -> None:
@@ -142,8 +145,15 @@ def progress_bar(description: str, *, transient: bool = False) -> Iterator[Calla
             fields = {"info": info} if info else {}
             bar.update(tasks[name], completed=done, total=total or None, **fields)
 
+        from pgseg_core.checkpoint.download import download_progress_to  # torch-free, but a package import
+
+        def download(label: str, done: int, total: int | None) -> None:
+            mb = f"{done / 1e6:.0f}/{total / 1e6:.0f} MB" if total else f"{done / 1e6:.0f} MB"
+            update(done, total, info=mb, phase=f"download {label}")
+
         try:
-            yield update
+            with download_progress_to(download):  # released weights fetched inside the command
+                yield update
         except BaseException:
             _clear(bar)  # an error, Ctrl-C or SIGTERM: the one error line stands alone
             raise

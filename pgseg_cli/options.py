@@ -14,7 +14,8 @@ import typer
 
 CHECKPOINT_HELP = (
     "Checkpoint: a pgseg .pt file or run directory, a 'pgseg convert' pair, an official NVlabs GroupViT / "
-    "PGSeg .pth or a Hugging Face GroupViT directory."
+    "PGSeg .pth, a Hugging Face GroupViT directory, or a released model's name ('pgseg models' lists them; "
+    "downloaded once into the cache)."
 )
 DEVICE_HELP = "auto, cpu, cuda or cuda:N (default auto); a device you name that is missing is an error."
 

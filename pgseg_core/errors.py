@@ -26,6 +26,11 @@ class CheckpointError(PgsegError):
     """A checkpoint is missing, truncated, of another model kind, or otherwise unloadable."""
 
 
+class DownloadError(CheckpointError):
+    """Released weights cannot be fetched (offline, unreachable, refused, or a hash mismatch); the message
+    names the URL to fetch by hand and the path to put the file at."""
+
+
 class DeviceError(PgsegError):
     """The device the user asked for is not available."""
 

@@ -17,7 +17,8 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Argument(
                 help="Checkpoint to convert: official NVlabs GroupViT / PGSeg .pth, "
-                "HF GroupViT directory or weight file, or a pgseg checkpoint."
+                "HF GroupViT directory or weight file, a pgseg checkpoint, or a released model's name "
+                "('pgseg models')."
             ),
         ],
         dst: Annotated[str, typer.Argument(help="Output stem: writes DST.safetensors and DST.json.")],

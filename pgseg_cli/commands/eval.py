@@ -137,9 +137,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Evaluate mIoU/mAcc/aAcc (and seen/unseen hIoU). Extra '--eval.key value' overrides are accepted.
 
-        The metrics file (--output, default beside the checkpoint) and the --cache path are checked before
-        any image is encoded. If writing the metrics still fails at the end (a full disk), the tables are
-        printed first, then the one-line error (exit 1).
+        The metrics file (--output, default beside the checkpoint; for a released model's name, the current
+        folder) and the --cache path are checked before any image is encoded. If writing the metrics still
+        fails at the end (a full disk), the tables are printed first, then the one-line error (exit 1).
         """
         from pgseg_core.api import evaluate_checkpoint
         from pgseg_core.errors import OutputError

@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from .._console import err, handle_errors, progress_bar
-from ..options import BgThreshOpt, CheckpointOpt, DeviceOpt, OutDirOpt, TopKOpt, device_or_auto
+from ..options import BgThreshOpt, DeviceOpt, OptionalCheckpointOpt, TopKOpt, device_or_auto
 
 
 def register(app: typer.Typer) -> None:
@@ -25,8 +25,10 @@ def register(app: typer.Typer) -> None:
                 "from stdin (find ... | pgseg segment - ...)."
             ),
         ],
-        checkpoint: CheckpointOpt,
-        out_dir: OutDirOpt,
+        checkpoint: OptionalCheckpointOpt = None,
+        out_dir: Annotated[
+            Optional[Path], typer.Option("--out", "-o", help="Output directory (default: ./pgseg_out).")
+        ] = None,
         classes: Annotated[
             Optional[str], typer.Option(help="Comma-separated class names, e.g. 'cat,dog'.")
         ] = None,
@@ -105,12 +107,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Segment images into the classes you name (label PNG, overlay with legend, JSON, COCO RLE).
 
-        bf16 autocast on CUDA."""
+        Without --checkpoint the released default model is used (downloaded once; 'pgseg models'), without
+        --out the outputs go to ./pgseg_out. bf16 autocast on CUDA."""
         from pgseg_core.api import segment_files
         from pgseg_core.segment.options import SegmentOptions
         from pgseg_core.utils.io import ensure_dir
 
         _check_options(classes, classes_file, fmt, backend, onnx, export_onnx, feature_cache, device)
+        checkpoint, out_dir = _defaults(checkpoint, out_dir)
         ensure_dir(out_dir)  # a file or an uncreatable path: one line before any model work
 
         overrides = {
@@ -155,6 +159,22 @@ def register(app: typer.Typer) -> None:
                 ),
             )
         _render(summary, out_dir, feature_cache, err if jsonl else None)
+
+
+def _defaults(checkpoint: str | None, out_dir: Path | None) -> tuple[str, Path]:
+    """The released default model and ./pgseg_out when the flags were not given, said in one stderr line."""
+    from pgseg_core.checkpoint.registry import default_weights_name
+
+    said = []
+    if checkpoint is None:
+        checkpoint = default_weights_name()
+        said.append(f"using the released model {checkpoint} (no --checkpoint; 'pgseg models' lists others)")
+    if out_dir is None:
+        out_dir = Path("pgseg_out")
+        said.append(f"writing into {out_dir.absolute()} (no --out)")
+    if said:
+        err.print("; ".join(said), highlight=False, markup=False, soft_wrap=True)
+    return checkpoint, out_dir
 
 
 def _check_options(classes, classes_file, fmt, backend, onnx, export_onnx, feature_cache, device) -> None:

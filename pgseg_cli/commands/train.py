@@ -46,8 +46,8 @@ def register(app: typer.Typer) -> None:
         init: Annotated[
             Optional[str],
             typer.Option(
-                help="Initialise weights from a checkpoint (pgseg, official GroupViT/PGSeg or HF GroupViT; "
-                "new keys are reported)."
+                help="Initialise weights from a checkpoint (pgseg, official GroupViT/PGSeg or HF GroupViT, "
+                "or a released model's name from 'pgseg models'; new keys are reported)."
             ),
         ] = None,
     ) -> None:

@@ -7,7 +7,9 @@
 * :mod:`.pickle_policy`: :func:`read_checkpoint_file` (``weights_only=True``, inert OmegaConf configs,
   ``--trust-pickle``);
 * :mod:`.formats` (format detection, official NVlabs / PGSeg names) and :mod:`.hf` (HF ``GroupViTModel``);
-* :mod:`.convert`: :func:`convert_checkpoint` (``pgseg convert``).
+* :mod:`.convert`: :func:`convert_checkpoint` (``pgseg convert``);
+* :mod:`.registry`: released weights by name (:func:`fetch_weights`, :func:`list_weights`), downloaded by
+  :mod:`.download` (HTTP) and :mod:`.hub_fetch` (Hugging Face Hub, Google Drive) (docs/WEIGHTS.md).
 """
 
 from .convert import convert_checkpoint
@@ -22,6 +24,7 @@ from .io import (
     trainable_state_dict,
 )
 from .pickle_policy import read_checkpoint_file
+from .registry import fetch_weights, list_weights
 from .resolve import ResolvedCheckpoint, checkpoint_sha256, resolve
 
 __all__ = [
@@ -34,7 +37,9 @@ __all__ = [
     "checkpoint_sha256",
     "convert_checkpoint",
     "detect_format",
+    "fetch_weights",
     "init_from",
+    "list_weights",
     "load_checkpoint",
     "read_any_checkpoint",
     "read_checkpoint_file",

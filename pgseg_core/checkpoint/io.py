@@ -244,7 +244,7 @@ def read_any_checkpoint(
     if fmt == "pgseg":
         return _pgseg_checkpoint(obj, path, res)
     state, mcfg, notes = convert_state(obj, fmt, keep_mapping_text=keep_mapping_text, hf_config=hf_cfg)
-    cfg = RunConfig(name=f"{fmt}:{Path(res.source).stem}", model=mcfg)
+    cfg = RunConfig(name=f"{fmt}:{res.name or Path(res.source).stem}", model=mcfg)
     return LoadedCheckpoint(
         path=os.fspath(path), source_format=fmt, state=state, config=cfg, notes=notes, resolved=res
     )

@@ -12,6 +12,10 @@ define it are:
   (``model.safetensors``, else the shard index ``model.safetensors.index.json`` and its shards, else
   ``pytorch_model.bin``).
 
+A name that is no path but a released model's (``groupvit-gcc-yfcc``, ``nvidia/groupvit-gcc-yfcc@REV``; see
+:mod:`.registry`, docs/WEIGHTS.md) resolves to its cached local checkpoint, downloaded first when missing; a
+path that exists always wins over a name.
+
 The identity :func:`checkpoint_sha256` is the hex SHA-256 of the one file, or for several files the SHA-256 of
 their sorted ``"NAME:FILE_SHA256\\n"`` lines. The same checkpoint named in any of the ways above has the same
 identity; a retrained, edited or replaced checkpoint has another. Reading (:mod:`.io`), the feature cache, the
@@ -31,6 +35,7 @@ from typing import Any
 from ..errors import CheckpointError
 from ..utils.hashing import file_sha256
 from .formats import CHECKPOINT_FORMAT
+from .registry import fetch_weights
 
 __all__ = ["ResolvedCheckpoint", "resolve", "checkpoint_sha256", "run_dir_file", "read_json"]
 
@@ -43,13 +48,14 @@ class ResolvedCheckpoint:
     """The files that define a checkpoint named by a user path (see the module docstring).
 
     Attributes:
-        path: the path as given.
+        path: the path as given (for a released model named by its name: its local path).
         kind: ``"file"``, ``"run"``, ``"pair"`` or ``"hf"``.
         weights: the tensor files to read, in order (one, or an HF checkpoint's shards).
         meta: the JSON read beside the weights: a pair's ``NAME.json`` or an HF ``config.json``; else None.
         index: an HF shard index (``model.safetensors.index.json``); else None.
         source: what names an inferred config: the directory of a run or of an HF checkpoint named by its
             directory or ``config.json``, else the weight file.
+        name: the registry name a released model was named by, else None.
     """
 
     path: Path
@@ -58,6 +64,7 @@ class ResolvedCheckpoint:
     source: Path
     meta: Path | None = None
     index: Path | None = None
+    name: str | None = None
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -161,17 +168,39 @@ def _resolve_json(path: Path) -> ResolvedCheckpoint:
     raise CheckpointError(f"{path} is a JSON file, not a checkpoint")
 
 
+def _name_hint(text: str) -> str:
+    """`` (did you mean the released model NAME?)`` for a near miss of a registry name; else a pointer to
+    the list of names."""
+    import difflib
+
+    from .registry import load_registry
+
+    close = difflib.get_close_matches(text, list(load_registry()), n=1, cutoff=0.6)
+    if close:
+        return f" (did you mean the released model {close[0]}?)"
+    return " (nor a released model's name; 'pgseg models' lists them)"
+
+
 def resolve(path: str | Path) -> ResolvedCheckpoint:
     """The files that define the checkpoint ``path`` names: a file, a run directory, a ``pgseg convert`` pair
-    named by either file or by ``NAME``, or an HF GroupViT directory / its ``config.json`` / its weight file.
+    named by either file or by ``NAME``, an HF GroupViT directory / its ``config.json`` / its weight file, or
+    a released model's registry name (:func:`.registry.fetch_weights`: its cached copy, downloaded first when
+    missing).
 
     Reads at most the small JSON files involved (a pair's ``NAME.json``, an HF ``config.json`` or shard
-    index); no weights.
+    index); no weights, unless a released model has to be downloaded.
 
     Raises:
         CheckpointError: nothing there, a directory that is neither a run nor an HF checkpoint, a JSON file
-            that is not a checkpoint, or a pair / HF config whose weights are missing.
+            that is not a checkpoint, or a pair / HF config whose weights are missing. DownloadError: a
+            released model that is not cached and cannot be downloaded (one line: what to fetch, where).
     """
+    if not Path(path).exists() and _pair(Path(path)) is None:  # a path (or a pair's stem) wins over a name
+        local = fetch_weights(str(path))
+        if local is not None:
+            res = resolve(local)
+            name = str(path)
+            return ResolvedCheckpoint(local, res.kind, res.weights, res.source, res.meta, res.index, name)
     path = Path(path)
     if path.is_dir():
         return _resolve_dir(path)
@@ -179,7 +208,7 @@ def resolve(path: str | Path) -> ResolvedCheckpoint:
     if pair is not None:
         return ResolvedCheckpoint(path, "pair", (pair[0],), pair[0], meta=pair[1])
     if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
+        raise CheckpointError(f"checkpoint not found: {path}{_name_hint(str(path))}")
     if path.suffix == ".json":
         return _resolve_json(path)
     config = path.parent / "config.json"

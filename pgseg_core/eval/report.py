@@ -278,11 +278,14 @@ def metrics_path(
     out: str | Path | None, checkpoint_path: str | Path, dataset: str | None, protocol_name: str
 ) -> Path:
     """Where the metrics JSON goes: ``out``, else beside the checkpoint (in its folder, or in the run
-    folder it names): ``metrics.json`` for shards, ``metrics_<dataset>_<protocol>.json`` for a dataset."""
+    folder it names; the current folder for a released model named by its name): ``metrics.json`` for
+    shards, ``metrics_<dataset>_<protocol>.json`` for a dataset."""
     if out is not None:
         return Path(out)
     ck = Path(checkpoint_path)
     name = "metrics.json" if dataset is None else f"metrics_{dataset}_{protocol_name}.json"
+    if not ck.exists():  # a released model's name, not a path
+        return Path(name)
     return (ck if ck.is_dir() else ck.parent) / name
 
 
