@@ -24,6 +24,7 @@ from ..losses.multi_label import multi_label_contrastive
 from ..losses.prototype import hungarian_match, prototype_group_loss
 from .layers import ProjectMLP
 from .npr import TextNPR
+from .text_npr_inputs import project_frozen, project_valid_tokens, text_npr_mask
 from .text import MiniLMTower, TextTransformer
 from .vision import GroupViTEncoder, VisionOutput
 
@@ -276,11 +277,11 @@ class PGSeg(nn.Module):
         if npr.released_code:
             groups_t = centres.mean(dim=-1, keepdim=True)  # [B, S, 1]
             protos_t = self.text_npr(text_feats.pooled.detach())  # [B, K, 1]
-        else:
-            groups_t = self.img_projector(centres, update_stats=False)  # [B, S, D]
-            with torch.no_grad():
-                tok = self.text_projector(text_feats.tokens.detach(), update_stats=False)  # [B, L, D]
-            protos_t = self.text_npr(tok, text_feats.mask)  # [B, K, D]
+        else:  # docs/METHOD.md §3.5: masked statistics, gradient to the centres only
+            groups_t = project_frozen(self.img_projector, centres)  # [B, S, D]
+            mask = text_npr_mask(text_feats.mask, causal=self.cfg.text.tower == "transformer")
+            tok = project_valid_tokens(self.text_projector, text_feats.tokens, mask)  # [B, L, D]
+            protos_t = self.text_npr(tok, mask)  # [B, K, D]
         perm = hungarian_match(groups_t, protos_t, maximize=maximize)
         matched = torch.gather(protos_t, 1, perm.unsqueeze(-1).expand_as(protos_t))
         text_term = prototype_group_loss(groups_t, matched, scale, npr.hrs_threshold, npr.released_code)
