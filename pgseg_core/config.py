@@ -91,7 +91,7 @@ class NPRConfig(_Validated):
     em_iters: int = 10  # T, no-grad EM iterations (image and text)
     text_prototypes: int = 8  # K of the text-side NPR
     momentum: float = 0.9  # prototype-buffer EMA factor (mu <- m*mu + (1-m)*batch mean)
-    hrs_threshold: float = 0.1  # phi, on the min-max normalised group-prototype similarity
+    hrs_threshold: float = 0.1  # phi: keep a matched pair within phi of its best candidate (METHOD.md §3.4)
     pg_temperature: float = 0.1  # init of the learnable L_PG temperature (own logit scale)
     weight: float = 0.1  # L = L_itc + weight * (L_I1 + L_I2 + text_weight * L_T)
     text_weight: float = 0.1

@@ -21,7 +21,7 @@ from ..losses.caption_nouns import caption_nouns
 from ..errors import ConfigError
 from ..losses.contrastive import image_text_contrastive
 from ..losses.multi_label import multi_label_contrastive
-from ..losses.prototype import hungarian_match, prototype_group_loss
+from ..losses.prototype import hrs_kept_fraction, hungarian_match, prototype_group_loss
 from .layers import ProjectMLP
 from .npr import TextNPR
 from .text_npr_inputs import project_frozen, project_valid_tokens, text_npr_mask
@@ -197,7 +197,8 @@ class PGSeg(nn.Module):
             dict with "loss" (total), "loss_itc", with ``multi_label`` > 0 "loss_multi_label"
             (:func:`~pgseg_core.losses.multi_label.multi_label_contrastive`, weighted by
             ``multi_label_weight`` in the total), and with NPR "loss_pg" plus its parts "loss_pg_1",
-            "loss_pg_2", ..., "loss_pg_text".
+            "loss_pg_2", ..., "loss_pg_text" and the fractions of matched pairs HRS kept in each,
+            "hrs_kept_1", ..., "hrs_kept_text" (detached, in [0, 1]; the loop logs them to metrics.jsonl).
         """
         img = self.encode_image(images, stem_feats=stem_feats)
         text_feats = self.text_encoder(texts)
@@ -262,7 +263,7 @@ class PGSeg(nn.Module):
     def _prototype_losses(self, vis: VisionOutput, text_feats) -> dict[str, torch.Tensor]:
         npr = self.cfg.npr
         scale = self.img_encoder.logit_scale
-        maximize = not npr.released_code
+        maximize, rel = not npr.released_code, npr.released_code
         out: dict[str, torch.Tensor] = {}
         image_terms = []
         for i, (grouping, proto) in enumerate(zip(vis.groupings, vis.nprs)):
@@ -272,6 +273,7 @@ class PGSeg(nn.Module):
                 grouping.centres, matched, scale, npr.hrs_threshold, npr.released_code
             )
             out[f"loss_pg_{i + 1}"] = term.detach()
+            out[f"hrs_kept_{i + 1}"] = hrs_kept_fraction(grouping.centres, matched, npr.hrs_threshold, rel)
             image_terms.append(term)
         centres = vis.groupings[-1].centres  # [B, S_last, C]
         if npr.released_code:
@@ -286,5 +288,6 @@ class PGSeg(nn.Module):
         matched = torch.gather(protos_t, 1, perm.unsqueeze(-1).expand_as(protos_t))
         text_term = prototype_group_loss(groups_t, matched, scale, npr.hrs_threshold, npr.released_code)
         out["loss_pg_text"] = text_term.detach()
+        out["hrs_kept_text"] = hrs_kept_fraction(groups_t, matched, npr.hrs_threshold, rel)
         out["loss_pg"] = npr.weight * (sum(image_terms) + npr.text_weight * text_term)
         return out
