@@ -118,7 +118,11 @@ class ModelConfig(_Validated):
     multi_label_weight: float = 1.0  # L += weight * L_ml
     multi_label_pool: Literal["image", "groups"] = "image"  # prompt vs image embedding (GroupViT), or vs the
     # best final group (max over groups; the demo variant's multiple-instance term)
-    multi_label_template: str = "a photo of a {}."  # prompt built from each caption noun
+    multi_label_template: str = "a photo of a {}."  # prompt built from each caption noun (templates=single)
+    multi_label_templates: Literal["imagenet80", "single"] = "imagenet80"  # one of the 80 drawn per prompt
+    multi_label_pad: bool = True  # fill each caption's prompts up to multi_label with the caption (released)
+    multi_label_nouns: Literal["auto", "nltk", "rules"] = "auto"  # auto: nltk where its tagger data is
+    # installed, else the rule set (METHOD.md §2.2)
 
 
 @dataclass

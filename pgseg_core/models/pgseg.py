@@ -17,7 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..losses.caption_nouns import caption_nouns
+from ..losses.caption_nouns import noun_source
+from ..losses.caption_prompts import build_prompts
+from ..prompt_templates import template_set
 from ..errors import ConfigError
 from ..losses.contrastive import image_text_contrastive
 from ..losses.multi_label import multi_label_contrastive
@@ -233,9 +235,9 @@ class PGSeg(nn.Module):
     def caption_prompts(self, texts: list[str]) -> tuple[list[str], torch.Tensor]:
         """Prompts of the multi-label loss (docs/METHOD.md §2.2) for a batch of captions.
 
-        Each caption's object phrases (:func:`~pgseg_core.losses.caption_nouns.caption_nouns`; the caption
-        itself when none is found) are put into ``multi_label_template``; with more than ``multi_label``
-        phrases a random subset of that size is kept (GroupViT samples min(M, #nouns)).
+        :func:`~pgseg_core.losses.caption_prompts.build_prompts` with the nouns of
+        ``multi_label_nouns``, the templates of ``multi_label_templates`` (``single``:
+        ``multi_label_template``) and ``multi_label_pad``; up to ``multi_label`` prompts per caption.
 
         Returns:
             (the P distinct prompts, in order of first use; bool targets [B, P], True where caption b
@@ -243,22 +245,17 @@ class PGSeg(nn.Module):
 
         Raises:
             ValueError: texts given as token ids (the prompts need the caption strings).
+            DependencyError: ``multi_label_nouns = nltk`` without nltk or its tagger data.
         """
         if isinstance(texts, torch.Tensor):
             raise ValueError("the multi-label loss needs caption strings, not token ids")
-        index: dict[str, int] = {}
-        rows: list[list[int]] = []
-        for caption in texts:
-            nouns = caption_nouns(caption)
-            if len(nouns) > self.cfg.multi_label:
-                keep = torch.randperm(len(nouns))[: self.cfg.multi_label].sort().values.tolist()
-                nouns = [nouns[i] for i in keep]
-            prompts = [self.cfg.multi_label_template.format(n) for n in nouns] or [caption]
-            rows.append([index.setdefault(p, len(index)) for p in prompts])
-        targets = torch.zeros(len(texts), len(index), dtype=torch.bool)
-        for b, cols in enumerate(rows):
-            targets[b, cols] = True
-        return list(index), targets
+        cfg = self.cfg
+        if cfg.multi_label_templates == "single":
+            templates = [cfg.multi_label_template]
+        else:
+            templates = template_set(cfg.multi_label_templates)
+        nouns = noun_source(cfg.multi_label_nouns)
+        return build_prompts(list(texts), cfg.multi_label, nouns, templates, cfg.multi_label_pad)
 
     def _prototype_losses(self, vis: VisionOutput, text_feats) -> dict[str, torch.Tensor]:
         npr = self.cfg.npr
