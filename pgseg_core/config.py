@@ -171,6 +171,10 @@ class EvalConfig(_Validated):
     )
     logit_scale: float = 0.0  # prob rule: softmax temperature s; 0 = the model's (min(exp(logit_scale), 100))
     prob_thresh: float = 0.1  # prob rule: background where the max class probability is below (bg datasets)
+    area_thresh: float = 0.0  # prob rule, bg datasets: drop classes winning <= this fraction of the non-bg
+    # area (SCLIP's area_thd; 0 = off)
+    pamr_iters: int = 0  # PAMR refinement steps of the window-averaged maps (0 = off; docs/EVAL.md)
+    pamr_dilations: list[int] = field(default_factory=lambda: [8, 16])  # PAMR neighbourhood dilations, pixels
 
 
 @dataclass
@@ -270,7 +274,7 @@ RANGES: dict[str, dict[str, Range]] = {
     "eval": {
         "short_side": _PIXELS, "max_long": _PIXELS, "crop": _PIXELS, "stride": _PIXELS, "bg_thresh": _UNIT,
         "top_k": Range(0, note="0 = all"), "logit_scale": Range(0, note="0 = the model's"),
-        "prob_thresh": _UNIT,
+        "prob_thresh": _UNIT, "area_thresh": _UNIT, "pamr_iters": _NONNEG, "pamr_dilations": _POS,
     },
 }  # fmt: skip
 

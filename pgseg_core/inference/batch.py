@@ -116,6 +116,6 @@ def predict_batch(
                 accs[i].add([window], m[None])
     results = []
     for img, acc in zip(images, accs):
-        label, scores = rule.label(resize_scores(acc.mean(), img.size))
+        label, scores = rule.label(resize_scores(rule.refine(acc.mean(), img.x), img.size))
         results.append((label.cpu().numpy().astype(np.int64), scores.cpu().numpy().astype(np.float32)))
     return results
