@@ -175,6 +175,8 @@ class EvalConfig(_Validated):
     # area (SCLIP's area_thd; 0 = off)
     pamr_iters: int = 0  # PAMR refinement steps of the window-averaged maps (0 = off; docs/EVAL.md)
     pamr_dilations: list[int] = field(default_factory=lambda: [8, 16])  # PAMR neighbourhood dilations, pixels
+    crop_fit: Literal["end", "centre", "floor"] = "end"  # windows not a multiple of 16: pad at the end,
+    # pad both sides (SCLIP family) or drop the remainder (GroupViT); docs/EVAL.md
 
 
 @dataclass

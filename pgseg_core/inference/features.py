@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .classes import ClassEmbeddings, as_class_embeddings
-from .preprocess import TOKEN_STRIDE, check_image, image_to_tensor, pad_to_stride
+from .preprocess import check_image, fit_to_stride, image_to_tensor, map_frame
 from .rules import ScoringRule, check_eval_config, group_probabilities, pixel_groups, select_rule
 from .windows import Window, WindowAccumulator, image_windows, resize_scores
 
@@ -127,7 +127,8 @@ class ImageFeatures:
     Attributes:
         orig_size: (H0, W0) pixels of the input image.
         resized_size: (H, W) pixels after the short-side resize (the frame of ``windows``).
-        padded_size: (Hp, Wp) encoder input size of every window (window zero-padded to a multiple of 16).
+        padded_size: (Hp, Wp) encoder input size of every window (the window brought to a multiple of 16
+            by ``eval.crop_fit``, :func:`.preprocess.fit_to_stride`).
         grid: (h, w) stage-0 token grid of one window, h·w = N_0.
         windows: W (y1, y2, x1, x2) window bounds in the resized frame, end exclusive.
         group_emb: [W,S,D] float32, L2-normalised final group embeddings.
@@ -213,7 +214,7 @@ def extract_image_features(
     for start in range(0, len(windows), step):
         chunk = windows[start : start + step]
         crops = torch.stack([x[:, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])  # [n,3,hc,wc], same size
-        padded = pad_to_stride(crops, TOKEN_STRIDE)
+        padded = fit_to_stride(crops, getattr(eval_cfg, "crop_fit", "end"))
         padded_size = (int(padded.shape[-2]), int(padded.shape[-1]))
         group_emb, image_emb, assign_soft, grid = encode_crops(model, padded)
         d_major = group_emb.dim() == 3 and group_emb.shape[1] > 1 and group_emb.stride(1) == 1
@@ -240,12 +241,12 @@ def extract_image_features(
 # class-dependent half: scoring features
 
 
-WindowChunk = tuple[list[Window], CropFeatures, torch.Tensor]
+WindowChunk = tuple[list[Window], CropFeatures, torch.Tensor, tuple[tuple[int, int], tuple[int, int]]]
 
 
-def _window_chunks(features: ImageFeatures, crop_batch: int) -> list[WindowChunk]:
-    """Per chunk of windows: the windows, their :class:`CropFeatures` and per-pixel groups [n,Hp,Wp]
-    (class-independent, shared by every scoring setting)."""
+def _window_chunks(features: ImageFeatures, crop_batch: int, crop_fit: str = "end") -> list[WindowChunk]:
+    """Per chunk of windows: the windows, their :class:`CropFeatures`, per-pixel groups [n,H',W'] and the
+    maps' frame (:func:`.preprocess.map_frame`); class-independent, shared by every scoring setting."""
     chunks = []
     step = max(int(crop_batch), 1)
     for start in range(0, features.num_windows, step):
@@ -264,7 +265,9 @@ def _window_chunks(features: ImageFeatures, crop_batch: int) -> list[WindowChunk
             image_emb=features.image_emb[sl].clone(),
             group_probs=group_probabilities([a[sl].clone() for a in features.assign_soft], features.grid),
         )
-        chunks.append((chunk, feats, pixel_groups(feats.group_probs, features.padded_size)))
+        y1, y2, x1, x2 = chunk[0]
+        frame = map_frame((y2 - y1, x2 - x1), features.padded_size, crop_fit)
+        chunks.append((chunk, feats, pixel_groups(feats.group_probs, frame[0]), frame))
     return chunks
 
 
@@ -274,8 +277,8 @@ def _finish(
     """(label [H0,W0], scores [K,H0,W0]) of one rule: accumulate the windows' maps, PAMR (when set) with the
     resized image [3,H,W], resize, label."""
     acc = WindowAccumulator(rule.channels, features.resized_size, features.device)
-    for chunk, feats, group_idx in chunks:
-        acc.add(chunk, rule.crop_maps(feats, features.padded_size, group_idx))
+    for chunk, feats, group_idx, (size, (top, left)) in chunks:
+        acc.add(chunk, rule.crop_maps(feats, size, group_idx)[:, :, top:, left:])
     return rule.label(resize_scores(rule.refine(acc.mean(), image), features.orig_size))
 
 
@@ -318,7 +321,7 @@ def iter_score_maps(
     ce = as_class_embeddings(class_emb).to(features.device)
     rules = [select_rule(cfg, ce, features.logit_scale, with_background=with_background) for cfg in eval_cfgs]
     x = _resized_image(image, features, rules, eval_cfgs[0])
-    chunks = _window_chunks(features, crop_batch)
+    chunks = _window_chunks(features, crop_batch, getattr(eval_cfgs[0], "crop_fit", "end"))
     for rule in rules:
         yield _finish(features, rule, chunks, x)
 
