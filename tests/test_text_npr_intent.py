@@ -125,3 +125,32 @@ def test_default_mode_text_term_reaches_centres_not_the_heads():
         assert p.grad is None or float(p.grad.abs().sum()) == 0.0, name
     last_block = model.img_encoder.layers[1].downsample.pre_assign_attn
     assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in last_block.parameters())
+
+
+def test_text_term_alone_trains_the_encoder_through_the_centres(monkeypatch):
+    """Only L_T's gradient (the image terms are multiplied by 0): the grouping block that makes the final
+    centres gets a gradient, the heads do not."""
+    import pgseg_core.models.pgseg as pgseg_module
+
+    real = pgseg_module.prototype_group_loss
+    calls = []
+
+    def text_only(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return loss if len(calls) == 3 else loss * 0.0  # calls 1, 2: image stages; 3: the text term
+
+    monkeypatch.setattr(pgseg_module, "prototype_group_loss", text_only)
+    torch.manual_seed(0)
+    model = create_model(load_config("pgseg-tiny", {}))
+    model.train()
+    captions = ["a cat on a mat", "two dogs", "a tree", "an old car on a road"]
+    img = model.encode_image(torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1)))
+    out = model._prototype_losses(img.vision, model.text_encoder(captions))
+    assert len(calls) == 3 and out["loss_pg_text"] > 0
+    out["loss_pg"].backward()
+    last_block = model.img_encoder.layers[1].downsample.pre_assign_attn
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in last_block.parameters())
+    heads = list(model.img_projector.parameters()) + list(model.text_projector.parameters())
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0.0 for p in heads)
+    assert all(p.grad is None for p in model.text_encoder.parameters())  # the text side is a constant
