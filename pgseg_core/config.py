@@ -91,7 +91,7 @@ class NPRConfig(_Validated):
     em_iters: int = 10  # T, no-grad EM iterations (image and text)
     text_prototypes: int = 8  # K of the text-side NPR
     momentum: float = 0.9  # prototype-buffer EMA factor (mu <- m*mu + (1-m)*batch mean)
-    hrs_threshold: float = 0.1  # phi, on the min-max normalised group-prototype similarity
+    hrs_threshold: float = 0.1  # phi: keep a matched pair within phi of its best candidate (METHOD.md §3.4)
     pg_temperature: float = 0.1  # init of the learnable L_PG temperature (own logit scale)
     weight: float = 0.1  # L = L_itc + weight * (L_I1 + L_I2 + text_weight * L_T)
     text_weight: float = 0.1
@@ -118,7 +118,11 @@ class ModelConfig(_Validated):
     multi_label_weight: float = 1.0  # L += weight * L_ml
     multi_label_pool: Literal["image", "groups"] = "image"  # prompt vs image embedding (GroupViT), or vs the
     # best final group (max over groups; the demo variant's multiple-instance term)
-    multi_label_template: str = "a photo of a {}."  # prompt built from each caption noun
+    multi_label_template: str = "a photo of a {}."  # prompt built from each caption noun (templates=single)
+    multi_label_templates: Literal["imagenet80", "single"] = "imagenet80"  # one of the 80 drawn per prompt
+    multi_label_pad: bool = True  # fill each caption's prompts up to multi_label with the caption (released)
+    multi_label_nouns: Literal["auto", "nltk", "rules"] = "auto"  # auto: nltk where its tagger data is
+    # installed, else the rule set (METHOD.md §2.2)
 
 
 @dataclass
@@ -167,6 +171,12 @@ class EvalConfig(_Validated):
     )
     logit_scale: float = 0.0  # prob rule: softmax temperature s; 0 = the model's (min(exp(logit_scale), 100))
     prob_thresh: float = 0.1  # prob rule: background where the max class probability is below (bg datasets)
+    area_thresh: float = 0.0  # prob rule, bg datasets: drop classes winning <= this fraction of the non-bg
+    # area (SCLIP's area_thd; 0 = off)
+    pamr_iters: int = 0  # PAMR refinement steps of the window-averaged maps (0 = off; docs/EVAL.md)
+    pamr_dilations: list[int] = field(default_factory=lambda: [8, 16])  # PAMR neighbourhood dilations, pixels
+    crop_fit: Literal["end", "centre", "floor"] = "end"  # windows not a multiple of 16: pad at the end,
+    # pad both sides (SCLIP family) or drop the remainder (GroupViT); docs/EVAL.md
 
 
 @dataclass
@@ -266,7 +276,7 @@ RANGES: dict[str, dict[str, Range]] = {
     "eval": {
         "short_side": _PIXELS, "max_long": _PIXELS, "crop": _PIXELS, "stride": _PIXELS, "bg_thresh": _UNIT,
         "top_k": Range(0, note="0 = all"), "logit_scale": Range(0, note="0 = the model's"),
-        "prob_thresh": _UNIT,
+        "prob_thresh": _UNIT, "area_thresh": _UNIT, "pamr_iters": _NONNEG, "pamr_dilations": _POS,
     },
 }  # fmt: skip
 

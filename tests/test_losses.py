@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from pgseg_core.losses import hrs_mask, hungarian_match, image_text_contrastive, prototype_group_loss
+from pgseg_core.losses import (
+    hrs_kept_fraction,
+    hrs_mask,
+    hungarian_match,
+    image_text_contrastive,
+    prototype_group_loss,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -180,6 +186,8 @@ SIM = torch.tensor([[[0.9, 0.1, 0.5], [0.2, 0.8, 0.4], [0.6, 0.3, 0.1]]], dtype=
         (0.6, True, [True, False, False]),
         (0.5, True, [True, False, True]),
         (0.99, False, [True, True, False]),
+        (1.0, False, [True, True, True]),
+        (0.0, False, [True, True, False]),
     ],
 )
 def test_hrs_mask_hand_example(threshold, released, expected):
@@ -197,8 +205,66 @@ def test_hrs_mask_batched_matches_loop():
             for k in range(5):
                 j = 0 if released else k
                 colj = s[b, :, j]
-                val = (s[b, k, j] - colj.min()) / (colj.max() - colj.min() + 1e-6)
-                assert bool(got[b, k]) == (val > 0.3), (b, k, released)
+                assert bool(got[b, k]) == np_hrs_keep(colj, k, 0.3, released), (b, k, released)
+
+
+def np_hrs_keep(col, k: int, threshold: float, released: bool) -> bool:
+    """HRS of pair k from one key column ``col`` (all queries vs that key). Released: ``col`` is column 0,
+    its entry k min-max normalised (1e-6) above phi; default: ``col`` is column k, its matched entry
+    col[k] within phi·(max - min) of the best."""
+    lo, hi = float(np.min(col)), float(np.max(col))
+    if released:
+        return (col[k] - lo) / (hi - lo + 1e-6) > threshold
+    return hi - col[k] <= threshold * (hi - lo)
+
+
+@pytest.mark.parametrize("K", [8, 64])
+def test_hrs_default_keeps_only_near_best_pairs_on_constructed_features(K):
+    """Constructed groups / prototypes with a known kept set: prototype k = unit(group k + a_k·noise),
+    where noise_k is orthogonal to every group. The similarities are computed here in numpy and the kept
+    set by brute force over the columns."""
+    rng = np.random.default_rng(K)
+    C = 3 * K
+    basis, _ = np.linalg.qr(rng.normal(size=(C, C)))
+    groups = basis[:K] * 2.0  # orthogonal groups, norm 2
+    noise = basis[K : 2 * K]  # orthogonal to every group
+    a = np.linspace(0.0, 4.0, K)  # pair k's confidence falls with a_k
+    protos = basis[:K] + a[:, None] * noise
+    gn = groups / np.linalg.norm(groups, axis=1, keepdims=True)
+    pn = protos / np.linalg.norm(protos, axis=1, keepdims=True)
+    sim = gn @ pn.T  # query group i vs key prototype j: diagonal cos = 1/sqrt(1+a^2), off-diagonal 0
+    for phi in (0.0, 0.1, 0.5, 1.0):
+        expected = [np_hrs_keep(sim[:, k], k, phi, False) for k in range(K)]
+        got = hrs_mask(torch.tensor(sim)[None], phi)[0].tolist()
+        assert got == expected
+    # here every matched entry is its column's best, so the default rule keeps all at any phi >= 0,
+    # and the released column-0 rule keeps only key 0 (column 0 is 0 off the diagonal)
+    assert all(hrs_mask(torch.tensor(sim)[None], 0.0)[0].tolist())
+    assert hrs_mask(torch.tensor(sim)[None], 0.1, released_code=True)[0].tolist() == [True] + [False] * (
+        K - 1
+    )
+    # swap: each group is closest to the *next* prototype (shifted similarity); matched entry 0.5 of the
+    # best: phi = 0.1 drops every pair, phi = 0.6 keeps every pair
+    shifted = np.eye(K)[:, np.roll(np.arange(K), 1)] + 0.5 * np.eye(K)
+    for phi, keep in ((0.1, False), (0.6, True)):
+        assert hrs_mask(torch.tensor(shifted)[None], phi)[0].tolist() == [keep] * K
+
+
+def test_hrs_kept_fraction_on_random_features_is_well_below_one():
+    """The default rule at phi = 0.1 on random K = 64 features, max-matched, keeps well under 100 %
+    (the former "above phi" rule kept 100 %); the fraction equals the mean of the two directions' masks."""
+    gen = torch.Generator().manual_seed(0)
+    g, p = torch.randn(8, 64, 48, generator=gen), torch.randn(8, 64, 48, generator=gen)
+    matched = torch.gather(p, 1, hungarian_match(g, p).unsqueeze(-1).expand_as(p))
+    frac = hrs_kept_fraction(g, matched, 0.1)
+    gn, pn = _l2(_np(g)), _l2(_np(matched))
+    kept = []
+    for b in range(8):
+        for sim in (gn[b] @ pn[b].T, pn[b] @ gn[b].T):
+            kept += [np_hrs_keep(sim[:, k], k, 0.1, False) for k in range(64)]
+    assert float(frac) == pytest.approx(np.mean(kept), abs=1e-6)
+    assert 0.3 < float(frac) < 0.95
+    assert not frac.requires_grad and frac.ndim == 0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -218,10 +284,7 @@ def np_pg_loss(g, p, logit_scale, threshold, released, max_scale=100.0):
             gn, pn = _l2(g[b]), _l2(p[b])
             sim = gn @ pn.T if direction == "gp" else pn @ gn.T  # sim[i, j]: query i vs key j
             for k in range(K):
-                j = 0 if released else k
-                col = sim[:, j]
-                hrs = (sim[k, j] - col.min()) / (col.max() - col.min() + 1e-6)
-                if hrs > threshold:
+                if np_hrs_keep(sim[:, 0 if released else k], k, threshold, released):
                     rows.append([s * sim[i, k] for i in range(K)])
                     targets.append(k)
         if rows:
@@ -251,11 +314,11 @@ def test_prototype_group_loss_some_rows_dropped_changes_value():
     gen = torch.Generator().manual_seed(12)
     g, p = torch.randn(2, 4, 5, generator=gen), torch.randn(2, 4, 5, generator=gen)
     ls = torch.tensor(math.log(10.0))
-    all_rows = np_pg_loss(_np(g), _np(p), math.log(10.0), -1.0, False)
-    got = float(prototype_group_loss(g, p, ls, 0.5, False))
-    assert got == pytest.approx(np_pg_loss(_np(g), _np(p), math.log(10.0), 0.5, False), rel=1e-5)
+    all_rows = np_pg_loss(_np(g), _np(p), math.log(10.0), 1.0, False)  # phi = 1 keeps every row
+    got = float(prototype_group_loss(g, p, ls, 0.1, False))
+    assert got == pytest.approx(np_pg_loss(_np(g), _np(p), math.log(10.0), 0.1, False), rel=1e-5)
     assert got != pytest.approx(all_rows, rel=1e-3)
-    assert float(prototype_group_loss(g, p, ls, -1.0, False)) == pytest.approx(all_rows, rel=1e-5)
+    assert float(prototype_group_loss(g, p, ls, 1.0, False)) == pytest.approx(all_rows, rel=1e-5)
 
 
 def test_prototype_group_loss_perfect_match_is_small():
@@ -264,7 +327,7 @@ def test_prototype_group_loss_perfect_match_is_small():
     assert float(loss) < 1e-3  # logits 100 vs 0 on every row
     # an anti-matched pairing (rows shifted) is large
     shifted = torch.eye(4)[[1, 2, 3, 0]].unsqueeze(0)
-    bad = prototype_group_loss(g, shifted, torch.tensor(math.log(100.0)), -1.0)
+    bad = prototype_group_loss(g, shifted, torch.tensor(math.log(100.0)), 1.0)
     assert float(bad) > 50
 
 
@@ -273,7 +336,7 @@ def test_prototype_group_loss_empty_selection_is_zero_with_graph():
     g = torch.randn(2, 4, 5, generator=gen, requires_grad=True)
     p = torch.randn(2, 4, 5, generator=gen)
     ls = torch.tensor(math.log(10.0), requires_grad=True)
-    loss = prototype_group_loss(g, p, ls, threshold=1.0)  # normalised values are < 1: nothing kept
+    loss = prototype_group_loss(g, p, ls, threshold=-1.0)  # below the best by a negative margin: none
     assert loss.item() == 0.0
     assert loss.requires_grad
     loss.backward()

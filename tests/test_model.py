@@ -46,7 +46,18 @@ def test_forward_train_keys_and_finite(variant):
         assert set(out) == {"loss", "loss_itc"}
         assert model.text_npr is None and not hasattr(model.img_encoder, "logit_scale")
     else:
-        assert set(out) == {"loss", "loss_itc", "loss_pg", "loss_pg_1", "loss_pg_2", "loss_pg_text"}
+        parts = {
+            "loss_pg",
+            "loss_pg_1",
+            "loss_pg_2",
+            "loss_pg_text",
+            "hrs_kept_1",
+            "hrs_kept_2",
+            "hrs_kept_text",
+        }
+        assert set(out) == {"loss", "loss_itc"} | parts
+        for k in ("hrs_kept_1", "hrs_kept_2", "hrs_kept_text"):
+            assert 0.0 <= out[k].item() <= 1.0 and not out[k].requires_grad
     for k, v in out.items():
         assert v.ndim == 0 and torch.isfinite(v), k
     assert out["loss"].requires_grad

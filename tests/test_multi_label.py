@@ -194,8 +194,15 @@ def test_default_and_paper_presets_have_no_multi_label_parameter():
     assert "loss_multi_label" not in model.forward_train(CAPTIONS, torch.randn(4, 3, 64, 64))
 
 
+SINGLE = {
+    "model.multi_label_templates": "single",
+    "model.multi_label_pad": False,
+    "model.multi_label_nouns": "rules",
+}
+
+
 def test_caption_prompts_targets():
-    model, _ = _model(**{"model.multi_label": 2})
+    model, _ = _model(**{"model.multi_label": 2, **SINGLE})
     prompts, targets = model.caption_prompts(CAPTIONS)
     assert prompts == [
         "a photo of a cat.",
@@ -210,7 +217,7 @@ def test_caption_prompts_targets():
 
 
 def test_caption_prompts_sample_at_most_m_nouns():
-    model, _ = _model(**{"model.multi_label": 1})
+    model, _ = _model(**{"model.multi_label": 1, **SINGLE})
     _, targets = model.caption_prompts(["a cat, a dog and a bus."] * 3)
     assert targets.sum(dim=1).tolist() == [1, 1, 1]
 

@@ -49,6 +49,11 @@ def np_em(x: np.ndarray, mu: np.ndarray, iters: int, mask: np.ndarray | None = N
     return mu, z
 
 
+def _np_unit(a: np.ndarray) -> np.ndarray:
+    """Each row (last axis) divided by 1e-6 + its L2 norm."""
+    return a / (1e-6 + np.sqrt((a**2).sum(axis=-1, keepdims=True)))
+
+
 def _unit(shape, seed, axis=-1):
     a = np.random.default_rng(seed).normal(size=shape)
     return a / np.linalg.norm(a, axis=axis, keepdims=True)
@@ -184,14 +189,16 @@ def test_npr_momentum_update_in_training():
     ref_mu, _ = np_em(_np(x), np.repeat(mu0, B, axis=0), npr.em_iters)
     # prototypes were computed from the *old* buffer
     np.testing.assert_allclose(_np(out.prototypes), ref_mu, rtol=1e-4, atol=1e-5)
-    expected = m * mu0 + (1 - m) * ref_mu.mean(axis=0, keepdims=True)
+    # the EMA of the batch mean, re-normalised per prototype (docs/METHOD.md §3.2)
+    expected = _np_unit(m * mu0 + (1 - m) * ref_mu.mean(axis=0, keepdims=True))
     np.testing.assert_allclose(_np(npr.mu), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(_np(npr.mu), axis=-1), 1.0, atol=1e-5)
     # a second forward starts from the updated buffer and updates again
     out2 = npr(x)
     ref_mu2, _ = np_em(_np(x), np.repeat(expected, B, axis=0), npr.em_iters)
     np.testing.assert_allclose(_np(out2.prototypes), ref_mu2, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(
-        _np(npr.mu), m * expected + (1 - m) * ref_mu2.mean(0, keepdims=True), rtol=1e-4, atol=1e-4
+        _np(npr.mu), _np_unit(m * expected + (1 - m) * ref_mu2.mean(0, keepdims=True)), rtol=1e-4, atol=1e-4
     )
 
 
@@ -218,7 +225,22 @@ def test_npr_momentum_update_method():
     mu0 = npr.mu.clone()
     batch = torch.randn(5, K, C)
     npr.momentum_update(batch)
-    torch.testing.assert_close(npr.mu, 0.9 * mu0 + 0.1 * batch.mean(0, keepdim=True))
+    expected = _np_unit(0.9 * _np(mu0) + 0.1 * _np(batch).mean(0, keepdims=True))
+    np.testing.assert_allclose(_np(npr.mu), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_npr_buffer_stays_unit_norm_when_batch_prototypes_disagree():
+    """Without re-normalisation an EMA of disagreeing unit vectors shrinks (here below norm 0.8 after 30
+    updates), which would soften the first E-step; the buffer stays on the unit sphere instead."""
+    npr = _npr(momentum=0.5)
+    gen = torch.Generator().manual_seed(3)
+    plain = _np(npr.mu).copy()
+    for _ in range(30):
+        batch = torch.nn.functional.normalize(torch.randn(6, K, C, generator=gen), dim=-1)
+        npr.momentum_update(batch)
+        plain = 0.5 * plain + 0.5 * _np(batch).mean(0, keepdims=True)
+    np.testing.assert_allclose(np.linalg.norm(_np(npr.mu), axis=-1), 1.0, atol=1e-5)
+    assert np.linalg.norm(plain, axis=-1).max() < 0.8  # the unnormalised EMA would have shrunk
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -274,7 +296,7 @@ def test_text_npr_default_mode_with_mask():
     tnpr.train()
     r = tnpr(toks, mask)
     np.testing.assert_allclose(_np(r), ref, rtol=1e-4, atol=1e-5)
-    expected = m * mu0 + (1 - m) * ref.mean(0, keepdims=True)
+    expected = _np_unit(m * mu0 + (1 - m) * ref.mean(0, keepdims=True))
     np.testing.assert_allclose(_np(tnpr.mu), expected, rtol=1e-4, atol=1e-5)
     # masked (padding) tokens do not matter
     toks2 = toks.clone()

@@ -119,6 +119,7 @@ def test_fit_writes_outputs(first_run):
         assert math.isfinite(r["loss"]) and r["loss"] > 0
         assert r["images_per_s"] > 0
         assert {"loss_itc", "loss_pg", "lr", "grad_norm", "logit_scale"} <= set(r)
+        assert all(0.0 <= r[k] <= 1.0 for k in ("hrs_kept_1", "hrs_kept_2", "hrs_kept_text"))  # HRS kept
     assert result.final["step"] == 3
     ck = read_checkpoint_file(out / "last.pt")
     assert ck["step"] == 3 and "optimizer" in ck

@@ -153,15 +153,15 @@ def test_matching_equals_the_loss_matching(monkeypatch, released, single_thread)
 
 
 def _independent_hrs(centres, prototypes, match, phi, released):
-    """HRS from the paper's formula, in numpy: keep pair k if its min-max normalised similarity > phi."""
+    """HRS in numpy (docs/METHOD.md §3.4): released, column 0's min-max normalised entry > phi; default, the
+    matched entry within phi·(max - min) of its column's best."""
     g = centres / np.linalg.norm(centres, axis=1, keepdims=True)
     p = prototypes[match] / np.linalg.norm(prototypes[match], axis=1, keepdims=True)
     keep = {}
     for name, sim in (("gp", g @ p.T), ("pg", p @ g.T)):  # sim[i, j]: query i vs key j
         lo, hi = sim.min(axis=0), sim.max(axis=0)  # over the queries, per key
         norm = (sim - lo) / (hi - lo + 1e-6)
-        picked = norm[:, 0] if released else np.diag(norm)
-        keep[name] = picked > phi
+        keep[name] = norm[:, 0] > phi if released else hi - np.diag(sim) <= phi * (hi - lo)
     return keep
 
 

@@ -67,12 +67,19 @@ def feature_config_hash(model_cfg: Any, eval_cfg: Any) -> str:
     Args:
         model_cfg: the model config (dataclass or dict).
         eval_cfg: the eval config (dataclass, dict or namespace); only the class-independent settings
-            :data:`CLASS_INDEPENDENT_KEYS` enter the hash, so bg_thresh, top_k, templates, rule,
-            logit_scale and prob_thresh may change without invalidating a cache.
+            :data:`CLASS_INDEPENDENT_KEYS` (and ``crop_fit`` when not ``end``) enter the hash, so bg_thresh,
+            top_k, templates, rule, logit_scale and prob_thresh may change without invalidating a cache.
     """
     model = asdict(model_cfg) if hasattr(model_cfg, "__dataclass_fields__") else dict(model_cfg)
     get = eval_cfg.get if isinstance(eval_cfg, dict) else lambda k: getattr(eval_cfg, k)
     settings = {k: get(k) for k in CLASS_INDEPENDENT_KEYS}
+    crop_fit = (
+        eval_cfg.get("crop_fit", "end")
+        if isinstance(eval_cfg, dict)
+        else getattr(eval_cfg, "crop_fit", "end")
+    )
+    if crop_fit != "end":  # the encoder input depends on it; "end" keeps the hashes of older caches
+        settings["crop_fit"] = crop_fit
     blob = json.dumps({"model": model, "eval": settings}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 

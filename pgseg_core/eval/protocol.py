@@ -7,15 +7,17 @@ evaluation (docs/METHOD.md §4.2-4.4; the presets are tabulated in docs/EVAL.md)
   GroupViT rule with the top-5 filter and a per-dataset bg_thresh that depends on the checkpoint family
   (GroupViT: VOC .95, Context .35, COCO-Object .95; PGSeg: VOC .95, Context .36, COCO .85);
 - ``sclip``: the training-free SCLIP family; short side 336 (COCO-Stuff 448, Cityscapes 560), slide
-  224/112, the ``prob`` rule with logit scale 40 (VOC21 65, PC60 / COCO-Object 50) and prob threshold 0.1.
+  224/112, the ``prob`` rule with logit scale 40 (VOC21 65, PC60 / COCO-Object 50), prob threshold 0.1,
+  the 80 ImageNet templates and, on VOC21, SCLIP's area threshold 0.1.
 
 File schema::
 
     {"name": str, "description": str,
      "class_names": "groupvit" | "sclip",          # which packaged class-name files the dataset uses
-     "eval": {EvalConfig fields},                  # base settings
+     "eval": {EvalConfig fields},                  # base settings ("templates" may name a packaged set)
      "datasets": {NAME: {"eval": {...},            # per-dataset overrides
-                         "bg_thresh": {"groupvit": x, "pgseg": y}}},   # by checkpoint family
+                         "bg_thresh": {"groupvit": x, "pgseg": y},     # by checkpoint family
+                         "class_names": {"pgseg": "pgseg"}}},          # class-name files by family
      "sources": {...}}                             # where the numbers come from (informational)
 
 Precedence, lowest first: EvalConfig defaults, protocol ``eval``, the dataset's ``eval``, the dataset's
@@ -31,6 +33,7 @@ from typing import Any
 
 from ..config import EvalConfig, from_dict, parse_scalar, suggest_key
 from ..errors import ConfigError
+from ..prompt_templates import template_set
 
 __all__ = [
     "PROTOCOL_DIR",
@@ -163,6 +166,13 @@ def resolve_protocol(
     if user:
         notes.append("overrides: " + ", ".join(f"{k}={v}" for k, v in user.items()))
     settings.update(user)
+    templates = settings.get("templates")
+    if isinstance(templates, str) and "{}" not in templates:  # a packaged set by name, e.g. "imagenet80"
+        settings["templates"] = template_set(templates)
     eval_cfg = from_dict(EvalConfig, settings, where="eval")
     class_names = str(proto.get("class_names", pname))
+    names_table = per_ds.get("class_names")
+    if isinstance(names_table, dict) and family in names_table:
+        class_names = str(names_table[family])
+        notes.append(f"class names '{class_names}' (the {family} release's spelling for {dataset})")
     return ResolvedProtocol(pname, dataset, family, class_names, eval_cfg, notes)

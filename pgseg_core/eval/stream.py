@@ -111,7 +111,7 @@ def _accumulate(
         else:
             feats, hit = _sample_features(model, image, cache, key_prefix + key, cfgs[0], dev)
             from_cache, encoded = from_cache + int(hit), encoded + int(not hit)
-            maps = iter_score_maps(feats, class_emb, cfgs, with_background=with_background)
+            maps = iter_score_maps(feats, class_emb, cfgs, with_background=with_background, image=image)
             for (pred, _), acc in zip(maps, accs):
                 acc.update(pred, gt)
             n += 1

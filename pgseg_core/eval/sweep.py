@@ -13,7 +13,13 @@ from ..errors import ConfigError
 
 __all__ = ["Sweep", "parse_sweep", "SWEEPABLE"]
 
-SWEEPABLE = {"bg_thresh": float, "prob_thresh": float, "top_k": int, "logit_scale": float}
+SWEEPABLE = {
+    "bg_thresh": float,
+    "prob_thresh": float,
+    "top_k": int,
+    "logit_scale": float,
+    "area_thresh": float,
+}
 MAX_POINTS = 1000
 
 

@@ -21,7 +21,7 @@ import torch
 
 from .classes import ClassEmbeddings, as_class_embeddings
 from .features import CropFeatures, extract_features
-from .preprocess import PreparedImage, pad_to_stride
+from .preprocess import PreparedImage, fit_to_stride, map_frame
 from .rules import select_rule
 from .windows import Window, WindowAccumulator, image_windows, resize_scores
 
@@ -106,16 +106,19 @@ def predict_batch(
         for start in range(0, len(group), step):
             chunk = group[start : start + step]
             crops = torch.stack([images[i].x[:, y1:y2, x1:x2] for i, (y1, y2, x1, x2) in chunk])  # [n,3,h,w]
-            padded = pad_to_stride(crops)
+            padded = fit_to_stride(crops, getattr(eval_cfg, "crop_fit", "end"))
             feats = encoder(padded)
             feats = CropFeatures(
                 *(t.to(device).float() for t in (feats.group_emb, feats.image_emb, feats.group_probs))
             )
-            maps = rule.crop_maps(feats, tuple(padded.shape[-2:]))  # [n,K,hp,wp]
+            size, (top, left) = map_frame(
+                tuple(crops.shape[-2:]), tuple(padded.shape[-2:]), getattr(eval_cfg, "crop_fit", "end")
+            )
+            maps = rule.crop_maps(feats, size)[:, :, top:, left:]  # [n,K,>=h,>=w]
             for (i, window), m in zip(chunk, maps):
                 accs[i].add([window], m[None])
     results = []
     for img, acc in zip(images, accs):
-        label, scores = rule.label(resize_scores(acc.mean(), img.size))
+        label, scores = rule.label(resize_scores(rule.refine(acc.mean(), img.x), img.size))
         results.append((label.cpu().numpy().astype(np.int64), scores.cpu().numpy().astype(np.float32)))
     return results

@@ -33,8 +33,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from .classes import ClassEmbeddings, as_class_embeddings
-from .preprocess import TOKEN_STRIDE, check_image, image_to_tensor, pad_to_stride
+from .preprocess import check_image, fit_to_stride, image_to_tensor, map_frame
 from .rules import ScoringRule, check_eval_config, group_probabilities, pixel_groups, select_rule
 from .windows import Window, WindowAccumulator, image_windows, resize_scores
 
@@ -126,7 +127,8 @@ class ImageFeatures:
     Attributes:
         orig_size: (H0, W0) pixels of the input image.
         resized_size: (H, W) pixels after the short-side resize (the frame of ``windows``).
-        padded_size: (Hp, Wp) encoder input size of every window (window zero-padded to a multiple of 16).
+        padded_size: (Hp, Wp) encoder input size of every window (the window brought to a multiple of 16
+            by ``eval.crop_fit``, :func:`.preprocess.fit_to_stride`).
         grid: (h, w) stage-0 token grid of one window, h·w = N_0.
         windows: W (y1, y2, x1, x2) window bounds in the resized frame, end exclusive.
         group_emb: [W,S,D] float32, L2-normalised final group embeddings.
@@ -212,7 +214,7 @@ def extract_image_features(
     for start in range(0, len(windows), step):
         chunk = windows[start : start + step]
         crops = torch.stack([x[:, y1:y2, x1:x2] for y1, y2, x1, x2 in chunk])  # [n,3,hc,wc], same size
-        padded = pad_to_stride(crops, TOKEN_STRIDE)
+        padded = fit_to_stride(crops, getattr(eval_cfg, "crop_fit", "end"))
         padded_size = (int(padded.shape[-2]), int(padded.shape[-1]))
         group_emb, image_emb, assign_soft, grid = encode_crops(model, padded)
         d_major = group_emb.dim() == 3 and group_emb.shape[1] > 1 and group_emb.stride(1) == 1
@@ -239,12 +241,12 @@ def extract_image_features(
 # class-dependent half: scoring features
 
 
-WindowChunk = tuple[list[Window], CropFeatures, torch.Tensor]
+WindowChunk = tuple[list[Window], CropFeatures, torch.Tensor, tuple[tuple[int, int], tuple[int, int]]]
 
 
-def _window_chunks(features: ImageFeatures, crop_batch: int) -> list[WindowChunk]:
-    """Per chunk of windows: the windows, their :class:`CropFeatures` and per-pixel groups [n,Hp,Wp]
-    (class-independent, shared by every scoring setting)."""
+def _window_chunks(features: ImageFeatures, crop_batch: int, crop_fit: str = "end") -> list[WindowChunk]:
+    """Per chunk of windows: the windows, their :class:`CropFeatures`, per-pixel groups [n,H',W'] and the
+    maps' frame (:func:`.preprocess.map_frame`); class-independent, shared by every scoring setting."""
     chunks = []
     step = max(int(crop_batch), 1)
     for start in range(0, features.num_windows, step):
@@ -263,18 +265,38 @@ def _window_chunks(features: ImageFeatures, crop_batch: int) -> list[WindowChunk
             image_emb=features.image_emb[sl].clone(),
             group_probs=group_probabilities([a[sl].clone() for a in features.assign_soft], features.grid),
         )
-        chunks.append((chunk, feats, pixel_groups(feats.group_probs, features.padded_size)))
+        y1, y2, x1, x2 = chunk[0]
+        frame = map_frame((y2 - y1, x2 - x1), features.padded_size, crop_fit)
+        chunks.append((chunk, feats, pixel_groups(feats.group_probs, frame[0]), frame))
     return chunks
 
 
 def _finish(
-    features: ImageFeatures, rule: ScoringRule, chunks: list[WindowChunk]
+    features: ImageFeatures, rule: ScoringRule, chunks: list[WindowChunk], image: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(label [H0,W0], scores [K,H0,W0]) of one rule: accumulate the windows' maps, resize, label."""
+    """(label [H0,W0], scores [K,H0,W0]) of one rule: accumulate the windows' maps, PAMR (when set) with the
+    resized image [3,H,W], resize, label."""
     acc = WindowAccumulator(rule.channels, features.resized_size, features.device)
-    for chunk, feats, group_idx in chunks:
-        acc.add(chunk, rule.crop_maps(feats, features.padded_size, group_idx))
-    return rule.label(resize_scores(acc.mean(), features.orig_size))
+    for chunk, feats, group_idx, (size, (top, left)) in chunks:
+        acc.add(chunk, rule.crop_maps(feats, size, group_idx)[:, :, top:, left:])
+    return rule.label(resize_scores(rule.refine(acc.mean(), image), features.orig_size))
+
+
+def _resized_image(image: np.ndarray | None, features: ImageFeatures, rules: list[ScoringRule], cfg: Any):
+    """The resized, normalised image [3,H,W] PAMR needs (None when no rule uses PAMR or no image is given).
+
+    Raises:
+        ConfigError: the image does not resize to the features' frame (another image or resize setting).
+    """
+    if image is None or not any(r.pamr_iters > 0 for r in rules):
+        return None
+    x = image_to_tensor(image, cfg.short_side, cfg.max_long, features.device)
+    if tuple(x.shape[-2:]) != tuple(features.resized_size):
+        raise ConfigError(
+            f"PAMR: the image resizes to {tuple(x.shape[-2:])}, the features were computed at "
+            f"{tuple(features.resized_size)}: pass the image the features belong to"
+        )
+    return x
 
 
 @torch.no_grad()
@@ -285,6 +307,7 @@ def iter_score_maps(
     *,
     with_background: bool = True,
     crop_batch: int = 4,
+    image: np.ndarray | None = None,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """:func:`scores_from_features` for several eval settings (a sweep), computing the per-pixel groups once.
 
@@ -297,9 +320,10 @@ def iter_score_maps(
     """
     ce = as_class_embeddings(class_emb).to(features.device)
     rules = [select_rule(cfg, ce, features.logit_scale, with_background=with_background) for cfg in eval_cfgs]
-    chunks = _window_chunks(features, crop_batch)
+    x = _resized_image(image, features, rules, eval_cfgs[0])
+    chunks = _window_chunks(features, crop_batch, getattr(eval_cfgs[0], "crop_fit", "end"))
     for rule in rules:
-        yield _finish(features, rule, chunks)
+        yield _finish(features, rule, chunks, x)
 
 
 def scores_from_features(
@@ -309,6 +333,7 @@ def scores_from_features(
     *,
     with_background: bool = True,
     crop_batch: int = 4,
+    image: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class-dependent half of inference: labels and scores from cached or fresh :class:`ImageFeatures`.
 
@@ -331,6 +356,7 @@ def scores_from_features(
         with_background: the label map has a background class (label 0, classes 1 + c); without it labels
             are the class indices 0..C-1 and no background channel is produced.
         crop_batch: windows scored together (bit-identical to :func:`predict` with the same value).
+        image: the uint8 [H0,W0,3] image of the features; needed only with ``eval.pamr_iters`` > 0.
 
     Returns:
         ``(label, scores)``: label int64 [H0,W0] and scores float32 [C+1,H0,W0] (background channel 0) or
@@ -341,7 +367,12 @@ def scores_from_features(
     """
     label, scores = next(
         iter_score_maps(
-            features, class_emb, [eval_cfg], with_background=with_background, crop_batch=crop_batch
+            features,
+            class_emb,
+            [eval_cfg],
+            with_background=with_background,
+            crop_batch=crop_batch,
+            image=image,
         )
     )
     return label.cpu().numpy().astype(np.int64), scores.cpu().numpy().astype(np.float32)
@@ -384,5 +415,5 @@ def predict(
     check_eval_config(eval_cfg)
     features = extract_image_features(model, image, eval_cfg, device, crop_batch=crop_batch)
     return scores_from_features(
-        features, class_emb, eval_cfg, with_background=with_background, crop_batch=crop_batch
+        features, class_emb, eval_cfg, with_background=with_background, crop_batch=crop_batch, image=image
     )

@@ -4,7 +4,9 @@ One uint8 RGB image becomes the model-ready [3,H,W] tensor in one place (:func:`
 the short side is ``short_side`` unless the long side would exceed ``max_long`` (mmseg
 ``Resize(keep_ratio=True)`` with ``img_scale=(max_long, short_side)``), on the [0, 255] scale and rounded like
 a uint8 image, then scaled to [0, 1] and normalised with the ImageNet mean / std. Encoder inputs are
-zero-padded (after normalisation) to a multiple of :data:`TOKEN_STRIDE` pixels (:func:`pad_to_stride`).
+brought to a multiple of :data:`TOKEN_STRIDE` pixels as ``eval.crop_fit`` says (:func:`fit_to_stride`,
+docs/EVAL.md): zero-padded at the end (after normalisation; the default), zero-padded evenly on both sides
+(SCLIP family) or cut down (GroupViT).
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from ..errors import DataError
 
 __all__ = [
+    "CROP_FITS",
     "TOKEN_STRIDE",
     "PreparedImage",
+    "fit_to_stride",
+    "map_frame",
     "check_image",
     "image_to_tensor",
     "pad_to_stride",
@@ -34,6 +39,7 @@ __all__ = [
 # on the [0, 255] scale (docs/METHOD.md §4.2).
 
 TOKEN_STRIDE = 16  # pixels per stage-0 token side; encoder inputs must be a multiple of it
+CROP_FITS = ("end", "centre", "floor")  # eval.crop_fit values (fit_to_stride)
 
 
 def rescale_size(height: int, width: int, short: int, max_long: int) -> tuple[int, int]:
@@ -128,6 +134,52 @@ def pad_to_stride(x: torch.Tensor, multiple: int = TOKEN_STRIDE) -> torch.Tensor
     if ph == 0 and pw == 0:
         return x
     return F.pad(x, (0, pw, 0, ph), value=0.0)
+
+
+def fit_to_stride(x: torch.Tensor, mode: str = "end", multiple: int = TOKEN_STRIDE) -> torch.Tensor:
+    """Bring crops [..., h, w] to multiples of ``multiple`` pixels for the encoder (``eval.crop_fit``).
+
+    - ``end``: zero-pad right / bottom (:func:`pad_to_stride`);
+    - ``centre``: zero-pad both sides, the odd pixel right / bottom (the SCLIP-family code);
+    - ``floor``: drop the last ``h % multiple`` rows and ``w % multiple`` columns, as GroupViT's stride-16
+      patch convolution does; a side shorter than ``multiple`` is padded at its end instead.
+
+    Raises:
+        ValueError: an unknown mode.
+    """
+    h, w = x.shape[-2:]
+    if mode == "floor":
+        fh = h - h % multiple if h >= multiple else h
+        fw = w - w % multiple if w >= multiple else w
+        return pad_to_stride(x[..., :fh, :fw], multiple)
+    if mode == "centre":
+        ph, pw = (-h) % multiple, (-w) % multiple
+        if ph == 0 and pw == 0:
+            return x
+        return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), value=0.0)
+    if mode != "end":
+        raise ValueError(f"unknown crop fit {mode!r}: one of {', '.join(CROP_FITS)}")
+    return pad_to_stride(x, multiple)
+
+
+def map_frame(
+    window: tuple[int, int], encoder: tuple[int, int], mode: str = "end", multiple: int = TOKEN_STRIDE
+) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where a window's maps are drawn, for encoder inputs made by :func:`fit_to_stride`.
+
+    Args:
+        window: (h, w) pixels of the window; encoder: (Hp, Wp) of its encoder input.
+
+    Returns:
+        ((H', W') size at which the window's token grid is resized into maps, (top, left) of the window's
+        h×w in them). ``floor`` stretches the grid of the kept pixels over the whole window (GroupViT).
+    """
+    (h, w), (hp, wp) = window, encoder
+    if mode == "centre":
+        return (hp, wp), ((hp - h) // 2, (wp - w) // 2)
+    if mode == "floor":
+        return (h if h >= multiple else hp, w if w >= multiple else wp), (0, 0)
+    return (hp, wp), (0, 0)
 
 
 @dataclass

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from ..config import check_ranges
 from ..errors import ConfigError
 from .classes import ClassEmbeddings, as_class_embeddings
+from .postprocess import area_filter, pamr
 from .windows import channel_argmax
 
 if TYPE_CHECKING:
@@ -283,6 +284,8 @@ class ScoringRule:
         bg_thresh / top_k: ``groupvit`` settings.
         prob_thresh: ``prob`` setting.
         with_background: the label map has a background class (label 0, classes 1 + c).
+        area_thresh: ``prob`` with background: SCLIP's area threshold (:func:`.postprocess.area_filter`).
+        pamr_iters / pamr_dilations: PAMR of the window-averaged maps (:meth:`refine`).
     """
 
     name: str
@@ -292,6 +295,9 @@ class ScoringRule:
     top_k: int
     prob_thresh: float
     with_background: bool
+    area_thresh: float = 0.0
+    pamr_iters: int = 0
+    pamr_dilations: tuple[int, ...] = (8, 16)
 
     @property
     def channels(self) -> int:
@@ -318,6 +324,19 @@ class ScoringRule:
             group_idx=group_idx,
         )
 
+    def refine(self, maps: torch.Tensor, image: torch.Tensor | None) -> torch.Tensor:
+        """PAMR of window-averaged maps [K,H,W] with the resized, normalised image [3,H,W] (docs/EVAL.md);
+        ``maps`` itself when ``pamr_iters`` is 0.
+
+        Raises:
+            ConfigError: PAMR asked for without the image.
+        """
+        if self.pamr_iters <= 0:
+            return maps
+        if image is None:
+            raise ConfigError("eval.pamr_iters needs the image: score with it, or set eval.pamr_iters 0")
+        return pamr(image.to(maps.device), maps, self.pamr_iters, self.pamr_dilations)
+
     def label(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Labels of window-averaged maps [K,H0,W0] at the original size.
 
@@ -325,13 +344,14 @@ class ScoringRule:
             ``(label, scores)``: label int64 [H0,W0] and scores [C+1,H0,W0] (background channel 0) or
             [C,H0,W0] without background. The ``prob`` rule with background moves the background-word
             column (or zeros) to channel 0 and labels background where the maximum probability is below
-            ``prob_thresh``.
+            ``prob_thresh`` (after SCLIP's area threshold, when set, has zeroed the small classes).
         """
         if self.name == "prob" and self.with_background:
             c = self.class_emb.num_classes
             bg = scores[c : c + 1] if self.class_emb.has_background_words else torch.zeros_like(scores[:1])
-            best = scores.amax(dim=0)  # max probability over classes and background words
             scores = torch.cat([bg, scores[:c]], dim=0)  # [C+1,H0,W0], background channel 0
+            scores = area_filter(scores, self.area_thresh)
+            best = scores.amax(dim=0)  # max probability over classes and background words
             label = channel_argmax(scores)
             return label.masked_fill(best < float(self.prob_thresh), 0), scores
         return channel_argmax(scores), scores
@@ -353,8 +373,8 @@ def select_rule(
         with_background: see :class:`ScoringRule`.
 
     Raises:
-        ConfigError: invalid eval settings (:func:`check_eval_config`), or background words on a dataset
-            without background.
+        ConfigError: invalid eval settings (:func:`check_eval_config`), background words on a dataset
+            without background, or ``area_thresh`` outside the prob rule with background.
     """
     check_eval_config(eval_cfg)
     ce = as_class_embeddings(class_emb)
@@ -364,6 +384,12 @@ def select_rule(
             "class list of this dataset"
         )
     rule = getattr(eval_cfg, "rule", "groupvit")
+    area = float(getattr(eval_cfg, "area_thresh", 0.0))
+    if area > 0 and (rule != "prob" or not with_background):
+        raise ConfigError(
+            "eval.area_thresh applies to the prob rule on datasets with background: set eval.rule prob "
+            "or eval.area_thresh 0"
+        )
     scale = float(model_logit_scale)
     if rule == "prob":
         scale = float(getattr(eval_cfg, "logit_scale", 0.0)) or scale
@@ -375,4 +401,7 @@ def select_rule(
         top_k=int(eval_cfg.top_k),
         prob_thresh=float(getattr(eval_cfg, "prob_thresh", 0.0)),
         with_background=bool(with_background),
+        area_thresh=area,
+        pamr_iters=int(getattr(eval_cfg, "pamr_iters", 0)),
+        pamr_dilations=tuple(int(d) for d in getattr(eval_cfg, "pamr_dilations", (8, 16))),
     )

@@ -4,11 +4,13 @@ Legend: B batch, K groups = prototypes per image, C channels.
 
 Per image, the K group centres are matched one-to-one to the K prototypes with the Hungarian
 algorithm on their cosine similarity; the matched pairs are positives and the other K-1 entries of the
-same image are negatives, in both directions. HRS keeps a pair only if its min-max normalised
-similarity exceeds phi.
+same image are negatives, in both directions. HRS keeps only the high-confidence pairs: those whose
+matched similarity, min-max normalised over the candidates, lies within phi of the best candidate
+(docs/METHOD.md §3.4).
 
-``released_code=True`` reproduces two quirks of the released implementation: the assignment
-*minimises* the similarity, and HRS reads column 0 instead of the matched (diagonal) entry.
+``released_code=True`` reproduces the released implementation: the assignment *minimises* the
+similarity, and HRS reads column 0 instead of the matched (diagonal) entry and keeps it when it is above
+phi.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
-__all__ = ["hungarian_match", "hrs_mask", "prototype_group_loss"]
+__all__ = ["hungarian_match", "hrs_mask", "hrs_kept_fraction", "prototype_group_loss"]
 
 
 @torch.no_grad()
@@ -41,26 +43,53 @@ def hungarian_match(groups: torch.Tensor, prototypes: torch.Tensor, maximize: bo
 
 @torch.no_grad()
 def hrs_mask(sim: torch.Tensor, threshold: float = 0.1, released_code: bool = False) -> torch.Tensor:
-    """HRS selection of matched pairs.
+    """HRS selection of matched pairs (docs/METHOD.md §3.4).
+
+    The similarity is min-max normalised over dim 1 (all queries for one key):
+    ``norm = (sim - min_i) / (max_i - min_i + 1e-6)``, in [0, 1], 1 for the best candidate.
 
     Args:
         sim: [B, K, K] similarity with the matched pair of row/column k on the diagonal
             (``sim[b, i, j]`` = query i vs key j).
-        threshold: phi.
-        released_code: read column 0 (``norm[b, k, 0]``) instead of the diagonal ``norm[b, k, k]``.
+        threshold: phi in [0, 1].
+        released_code: the released rule instead of the high-confidence one.
 
     Returns:
-        bool [B, K]: True where ``(sim - min_i) / (max_i - min_i + 1e-6) > phi`` for pair k, the min/max
-        taken over dim 1 (all queries for one key).
+        bool [B, K]: default: True where the matched entry is high-confidence, ``norm[b, k, k] >= 1 - phi``
+        without the 1e-6, i.e. ``max_i - sim[b, k, k] <= phi * (max_i - min_i)``: within phi of the best
+        candidate (phi = 0 keeps only pairs whose matched entry is the best, phi = 1 keeps all; a key whose
+        candidates all tie is kept). ``released_code``: ``norm[b, k, 0] > phi`` (column 0, as the released
+        code reads it).
     """
-    lo = sim.min(dim=1, keepdim=True).values
-    hi = sim.max(dim=1, keepdim=True).values
-    norm = (sim - lo) / (hi - lo + 1e-6)
+    lo = sim.min(dim=1).values  # [B, K]
+    hi = sim.max(dim=1).values
     if released_code:
-        picked = norm[:, :, 0]
-    else:
-        picked = torch.diagonal(norm, dim1=1, dim2=2)
-    return picked > threshold
+        return (sim[:, :, 0] - lo[:, :1]) / (hi[:, :1] - lo[:, :1] + 1e-6) > threshold  # column 0's range
+    # norm >= 1 - phi written without the 1e-6 (the best candidate itself is always kept)
+    return hi - torch.diagonal(sim, dim1=1, dim2=2) <= threshold * (hi - lo)
+
+
+def _pair_similarities(groups: torch.Tensor, prototypes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(group-vs-prototype, prototype-vs-group) cosine similarities, each [B, K, K]."""
+    g = F.normalize(groups.float(), dim=-1)
+    p = F.normalize(prototypes.float(), dim=-1)
+    return g @ p.transpose(1, 2), p @ g.transpose(1, 2)
+
+
+@torch.no_grad()
+def hrs_kept_fraction(
+    groups: torch.Tensor, prototypes: torch.Tensor, threshold: float = 0.1, released_code: bool = False
+) -> torch.Tensor:
+    """Fraction of matched pairs HRS keeps, over both directions and the B·K pairs of each.
+
+    Args:
+        groups: [B, K, C]; prototypes: [B, K, C] already matched (row k to group k).
+
+    Returns:
+        detached float32 scalar in [0, 1] (logged as ``hrs_kept_*`` in ``metrics.jsonl``).
+    """
+    keeps = [hrs_mask(sim, threshold, released_code) for sim in _pair_similarities(groups, prototypes)]
+    return torch.stack([k.float().mean() for k in keeps]).mean()
 
 
 def prototype_group_loss(
@@ -77,21 +106,19 @@ def prototype_group_loss(
         groups: [B, K, C] group centres (carry gradient).
         prototypes: [B, K, C] prototypes already reordered so that row k is matched to group k (no grad).
         logit_scale: scalar parameter; s = min(exp(logit_scale), 100).
-        threshold: HRS phi.
-        released_code: column-0 HRS (quirk 2).
+        threshold: HRS phi (:func:`hrs_mask`).
+        released_code: the released HRS rule (column 0, above phi).
 
     Returns:
         scalar: CE over the HRS-kept rows of s·(P̂ Ĝᵀ) (each prototype against the K groups of its image)
         plus CE over the kept rows of s·(Ĝ P̂ᵀ); a direction with no kept row contributes 0.
     """
-    g = F.normalize(groups.float(), dim=-1)
-    p = F.normalize(prototypes.float(), dim=-1)
-    B, K, _ = g.shape
-    labels = torch.arange(K, device=g.device).expand(B, K)
+    B, K, _ = groups.shape
+    labels = torch.arange(K, device=groups.device).expand(B, K)
     s = logit_scale.float().exp().clamp(max=max_scale)
-    sim_gp = g @ p.transpose(1, 2)  # [B, K, K] group i vs prototype j
-    sim_pg = p @ g.transpose(1, 2)  # [B, K, K] prototype i vs group j
-    loss = g.new_zeros(())
+    # [B, K, K]: group i vs prototype j, and prototype i vs group j
+    sim_gp, sim_pg = _pair_similarities(groups, prototypes)
+    loss = sim_gp.new_zeros(())
     for sim in (sim_gp, sim_pg):
         keep = hrs_mask(sim, threshold, released_code)
         rows = sim.transpose(1, 2)  # row k: key k against every query of the same image

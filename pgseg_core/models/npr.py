@@ -65,6 +65,13 @@ def _init_prototypes(k: int, dim: int) -> torch.Tensor:
     return mu / (1e-6 + mu.norm(dim=2, keepdim=True))
 
 
+@torch.no_grad()
+def _ema_unit(buf: torch.Tensor, batch_mean: torch.Tensor, momentum: float) -> None:
+    """In place: buf <- normalise(m * buf + (1 - m) * batch_mean) over the last axis (1e-6 as the M-step)."""
+    new = buf.float() * momentum + batch_mean.float() * (1 - momentum)
+    buf.copy_(new / (1e-6 + new.norm(dim=-1, keepdim=True)))
+
+
 @dataclass
 class NPROutput:
     prototypes: torch.Tensor  # [B, K, C] EM prototypes of each image (no grad)
@@ -79,7 +86,7 @@ class NPR(nn.Module):
         dim: token width C.
         num_prototypes: K (the stage's number of output groups).
         em_iters: T.
-        momentum: EMA factor m for ``mu <- m * mu + (1 - m) * mean_B(prototypes)``.
+        momentum: EMA factor m for ``mu <- normalise(m * mu + (1 - m) * mean_B(prototypes))``.
         update_buffer: apply that EMA in training (the released code never does: quirk 3).
         mapping_hidden: hidden width of the trainable reconstruction MLP.
         zero_init_mapping: zero the MLP's output layer so the reconstruction starts switched off.
@@ -120,12 +127,16 @@ class NPR(nn.Module):
 
     @torch.no_grad()
     def momentum_update(self, mu: torch.Tensor) -> None:
-        """mu_buf <- m * mu_buf + (1 - m) * mean over the batch of ``mu`` [B, K, C]."""
+        """mu_buf <- normalise(m * mu_buf + (1 - m) * mean over the batch of ``mu`` [B, K, C]).
+
+        Each prototype is L2-normalised after the EMA (``/ (1e-6 + ‖·‖₂)``, as the M-step), so the buffer
+        stays on the unit sphere like its initialisation: docs/METHOD.md §3.2.
+        """
         batch_mean = mu.float().mean(dim=0, keepdim=True)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.all_reduce(batch_mean)
             batch_mean /= torch.distributed.get_world_size()
-        self.mu.mul_(self.momentum).add_(batch_mean.to(self.mu.dtype), alpha=1 - self.momentum)
+        _ema_unit(self.mu, batch_mean, self.momentum)
 
 
 class TextNPR(nn.Module):
@@ -135,8 +146,8 @@ class TextNPR(nn.Module):
         num_prototypes: K (8 in the paper).
         dim: prototype width: 1 in released-code mode, D (joint embedding width) otherwise.
         em_iters: T.
-        momentum: EMA factor; the buffer is updated on every training forward (and, in released-code
-            mode, on every forward, as the released code does).
+        momentum: EMA factor; the buffer is updated on every training forward and re-normalised per
+            prototype (in released-code mode on every forward, without re-normalisation, as released).
         released_code: reproduce the released 1-d formulation.
     """
 
@@ -182,7 +193,9 @@ class TextNPR(nn.Module):
                     mu = mu / (1e-6 + mu.norm(dim=1, keepdim=True))  # across the K scalar prototypes
             else:
                 mu, _ = em_prototypes(tokens.detach(), self.mu.expand(B, -1, -1), self.em_iters, mask)
-            if self.training or self.released_code:
+            if self.released_code:  # the released EMA, without re-normalisation, on every forward
                 batch_mean = mu.mean(dim=0, keepdim=True)
                 self.mu.mul_(self.momentum).add_(batch_mean.to(self.mu.dtype), alpha=1 - self.momentum)
+            elif self.training:  # unit-norm EMA, as the image buffers (docs/METHOD.md §3.2)
+                _ema_unit(self.mu, mu.mean(dim=0, keepdim=True), self.momentum)
         return mu

@@ -17,13 +17,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import ModelConfig
-from ..losses.caption_nouns import caption_nouns
+from ..losses.caption_nouns import noun_source
+from ..losses.caption_prompts import build_prompts
+from ..prompt_templates import template_set
 from ..errors import ConfigError
 from ..losses.contrastive import image_text_contrastive
 from ..losses.multi_label import multi_label_contrastive
-from ..losses.prototype import hungarian_match, prototype_group_loss
+from ..losses.prototype import hrs_kept_fraction, hungarian_match, prototype_group_loss
 from .layers import ProjectMLP
 from .npr import TextNPR
+from .text_npr_inputs import project_frozen, project_valid_tokens, text_npr_mask
 from .text import MiniLMTower, TextTransformer
 from .vision import GroupViTEncoder, VisionOutput
 
@@ -196,7 +199,8 @@ class PGSeg(nn.Module):
             dict with "loss" (total), "loss_itc", with ``multi_label`` > 0 "loss_multi_label"
             (:func:`~pgseg_core.losses.multi_label.multi_label_contrastive`, weighted by
             ``multi_label_weight`` in the total), and with NPR "loss_pg" plus its parts "loss_pg_1",
-            "loss_pg_2", ..., "loss_pg_text".
+            "loss_pg_2", ..., "loss_pg_text" and the fractions of matched pairs HRS kept in each,
+            "hrs_kept_1", ..., "hrs_kept_text" (detached, in [0, 1]; the loop logs them to metrics.jsonl).
         """
         img = self.encode_image(images, stem_feats=stem_feats)
         text_feats = self.text_encoder(texts)
@@ -231,9 +235,9 @@ class PGSeg(nn.Module):
     def caption_prompts(self, texts: list[str]) -> tuple[list[str], torch.Tensor]:
         """Prompts of the multi-label loss (docs/METHOD.md §2.2) for a batch of captions.
 
-        Each caption's object phrases (:func:`~pgseg_core.losses.caption_nouns.caption_nouns`; the caption
-        itself when none is found) are put into ``multi_label_template``; with more than ``multi_label``
-        phrases a random subset of that size is kept (GroupViT samples min(M, #nouns)).
+        :func:`~pgseg_core.losses.caption_prompts.build_prompts` with the nouns of
+        ``multi_label_nouns``, the templates of ``multi_label_templates`` (``single``:
+        ``multi_label_template``) and ``multi_label_pad``; up to ``multi_label`` prompts per caption.
 
         Returns:
             (the P distinct prompts, in order of first use; bool targets [B, P], True where caption b
@@ -241,27 +245,22 @@ class PGSeg(nn.Module):
 
         Raises:
             ValueError: texts given as token ids (the prompts need the caption strings).
+            DependencyError: ``multi_label_nouns = nltk`` without nltk or its tagger data.
         """
         if isinstance(texts, torch.Tensor):
             raise ValueError("the multi-label loss needs caption strings, not token ids")
-        index: dict[str, int] = {}
-        rows: list[list[int]] = []
-        for caption in texts:
-            nouns = caption_nouns(caption)
-            if len(nouns) > self.cfg.multi_label:
-                keep = torch.randperm(len(nouns))[: self.cfg.multi_label].sort().values.tolist()
-                nouns = [nouns[i] for i in keep]
-            prompts = [self.cfg.multi_label_template.format(n) for n in nouns] or [caption]
-            rows.append([index.setdefault(p, len(index)) for p in prompts])
-        targets = torch.zeros(len(texts), len(index), dtype=torch.bool)
-        for b, cols in enumerate(rows):
-            targets[b, cols] = True
-        return list(index), targets
+        cfg = self.cfg
+        if cfg.multi_label_templates == "single":
+            templates = [cfg.multi_label_template]
+        else:
+            templates = template_set(cfg.multi_label_templates)
+        nouns = noun_source(cfg.multi_label_nouns)
+        return build_prompts(list(texts), cfg.multi_label, nouns, templates, cfg.multi_label_pad)
 
     def _prototype_losses(self, vis: VisionOutput, text_feats) -> dict[str, torch.Tensor]:
         npr = self.cfg.npr
         scale = self.img_encoder.logit_scale
-        maximize = not npr.released_code
+        maximize, rel = not npr.released_code, npr.released_code
         out: dict[str, torch.Tensor] = {}
         image_terms = []
         for i, (grouping, proto) in enumerate(zip(vis.groupings, vis.nprs)):
@@ -271,19 +270,21 @@ class PGSeg(nn.Module):
                 grouping.centres, matched, scale, npr.hrs_threshold, npr.released_code
             )
             out[f"loss_pg_{i + 1}"] = term.detach()
+            out[f"hrs_kept_{i + 1}"] = hrs_kept_fraction(grouping.centres, matched, npr.hrs_threshold, rel)
             image_terms.append(term)
         centres = vis.groupings[-1].centres  # [B, S_last, C]
         if npr.released_code:
             groups_t = centres.mean(dim=-1, keepdim=True)  # [B, S, 1]
             protos_t = self.text_npr(text_feats.pooled.detach())  # [B, K, 1]
-        else:
-            groups_t = self.img_projector(centres, update_stats=False)  # [B, S, D]
-            with torch.no_grad():
-                tok = self.text_projector(text_feats.tokens.detach(), update_stats=False)  # [B, L, D]
-            protos_t = self.text_npr(tok, text_feats.mask)  # [B, K, D]
+        else:  # docs/METHOD.md §3.5: masked statistics, gradient to the centres only
+            groups_t = project_frozen(self.img_projector, centres)  # [B, S, D]
+            mask = text_npr_mask(text_feats.mask, causal=self.cfg.text.tower == "transformer")
+            tok = project_valid_tokens(self.text_projector, text_feats.tokens, mask)  # [B, L, D]
+            protos_t = self.text_npr(tok, mask)  # [B, K, D]
         perm = hungarian_match(groups_t, protos_t, maximize=maximize)
         matched = torch.gather(protos_t, 1, perm.unsqueeze(-1).expand_as(protos_t))
         text_term = prototype_group_loss(groups_t, matched, scale, npr.hrs_threshold, npr.released_code)
         out["loss_pg_text"] = text_term.detach()
+        out["hrs_kept_text"] = hrs_kept_fraction(groups_t, matched, npr.hrs_threshold, rel)
         out["loss_pg"] = npr.weight * (sum(image_terms) + npr.text_weight * text_term)
         return out

@@ -368,7 +368,7 @@ class Segmenter:
             else:
                 feats = extract_image_features(self.model, image, self.eval_cfg, self.device)
                 feature_cache.put(key, feats)
-            results.append(scores_from_features(feats, self.class_emb, self.eval_cfg))
+            results.append(scores_from_features(feats, self.class_emb, self.eval_cfg, image=image))
         return results, hits
 
     # ------------------------------------------------------------------------------------------------------

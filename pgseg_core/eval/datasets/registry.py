@@ -27,7 +27,7 @@ __all__ = [
     "suggest",
 ]
 
-PROTOCOLS = ("groupvit", "sclip")
+PROTOCOLS = ("groupvit", "pgseg", "sclip")  # pgseg: PGSeg's release spelling where it differs, else groupvit
 IGNORE = 255
 
 
@@ -194,7 +194,10 @@ def class_file(dataset: str, protocol: str = "groupvit") -> Path:
             f"unknown class protocol '{protocol}': {suggest(protocol, PROTOCOLS)}"
             f"use one of {', '.join(PROTOCOLS)}, or a class file path"
         )
-    ref = resources.files("pgseg_core.eval.datasets") / "classes" / f"{layout.class_key}.{protocol}.txt"
+    folder = resources.files("pgseg_core.eval.datasets") / "classes"
+    ref = folder / f"{layout.class_key}.{protocol}.txt"
+    if protocol == "pgseg" and not ref.is_file():  # PGSeg's evaluation kept GroupViT's names elsewhere
+        ref = folder / f"{layout.class_key}.groupvit.txt"
     return Path(str(ref))
 
 
