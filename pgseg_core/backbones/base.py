@@ -15,13 +15,15 @@ __all__ = ["FrozenBackbone"]
 class FrozenBackbone(nn.Module):
     """A frozen image tower with a dense readout in the joint space, and its frozen text tower.
 
-    Subclasses set ``reference`` (the spec string that rebuilds it, stored in checkpoints), ``stride``
+    Subclasses set ``reference`` (the spec string that rebuilds it, stored in checkpoints), ``identity``
+    (sha256 of its weights), ``stride``
     (pixels per dense cell) and ``text`` (:class:`pgseg_core.backbones.text.ClipCausalText` or
     :class:`~pgseg_core.backbones.text.MiniLMText`), and implement :meth:`dense`. Every parameter is frozen
     (``requires_grad=False``) and the module stays in eval mode (BatchNorm statistics never change).
     """
 
     reference: str = ""
+    identity: str = ""  # sha256 of the weights: the feature cache's key of the backbone
     stride: int = 16
     text: nn.Module
 

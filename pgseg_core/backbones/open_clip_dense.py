@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CheckpointError, ConfigError, DependencyError
+from ..utils.hashing import file_sha256
 from .base import FrozenBackbone
 from .text import ClipCausalText
 
@@ -65,6 +66,7 @@ class OpenClipBackbone(FrozenBackbone):
         super().__init__()
         model, tokenizer = _create(model_name, weights)
         self.reference = f"open_clip:{model_name}:{weights}"
+        self.identity = file_sha256(weights)
         self.clip = model
         visual = model.visual
         self.is_vit = hasattr(visual, "conv1") and hasattr(visual, "class_embedding")

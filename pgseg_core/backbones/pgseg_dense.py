@@ -32,7 +32,7 @@ class PGSegBackbone(FrozenBackbone):
         super().__init__()
         model, info = load_checkpoint(checkpoint)
         self.reference = f"pgseg:{checkpoint}"
-        self.checkpoint_sha256 = info.sha256
+        self.identity = info.sha256
         self.model = model
         tower = model.text_encoder
         if isinstance(tower, TextTransformer):
