@@ -12,6 +12,7 @@ Images arrive ImageNet-normalised (the project's preprocessing) and are re-norma
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -115,7 +116,7 @@ class OpenClipBackbone(FrozenBackbone):
         b, width, h, w = x.shape
         x = x.flatten(2).transpose(1, 2)
         pos = v.positional_embedding
-        g = int(round((pos.shape[0] - 1) ** 0.5))
+        g = math.isqrt(int(pos.shape[0]) - 1)
         grid_pos = pos[1:].reshape(1, g, g, width).permute(0, 3, 1, 2)
         if (g, g) != (h, w):
             grid_pos = F.interpolate(grid_pos, size=(h, w), mode="bicubic", align_corners=False)

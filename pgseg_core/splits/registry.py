@@ -18,7 +18,7 @@ from typing import Any
 
 from ..errors import ConfigError
 
-__all__ = ["ZeroShotSplit", "load_split", "split_names", "seen_unseen_miou", "apply_split"]
+__all__ = ["ZeroShotSplit", "load_split", "split_names", "seen_unseen_miou", "apply_split", "default_split"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,28 @@ class ZeroShotSplit:
 
 def _files():
     return resources.files("pgseg_core.splits").joinpath("files")
+
+
+_DEFAULT = {
+    "demo": "demo-30-8",
+    "voc20": "voc-15-5",
+    "pc59": "pc59-49-10",
+    "coco-stuff-171": "coco-stuff-156-15",
+}
+
+
+def default_split(dataset: str | None) -> str:
+    """The shipped split of a dataset (``None``: demo shards).
+
+    Raises:
+        ConfigError: a dataset without a shipped split.
+    """
+    name = _DEFAULT.get(dataset or "demo")
+    if name is None:
+        raise ConfigError(
+            f"no zero-shot split ships for {dataset}: pass one (--zs-split FILE), see docs/MVP_SEG.md §5"
+        )
+    return name
 
 
 def split_names() -> list[str]:
