@@ -99,3 +99,18 @@ def test_baseline_eval_with_cache_and_segment(setup):
     Image.fromarray(np.full((32, 32, 3), 120, np.uint8)).save(img)
     run("segment", img, "-c", f"baseline:{ref}", "--classes", "cat", "-o", seg, "--format", "png")
     assert (seg / "img2_label.png").is_file()
+
+
+def test_cache_benchmark_quick(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_mvp_cache.py"
+    out = tmp_path / "b.json"
+    subprocess.run(
+        [sys.executable, str(script), "--quick", "--out", str(out)], check=True, capture_output=True
+    )
+    result = json.loads(out.read_text())
+    assert result["ratios"]["cached_over_plain_steps_per_s"] > 0 and result["settings"]["quick"]
+    assert result["cache"]["steps_per_s"] > 0 and "load average" in result["uptime"]

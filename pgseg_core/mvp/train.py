@@ -34,7 +34,7 @@ from .losses import classification_loss, image_labels, segmentation_loss, total_
 from .model import MVPSeg
 from .predict import DensePredictor
 
-__all__ = ["train_mvp", "MVPTrainResult", "DEFAULT_TRAIN_PART"]
+__all__ = ["train_mvp", "MVPTrainResult", "DEFAULT_TRAIN_PART", "first_pass", "fit_prompts"]
 
 logger = logging.getLogger("pgseg.mvp")
 DEFAULT_TRAIN_PART = "train-seen"
@@ -74,7 +74,7 @@ def _cell_targets(
     return out
 
 
-def _first_pass(pred: DensePredictor, labelled, vocab: list[str], use_cache: bool, tick) -> list[_Example]:
+def first_pass(pred: DensePredictor, labelled, vocab: list[str], use_cache: bool, tick) -> list[_Example]:
     examples = []
     from .dense_cache import image_content_key
 
@@ -117,7 +117,9 @@ def _cached(pred: DensePredictor, key: str) -> torch.Tensor:
     return dense
 
 
-def _fit(model, pred, examples, vocab, cfg: MVPConfig, out: Path, progress) -> tuple[dict[str, float], float]:
+def fit_prompts(
+    model, pred, examples, vocab, cfg: MVPConfig, out: Path, progress
+) -> tuple[dict[str, float], float]:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -185,7 +187,7 @@ def train_mvp(
     if use_cache:
         pred.cache = open_dense_cache(cache or out / "dense_cache.h5", bb, cfg.short_side, cfg.max_long)
     try:
-        examples = _first_pass(pred, labelled, vocab, use_cache, progress)
+        examples = first_pass(pred, labelled, vocab, use_cache, progress)
         if not examples:
             from ..errors import DataError
 
@@ -195,7 +197,7 @@ def train_mvp(
         (out / "mvp_config.json").write_text(
             json.dumps({**cfg.to_dict(), "backbone": bb.reference, "vocabulary": vocab}, indent=2)
         )
-        final, seconds = _fit(model, pred, examples, vocab, cfg, out, progress)
+        final, seconds = fit_prompts(model, pred, examples, vocab, cfg, out, progress)
     finally:
         if pred.cache is not None:
             pred.cache.close()
