@@ -114,3 +114,29 @@ def test_cache_benchmark_quick(tmp_path):
     result = json.loads(out.read_text())
     assert result["ratios"]["cached_over_plain_steps_per_s"] > 0 and result["settings"]["quick"]
     assert result["cache"]["steps_per_s"] > 0 and "load average" in result["uptime"]
+
+
+def test_benchmark_reader_paths_and_zs_split_for_pgseg(setup, tiny_checkpoint, tmp_path):
+    from test_benchmarks import build
+
+    root, ref = setup
+    data, _, _ = build("voc20", tmp_path / "voc")
+    small = ["--mvp.short_side", "32", "--mvp.max_long", "64"]
+    run("train", "--method", "mvp-seg", "--backbone", ref, "--data", f"dataset:voc20/val:{data}",
+        "--out", tmp_path / "run", "--mvp.steps", "2", "--mvp.batch_size", "2", *small)  # fmt: skip
+    seen = torch.load(tmp_path / "run" / "mvp.pt", weights_only=True)["seen_classes"]
+    assert len(seen) == 15 and "sheep" not in seen and "background" not in seen  # voc20: no background
+    out = tmp_path / "m.json"
+    run("eval", "-c", tmp_path / "run" / "mvp.pt", "--dataset", "voc20", "--data-root", data,
+        "--zs-split", "voc-15-5", "--output", out, "--no-per-class")  # fmt: skip
+    m = json.loads(out.read_text())
+    assert set(m["splits"]) == {"val", "all"} and len(m["splits"]["all"]["per_class"]) == 20
+    assert m["splits"]["val"]["num_images"] == 3 and m["seen_mIoU"] is not None
+    # a PGSeg checkpoint gets the same three numbers from its per-class IoUs
+    out2 = tmp_path / "p.json"
+    run("eval", "-c", tiny_checkpoint, "--dataset", "voc20", "--data-root", data, "--zs-split", "voc-15-5",
+        "--output", out2, "--no-per-class", "--eval.short_side", "32", "--eval.crop", "32",
+        "--eval.stride", "16")  # fmt: skip
+    p = json.loads(out2.read_text())
+    assert p["protocol"]["zero_shot_split"] == "voc-15-5" and p["seen_mIoU"] is not None
+    assert "hIoU" in p

@@ -36,14 +36,26 @@ def train(backbone: str | None, data: str, out_dir: Path, overrides: dict[str, s
         raise typer.BadParameter(
             f"{out_dir} already holds an MVP-SEG run: add --overwrite", param_hint="'--out'"
         )
+    dataset = data_root = None
+    parts = None
+    if data.startswith("dataset:"):  # dataset:NAME[/SPLIT]:ROOT, a benchmark reader
+        _, name, data_root = (data.split(":", 2) + ["", ""])[:3]
+        if not name or not data_root:
+            raise typer.BadParameter(
+                "a dataset is dataset:NAME[/SPLIT]:ROOT, e.g. dataset:voc20/train:VOC", param_hint="'--data'"
+            )
+        dataset, _, split = name.partition("/")
+        parts, data = [split or "train"], None
     with progress_bar("train") as update:
 
         def cb(phase: str, done: int, total: int | None, info: dict) -> None:
             text = f"loss {info['loss']:.3f}" if "loss" in info else ""
             update(done, total, text, phase="dense cache" if phase == "cache" else "train")
 
-        result = train_mvp(backbone, data, out_dir, zs_split=zs_split, overrides=overrides,
-                           device=device or "auto", progress=cb)  # fmt: skip
+        result = train_mvp(
+            backbone, data, out_dir, dataset=dataset, data_root=data_root, parts=parts, zs_split=zs_split,
+            overrides=overrides, device=device or "auto", progress=cb,
+        )  # fmt: skip
     loss = f", final loss {result.final['loss']:.3f}" if "loss" in result.final else ""
     out.print(
         f"trained MVP-SEG prompts {result.steps} steps on {result.images} image(s) ({result.device}, "
