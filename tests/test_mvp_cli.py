@@ -140,3 +140,27 @@ def test_benchmark_reader_paths_and_zs_split_for_pgseg(setup, tiny_checkpoint, t
     p = json.loads(out2.read_text())
     assert p["protocol"]["zero_shot_split"] == "voc-15-5" and p["seen_mIoU"] is not None
     assert "hIoU" in p
+
+
+def test_flags_that_do_not_apply_are_usage_errors(tmp_path):
+    base = ["eval", "-c", "baseline:open_clip:ViT-B-16:/nowhere.pt", "--data", tmp_path]
+    for extra, flag in (
+        (["--sweep", "bg_thresh=0.1:0.5:0.1"], "--sweep"),
+        (["--eval.short_side", "32"], "eval.short_side"),
+    ):
+        result = runner.invoke(app, [str(a) for a in base + extra])
+        assert result.exit_code == 2 and flag in result.output, result.output
+    seg = [
+        "segment",
+        str(tmp_path),
+        "-c",
+        "baseline:x",
+        "--classes",
+        "cat",
+        "-o",
+        str(tmp_path / "o"),
+        "--bg-words",
+        "sky",
+    ]
+    result = runner.invoke(app, seg)
+    assert result.exit_code == 2 and "--bg-words" in result.output

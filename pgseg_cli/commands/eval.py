@@ -166,6 +166,8 @@ def register(app: typer.Typer) -> None:
             overrides["eval.top_k"] = top_k
         failed: MetricsWriteError | None = None
         if mvp_cli.is_method_reference(checkpoint):  # MVP-SEG checkpoint or baseline:BACKBONE
+            mvp_cli.reject({"'--protocol'": protocol, "'--sweep'": sweep, "'--bg-thresh'": bg_thresh,
+                            "'--top-k'": top_k}, overrides)  # fmt: skip
             args = (data, dataset, data_root, split, zs_split, overrides, device, max_images, cache, output)
             return render(mvp_cli.evaluate(checkpoint, *args), per_class=per_class)
         with progress_bar("eval") as update:

@@ -21,6 +21,22 @@ def is_method_reference(checkpoint: str | None) -> bool:
     return checkpoint is not None and is_mvp_reference(checkpoint)
 
 
+def reject(flags: dict[str, Any], overrides: dict[str, Any] | None = None) -> None:
+    """Usage error (exit 2) for a flag or override that MVP-SEG / the baseline do not use."""
+    for flag, value in flags.items():
+        if value not in (None, False, [], ()):
+            raise typer.BadParameter(
+                "does not apply to MVP-SEG checkpoints or baseline:BACKBONE (docs/MVP_SEG.md §6)",
+                param_hint=flag,
+            )
+    bad = [k for k in (overrides or {}) if not k.startswith("mvp.")]
+    if bad:
+        raise typer.BadParameter(
+            f"'--{bad[0]}' does not apply to MVP-SEG / the baseline: their settings are --mvp.KEY "
+            "(docs/MVP_SEG.md §3)"
+        )
+
+
 def train(backbone: str | None, data: str, out_dir: Path, overrides: dict[str, str], device: str | None,
           zs_split: str | None, resume: bool, overwrite: bool) -> None:  # fmt: skip
     """``pgseg train --method mvp-seg``."""

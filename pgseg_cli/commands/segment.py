@@ -114,6 +114,10 @@ def register(app: typer.Typer) -> None:
         _check_options(classes, classes_file, fmt, backend, onnx, export_onnx, feature_cache, device)
         ensure_dir(out_dir)  # a file or an uncreatable path: one line before any model work
         if mvp_cli.is_method_reference(checkpoint):  # MVP-SEG checkpoint or baseline:BACKBONE
+            unused = {"'--bg-words'": bg_words, "'--template'": template, "'--bg-thresh'": bg_thresh,
+                      "'--templates-file'": templates_file, "'--top-k'": top_k, "'--onnx'": onnx,
+                      "'--export-onnx'": export_onnx, "'--backend'": backend != "torch"}  # fmt: skip
+            mvp_cli.reject(unused)
             names = mvp_cli.class_names(classes, classes_file)
             args = (
                 fmt,
