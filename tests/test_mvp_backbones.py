@@ -112,3 +112,26 @@ def test_only_prompts_and_scales_learn(vit_ref):
         assert torch.equal(v, buffers[k]), k
     assert not torch.equal(model.prompts.ctx.detach(), ctx0)
     assert set(model.trainable_state()) == {"log_tau1", "log_tau2", "prompts.ctx"}
+
+
+def test_forward_composes_views_fusion_and_gate_by_hand(vit_ref):
+    model = MVPSeg(
+        load_backbone(vit_ref), MVPConfig(views=2, n_ctx=2, ctx_init="", gamma=3.0, tau1=7.0, tau2=0.5)
+    )
+    g = torch.Generator().manual_seed(0)
+    dense = F.normalize(torch.randn(1, 32, 2, 3, generator=g), dim=1)
+    emb = F.normalize(torch.randn(3, 4, 32, generator=g), dim=-1)  # P = 3 prompts, C = 4 classes
+    with torch.no_grad():
+        out = model(dense, emb)
+    b, y, x, c = 0, 1, 2, 3
+    cos = [[float(dense[b, :, y, x] @ emb[p, k]) for k in range(4)] for p in range(3)]
+    logits = [7.0 * (cos[1][k] + cos[2][k]) for k in range(4)]
+    fused = torch.softmax(torch.tensor(logits), 0)[c]
+    m0 = torch.einsum("dhw,d->hw", dense[b], emb[0, c]).flatten()
+    score = torch.sigmoid((m0 * torch.softmax(3.0 * m0, 0)).sum() / 0.5)
+    assert float(out.fused[b, c, y, x]) == pytest.approx(float(fused), rel=1e-4)
+    assert float(out.scores[b, c]) == pytest.approx(float(score), rel=1e-4)
+    assert float(out.gated[b, c, y, x]) == pytest.approx(float(fused * score), rel=1e-4)
+    model.cfg.gpr = False
+    with torch.no_grad():
+        assert torch.equal(model(dense, emb).gated, out.fused)

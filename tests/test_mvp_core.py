@@ -82,3 +82,15 @@ def test_losses_match_hand_computation():
     assert float(classification_loss(scores, labels)) == pytest.approx(expected_cls, rel=1e-5)
     total = total_loss(torch.tensor(1.0), torch.tensor(2.0), torch.tensor(3.0), (0.5, 0.25, 2.0))
     assert float(total) == pytest.approx(0.5 + 0.5 + 6.0)
+
+
+def test_cell_targets_sample_cell_centres():
+    import numpy as np
+
+    from pgseg_core.mvp.train import _cell_targets
+
+    label = np.arange(64).reshape(8, 8) % 7
+    got = _cell_targets(label, (3, 2), 4, (8, 8))  # the third row of cells lies in the padding
+    assert got.tolist() == [[label[2, 2], label[2, 6]], [label[6, 2], label[6, 6]], [255, 255]]
+    half = _cell_targets(label, (1, 1), 4, (4, 4))  # the image was resized to half: centre (2, 2) -> (4, 4)
+    assert half.tolist() == [[label[4, 4]]]

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..backbones.base import FrozenBackbone
+from ..errors import CheckpointError
 from .config import MVPConfig
 from .fusion import fuse_views
 from .gpr import gate_masks, global_class_scores
@@ -68,10 +69,23 @@ class MVPSeg(nn.Module):
         return {k: v.detach().cpu() for k, v in self.named_parameters() if not k.startswith("backbone.")}
 
     def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy stored prompts and scales in.
+
+        Raises:
+            CheckpointError: a missing entry or one whose shape differs (another views / n_ctx / tower).
+        """
         for name, param in self.named_parameters():
-            if not name.startswith("backbone."):
-                with torch.no_grad():
-                    param.copy_(state[name].to(param))
+            if name.startswith("backbone."):
+                continue
+            value = state.get(name)
+            if value is None or tuple(value.shape) != tuple(param.shape):
+                got = "missing" if value is None else tuple(value.shape)
+                raise CheckpointError(
+                    f"MVP-SEG state '{name}' is {got}, the model needs {tuple(param.shape)}: the checkpoint "
+                    "was written for another views / n_ctx / text tower"
+                )
+            with torch.no_grad():
+                param.copy_(value.to(param))
 
     def class_embeddings(self, names: list[str]) -> torch.Tensor:
         """[P, C, D] L2-normalised embeddings of every prompt with every class name."""

@@ -25,7 +25,7 @@ import torch
 from ..backbones import load_backbone
 from ..splits import default_split, load_split
 from ..utils.device import resolve_device
-from ..utils.io import ensure_dir
+from ..utils.io import atomic_write_json, ensure_dir
 from .checkpoint import RUN_FILE, save_mvp_checkpoint
 from .config import MVPConfig
 from .data import open_labelled, remap_label, sample_names, vocabulary
@@ -194,8 +194,10 @@ def train_mvp(
             raise DataError(
                 f"no training images in {data or dataset}: check the split ({parts or DEFAULT_TRAIN_PART})"
             )
-        (out / "mvp_config.json").write_text(
-            json.dumps({**cfg.to_dict(), "backbone": bb.reference, "vocabulary": vocab}, indent=2)
+        meta = {**cfg.to_dict(), "backbone": bb.reference, "vocabulary": vocab}
+        atomic_write_json(out / "mvp_config.json", meta)
+        logger.info(
+            "MVP-SEG: %d training images (%d encoded), %d classes", len(examples), pred.encoded, len(vocab)
         )
         final, seconds = fit_prompts(model, pred, examples, vocab, cfg, out, progress)
     finally:
