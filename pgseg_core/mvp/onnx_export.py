@@ -96,7 +96,8 @@ def export_method_onnx(reference: str, out: str | Path, *, size: int = 448) -> d
     }
     if loaded.method == "mvp-seg":
         model = loaded.predictor.model
-        meta.update(tau1=float(model.log_tau1.exp()), tau2=float(model.log_tau2.exp()), gamma=model.cfg.gamma)
+        meta.update(tau1=float(model.log_tau1.detach().exp()), tau2=float(model.log_tau2.detach().exp()))
+        meta["gamma"] = model.cfg.gamma
         meta["gpr"] = bool(model.cfg.gpr)
     atomic_write_json(sidecar, meta)
     return {**meta, "path": str(out), "sidecar": str(sidecar)}
