@@ -43,6 +43,9 @@ def test_seen_unseen_and_harmonic_mean_by_hand():
     got = seen_unseen_miou(ious, s)
     assert got["mIoU_S"] == 60.0 and got["mIoU_U"] == 20.0
     assert got["hIoU"] == pytest.approx(2 * 60 * 20 / 80)
+    zero = seen_unseen_miou({c: 0.0 for c in s.classes}, s)
+    assert zero == {"mIoU_S": 0.0, "mIoU_U": 0.0, "hIoU": 0.0}
+    assert seen_unseen_miou({c: 5.0 for c in s.seen}, s)["hIoU"] is None  # no unseen class evaluated
 
 
 def test_apply_split_to_a_benchmark_result_by_label_position():

@@ -111,7 +111,7 @@ def seen_unseen_miou(ious: dict[str, float | None], split: ZeroShotSplit) -> dic
     """``{"mIoU_S", "mIoU_U", "hIoU"}`` (percent, None where undefined) from per-class IoUs by name."""
     s = _mean([ious.get(c) for c in split.seen])
     u = _mean([ious.get(c) for c in split.unseen])
-    h = None if s is None or u is None or s + u == 0 else 2 * s * u / (s + u)
+    h = None if s is None or u is None else (0.0 if s + u == 0 else 2 * s * u / (s + u))
     return {"mIoU_S": s, "mIoU_U": u, "hIoU": h}
 
 
