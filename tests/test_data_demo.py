@@ -51,13 +51,13 @@ def fake_build(tmp_path_factory):
 
 
 def test_progress_counts_every_composite_of_all_splits(fake_build):
-    assert fake_build[2]["ticks"] == [(d, 24) for d in range(1, 25)]
+    assert fake_build[2]["ticks"] == [(d, 30) for d in range(1, 31)]  # 12 train, 3 × 6 labelled
 
 
 def test_index_schema_and_vocabulary(fake_build):
     root, _, summary = fake_build
     index = read_index(root / "a")
-    assert summary["splits"] == {"train": 12, "val-caption": 6, "val-heldout": 6}
+    assert summary["splits"] == {"train": 12, "val-caption": 6, "val-heldout": 6, "train-seen": 6}
     assert index["schema"] == 1 and index["kind"] == "pgseg-shards" and index["seed"] == 3
     assert index["splits"]["train"]["shards"] == ["train-000000.tar", "train-000001.tar", "train-000002.tar"]
     assert index["vocabulary"] == {
@@ -190,3 +190,19 @@ def test_real_sources_build(tmp_path):
         assert sum(per_source.values()) >= 3, (name, per_source)
     names = {s["name"] for s in summary["sources"]}
     assert names >= {"tuxpaint", "openclipart", "noto-emoji", "scikit-image"}
+
+
+def test_train_seen_split_has_exact_masks_of_caption_classes_only(fake_build):
+    from pgseg_core.data.loader import iter_val_samples
+
+    root, _, _ = fake_build
+    index = read_index(root / "a")
+    entry = index["splits"]["train-seen"]
+    assert entry["count"] == 6 and "classes" not in entry  # eval's default selection skips it
+    assert entry["seen_classes"] == index["vocabulary"]["caption"]
+    samples = list(iter_val_samples(root / "a", "train-seen"))
+    assert len(samples) == 6
+    for s in samples:
+        assert s.classes == index["vocabulary"]["caption"] and s.split == "train-seen"
+        ids = set(np.unique(s.label).tolist()) - {0, 255}
+        assert ids and max(ids) <= len(s.classes)

@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from .._console import handle_errors, out, progress_bar
+from . import mvp_cli
 from ..options import parse_overrides, BgThreshOpt, CheckpointOpt, DeviceOpt, TopKOpt, device_or_auto
 
 
@@ -134,6 +135,13 @@ def register(app: typer.Typer) -> None:
         ] = None,
         output: Annotated[Optional[Path], typer.Option("--output", help="metrics JSON path.")] = None,
         per_class: Annotated[bool, typer.Option(help="Print the per-class IoU table.")] = True,
+        zs_split: Annotated[
+            Optional[str],
+            typer.Option(
+                help="Zero-shot split (voc-15-5, pc59-49-10, coco-stuff-156-15, demo-30-8 or a file): "
+                "report mIoU(S), mIoU(U) and hIoU."
+            ),
+        ] = None,
     ) -> None:
         """Evaluate mIoU/mAcc/aAcc (and seen/unseen hIoU). Extra '--eval.key value' overrides are accepted.
 
@@ -157,6 +165,11 @@ def register(app: typer.Typer) -> None:
         if top_k is not None:
             overrides["eval.top_k"] = top_k
         failed: MetricsWriteError | None = None
+        if mvp_cli.is_method_reference(checkpoint):  # MVP-SEG checkpoint or baseline:BACKBONE
+            mvp_cli.reject({"'--protocol'": protocol, "'--sweep'": sweep, "'--bg-thresh'": bg_thresh,
+                            "'--top-k'": top_k}, overrides)  # fmt: skip
+            args = (data, dataset, data_root, split, zs_split, overrides, device, max_images, cache, output)
+            return render(mvp_cli.evaluate(checkpoint, *args), per_class=per_class)
         with progress_bar("eval") as update:
             try:
                 report = evaluate_checkpoint(
@@ -178,6 +191,8 @@ def register(app: typer.Typer) -> None:
                 raise OutputError(f"{e}: pass --output FILE to write it elsewhere") from e
             except MetricsWriteError as e:
                 report, failed = e.report, e
+        if zs_split is not None and failed is None:
+            mvp_cli.apply_zs_split(report, zs_split)
         render(report, per_class=per_class)
         if failed is not None:
             raise OutputError(f"{failed}; the metrics are printed above") from failed

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from .._console import handle_errors, out
+from . import mvp_cli
 from ..options import CheckpointOpt
 
 
@@ -31,6 +32,8 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"must be a multiple of 16 pixels, got {size}", param_hint="'--size'")
         if out_path.suffix.lower() != ".onnx":
             raise typer.BadParameter(f"must name a .onnx file, got {out_path}", param_hint="'--out'")
+        if mvp_cli.is_method_reference(checkpoint):  # MVP-SEG / baseline: the frozen dense tower
+            return mvp_cli.export(checkpoint, out_path, size)
         meta = export_onnx(checkpoint, out_path, size=size)
         out.print(
             f"wrote {meta['path']} and {meta['sidecar']} (outputs: {', '.join(meta['outputs'])})",

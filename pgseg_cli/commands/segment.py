@@ -11,6 +11,7 @@ import typer
 from rich.markup import escape
 
 from .._console import err, handle_errors, progress_bar
+from . import mvp_cli
 from ..options import BgThreshOpt, DeviceOpt, OptionalCheckpointOpt, TopKOpt, device_or_auto
 
 
@@ -116,6 +117,22 @@ def register(app: typer.Typer) -> None:
         _check_options(classes, classes_file, fmt, backend, onnx, export_onnx, feature_cache, device)
         checkpoint, out_dir = _defaults(checkpoint, out_dir)
         ensure_dir(out_dir)  # a file or an uncreatable path: one line before any model work
+        if mvp_cli.is_method_reference(checkpoint):  # MVP-SEG checkpoint or baseline:BACKBONE
+            unused = {"'--bg-words'": bg_words, "'--template'": template, "'--bg-thresh'": bg_thresh,
+                      "'--templates-file'": templates_file, "'--top-k'": top_k, "'--onnx'": onnx,
+                      "'--export-onnx'": export_onnx, "'--backend'": backend != "torch"}  # fmt: skip
+            mvp_cli.reject(unused)
+            names = mvp_cli.class_names(classes, classes_file)
+            args = (
+                fmt,
+                device,
+                feature_cache,
+                recursive,
+                skip_existing,
+                sys.stdin if "-" in images else None,
+            )
+            summary = mvp_cli.segment(images, checkpoint, out_dir, names, *args, _emitter(jsonl), short_side)
+            return _render(summary, out_dir, feature_cache, err if jsonl else None)
 
         overrides = {
             k: v
@@ -175,6 +192,14 @@ def _defaults(checkpoint: str | None, out_dir: Path | None) -> tuple[str, Path]:
     if said:
         err.print("; ".join(said), highlight=False, markup=False, soft_wrap=True)
     return checkpoint, out_dir
+
+
+def _emitter(jsonl: bool):
+    def emit(record: dict) -> None:
+        if jsonl:
+            typer.echo(json.dumps(record, ensure_ascii=False))
+
+    return emit
 
 
 def _check_options(classes, classes_file, fmt, backend, onnx, export_onnx, feature_cache, device) -> None:

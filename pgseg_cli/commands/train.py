@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .._console import handle_errors, out, progress_bar
+from . import mvp_cli
 from ..options import parse_overrides, DeviceOpt, OutDirOpt
 
 
@@ -50,6 +51,14 @@ def register(app: typer.Typer) -> None:
                 "or a released model's name from 'pgseg models'; new keys are reported)."
             ),
         ] = None,
+        method: Annotated[str, typer.Option(help="pgseg (the --model preset) or mvp-seg.")] = "pgseg",
+        backbone: Annotated[
+            Optional[str],
+            typer.Option(help="mvp-seg: frozen backbone, open_clip:MODEL:WEIGHTS or pgseg:CHECKPOINT."),
+        ] = None,
+        zs_split: Annotated[
+            Optional[str], typer.Option(help="mvp-seg: seen / unseen split (default demo-30-8).")
+        ] = None,
     ) -> None:
         """Train a model into the run directory --out (checkpoints, metrics.jsonl, config.json).
 
@@ -58,6 +67,10 @@ def register(app: typer.Typer) -> None:
         from pgseg_core.api import train
 
         overrides = parse_overrides(list(ctx.args))
+        if method not in ("pgseg", "mvp-seg"):
+            raise typer.BadParameter(f"unknown method '{method}': pgseg or mvp-seg", param_hint="'--method'")
+        if method == "mvp-seg":  # docs/MVP_SEG.md: its own trainer
+            return mvp_cli.train(backbone, data, out_dir, overrides, device, zs_split, resume, overwrite)
         _check_out(out_dir, resume, overwrite)
         with progress_bar("train") as update:
 

@@ -26,8 +26,11 @@ log = logging.getLogger("pgseg.data.sources.demo")
 
 __all__ = ["SPLITS", "build_demo_shards"]
 
-SPLITS = ("train", "val-caption", "val-heldout")
-_SPLIT_STREAM = {"train": 0, "val-caption": 1, "val-heldout": 2}
+SPLITS = ("train", "val-caption", "val-heldout", "train-seen")
+_SPLIT_STREAM = {"train": 0, "val-caption": 1, "val-heldout": 2, "train-seen": 3}
+SEEN_TRAIN_SPLIT = (
+    "train-seen"  # labelled caption-class composites for zero-shot training (docs/MVP_SEG.md §5)
+)
 
 
 def build_demo_shards(
@@ -46,17 +49,18 @@ def build_demo_shards(
     """Generate the demo dataset as webdataset shards plus ``index.json``.
 
     Train samples hold ``jpg`` (RGB composite), ``txt`` (caption) and ``json`` ``{"classes": [...]}``
-    (the classes in the image). Val samples hold ``jpg``, ``png`` (uint8 label map: 0 background,
-    1 + i = class i of the split's class list), ``txt`` and ``json`` ``{"classes": split class list,
-    "split", "present", "caption"}``. The set is built beside ``out_dir`` and published there only when
-    complete (:class:`~pgseg_core.data.shard_set.ShardSet`): an interrupted or failed build leaves
-    ``out_dir`` as it was.
+    (the classes in the image). Val samples (and the ``train-seen`` split: caption classes only, training
+    backgrounds, its own random stream, for training with exact masks) hold ``jpg``, ``png`` (uint8 label
+    map: 0 background, 1 + i = class i of the split's class list), ``txt`` and ``json`` ``{"classes":
+    split class list, "split", "present", "caption"}``. The set is built beside ``out_dir`` and published
+    there only when complete (:class:`~pgseg_core.data.shard_set.ShardSet`): an interrupted or failed build
+    leaves ``out_dir`` as it was.
 
     Args:
         out_dir: output directory (missing or empty, or a shard set to replace with ``overwrite``).
         seed: generator seed; the same seed, sizes and sources give byte-identical shards.
         n_train: number of training composites.
-        n_val: composites per validation split (val-caption and val-heldout).
+        n_val: composites per validation split (val-caption and val-heldout) and of train-seen.
         img_size: composite side S in pixels (square images).
         roots: source locations (default: installed Debian/pip locations).
         shard_size: samples per tar file.
@@ -92,6 +96,7 @@ def build_demo_shards(
             ("train", n_train, src["caption"], train_bgs),
             ("val-caption", n_val, src["caption"], src["backgrounds"]),
             ("val-heldout", n_val, src["heldout"], src["backgrounds"]),
+            (SEEN_TRAIN_SPLIT, n_val, src["caption"], train_bgs),
         ]
         tick = progress_ticker(progress, sum(n for _, n, _, _ in plan))
         splits = {
@@ -122,7 +127,9 @@ def _write_split(
             tick()
         shards = writer.close()
     entry: dict[str, Any] = {"shards": shards, "count": n}
-    if split != "train":
+    if split == SEEN_TRAIN_SPLIT:  # not "classes": evaluation selects the splits that have a class list
+        entry["seen_classes"] = names
+    elif split != "train":
         entry["classes"] = names
     return entry
 
