@@ -58,7 +58,16 @@ def register(app: typer.Typer) -> None:
                 help="coco-object: split to convert (train / val; repeatable; default: all present).",
             ),
         ] = None,
-        workers: Annotated[int, typer.Option(min=0, help="coco-object: worker processes.")] = 0,
+        workers: Annotated[
+            int, typer.Option(min=0, help="coco-object, --index: worker processes (0: none).")
+        ] = 0,
+        index: Annotated[
+            Optional[Path],
+            typer.Option(
+                help="Count the samples of the tars in DIR (e.g. img2dataset output), write DIR/index.json "
+                "which training reads; the tars are never rewritten."
+            ),
+        ] = None,
         overwrite: Annotated[
             bool,
             typer.Option(
@@ -73,6 +82,9 @@ def register(app: typer.Typer) -> None:
         never holds a partial or mixed set; an interrupted build leaves --out as it was."""
         from pgseg_core.api import prep_shards
 
+        if index is not None:
+            _index_folder(index, workers)
+            return
         _check_source_options(source, out_dir, images, coco_root)
         if source != "coco-object":
             _check_out(out_dir, overwrite)
@@ -151,6 +163,20 @@ def _check_out(out_dir: Path, overwrite: bool) -> None:
             "replace them, or choose another folder",
             param_hint="'--out'",
         )
+
+
+def _index_folder(folder: Path, workers: int) -> None:
+    from pgseg_core.data.sources.web_index import index_shard_folder
+
+    with progress_bar("index") as update:
+        summary = index_shard_folder(folder, workers=workers, progress=lambda d, t: update(d, t))
+    out.print(f"indexed {summary['out_dir']}: {summary['count']} samples in {summary['shards']} tars")
+    skipped = summary["skipped"]
+    if any(skipped.values()):
+        err.print("skipped: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in skipped.items()))
+    if summary["stats_mismatch"]:
+        names = summary["stats_mismatch"]
+        err.print(f"{len(names)} tar(s) hold another count than their img2dataset stats, e.g. {names[0]}")
 
 
 def _render_coco_object(summary: dict) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .._console import handle_errors, out, progress_bar
-from ..options import parse_overrides, DeviceOpt, OutDirOpt
+from ..options import parse_overrides, DeviceOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -17,9 +17,19 @@ def register(app: typer.Typer) -> None:
     def train_cli(
         ctx: typer.Context,
         data: Annotated[
-            str, typer.Option("--data", "-d", help="Training shards: DIR, index.json or brace pattern.")
+            str,
+            typer.Option(
+                "--data",
+                "-d",
+                help="Training shards (DIR, index.json, brace pattern, URL) or dataset names: cc12m, "
+                "cc3m+cc12m, cc12m:2+redcaps:1 (folders under $PGSEG_DATA_ROOT, default "
+                "~/.cache/pgseg/data).",
+            ),
         ],
-        out_dir: OutDirOpt,
+        out_dir: Annotated[
+            Optional[Path],
+            typer.Option("--out", "-o", help="Run directory (default: pgseg_runs/<model>_<data>)."),
+        ] = None,
         model: Annotated[
             str,
             typer.Option(
@@ -43,6 +53,10 @@ def register(app: typer.Typer) -> None:
                 "cache, which depends only on the data and the stem, is kept)."
             ),
         ] = False,
+        datasets_file: Annotated[
+            Optional[Path],
+            typer.Option(help="datasets.toml naming more datasets / other places for --data names."),
+        ] = None,
         init: Annotated[
             Optional[str],
             typer.Option(
@@ -58,6 +72,11 @@ def register(app: typer.Typer) -> None:
         from pgseg_core.api import train
 
         overrides = parse_overrides(list(ctx.args))
+        if datasets_file is not None:
+            overrides["data.datasets_file"] = str(datasets_file)
+        if out_dir is None:
+            out_dir = default_run_dir(model, data)
+            out.print(f"run directory: {out_dir}")
         _check_out(out_dir, resume, overwrite)
         with progress_bar("train") as update:
 
@@ -83,6 +102,16 @@ def register(app: typer.Typer) -> None:
             f"trained {_steps_text(result)} on {result.device} in {result.seconds:.0f} s{loss}; "
             f"checkpoint: {result.checkpoint}"
         )
+
+
+def default_run_dir(model: str, data: str) -> Path:
+    """``pgseg_runs/<model>_<data>``: the preset or config file stem and the dataset names or shard folder
+    name, with characters other than letters, digits and ``._+-`` replaced by ``_``."""
+    import re
+
+    stem = Path(model).stem if model.endswith(".json") else model
+    where = Path(data.rstrip("/")).name or data
+    return Path("pgseg_runs") / re.sub(r"[^A-Za-z0-9._+-]+", "_", f"{stem}_{where.replace(':', '-')}")
 
 
 def _check_out(out_dir: Path, resume: bool, overwrite: bool) -> None:
