@@ -89,7 +89,11 @@ def _stats_successes(tar: Path) -> int | None:
 
 
 def index_shard_folder(
-    folder: str | Path, *, workers: int = 0, progress: Callable[[int, int], None] | None = None
+    folder: str | Path,
+    *,
+    workers: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Count the samples of every tar in ``folder`` and write ``folder/index.json`` last (module docstring).
 
@@ -97,6 +101,10 @@ def index_shard_folder(
         folder: the shard folder (img2dataset's ``output_folder``).
         workers: worker processes (0: in this process).
         progress: optional ``(done, total)`` callback per tar.
+        extra: more top-level index keys (e.g. the download settings and counts).
+
+    When the folder holds img2dataset stats files, a tar without its ``NNNNN_stats.json`` is an unfinished
+    download: it is left out and counted as ``unfinished_tars``.
 
     Returns:
         Summary: ``{"out_dir", "count", "shards", "skipped": {"unreadable_tars", "samples_in_unreadable_tars",
@@ -110,6 +118,10 @@ def index_shard_folder(
     if not root.is_dir():
         raise DataError(f"cannot index {root}: no such folder")
     tars = sorted(root.glob("*.tar"))
+    unfinished = []
+    if any(root.glob("*_stats.json")):
+        unfinished = [t.name for t in tars if not t.with_name(t.stem + "_stats.json").is_file()]
+        tars = [t for t in tars if t.name not in unfinished]
     if not tars:
         raise DataError(
             f"cannot index {root}: it holds no .tar shards (img2dataset --output_format webdataset)"
@@ -135,6 +147,7 @@ def index_shard_folder(
         "unreadable_tars": len(results) - len(good),
         "samples_in_unreadable_tars": sum(r["samples"] for r in results if not r["readable"]),
         "corrupt_samples": sum(r["corrupt"] for r in good),
+        "unfinished_tars": len(unfinished),
     }
     count = sum(r["samples"] for r in good)
     index = new_index(
@@ -143,6 +156,7 @@ def index_shard_folder(
         skipped=skipped,
         layout="img2dataset",
         shard_counts={r["name"]: r["samples"] for r in good},
+        **(extra or {}),
     )
     write_index(root, index)
     log.info("indexed %s: %d samples in %d tars, skipped %s", root, count, len(good), skipped)
