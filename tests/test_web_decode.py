@@ -1,0 +1,64 @@
+"""Training-image decoding: the DCT-domain (Image.draft) path against the plain PIL reference, the crop
+distribution it keeps, data.decode gpu without CUDA, and fsspec shard URLs."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from _webdata import jpeg_bytes, write_img2dataset_shard
+from pgseg_core.config import DataConfig
+from pgseg_core.data.decode import DraftDecoder, draft_reduction, train_sample_decoder
+from pgseg_core.data.loader import make_train_loader
+from pgseg_core.data.remote import shard_urls
+from pgseg_core.errors import DeviceError
+
+
+def test_draft_reduction_keeps_the_crop_at_least_the_output_size():
+    assert draft_reduction(512, 400, 224) == 1
+    assert draft_reduction(1000, 900, 224) == 4  # 250 x 225 >= 224
+    assert draft_reduction(2000, 1800, 224) == 8
+    assert draft_reduction(300, 2000, 64) == 4
+
+
+def test_auto_matches_the_reference_crop_for_crop():
+    cfg = DataConfig(img_size=64, crop_scale=[0.3, 1.0], decode="auto")
+    ref_cfg = DataConfig(img_size=64, crop_scale=[0.3, 1.0], decode="cpu")
+    fast, ref = train_sample_decoder(cfg, 64), train_sample_decoder(ref_cfg, 64)
+    assert isinstance(fast, DraftDecoder)
+    big, small = jpeg_bytes(1, (640, 480), quality=95), jpeg_bytes(2, (80, 64))
+    for data, exact in ((small, True), (big, False)):
+        torch.manual_seed(5)
+        a = torch.stack([fast(data) for _ in range(6)])
+        torch.manual_seed(5)
+        b = torch.stack([ref(data) for _ in range(6)])
+        assert a.shape == b.shape == (6, 3, 64, 64)
+        if exact:  # no reduction possible: bit-identical to torchvision's RandomResizedCrop
+            assert torch.equal(a, b)
+        else:  # same crops (same random numbers), pixels differ only by the DCT-domain filter
+            err = (a - b).abs().mean().item()
+            assert err < 0.08, err  # normalised units (~0.02 of the 0..255 range)
+            assert (a - b).abs().mean(dim=(1, 2, 3)).max() < 0.15
+
+
+def test_gpu_decode_without_cuda_is_an_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(DeviceError, match="CUDA"):
+        train_sample_decoder(DataConfig(decode="gpu"), 64)
+
+
+def test_fsspec_urls_stream_through_a_pipe(tmp_path):
+    tar = write_img2dataset_shard(tmp_path / "s", 0, 5, tag="remote")
+    url = f"local://{tar}"  # a scheme webdataset does not open itself; fsspec does
+    (piped,) = shard_urls([url])
+    assert piped.startswith("pipe:") and "pgseg_core.data.remote" in piped
+    assert shard_urls([str(tar), "http://h/x.tar", "pipe:cat x"]) == [
+        str(tar),
+        "http://h/x.tar",
+        "pipe:cat x",
+    ]
+    cfg = DataConfig(train=url, img_size=16, num_workers=0, shuffle_buffer=1)
+    batch = next(itertools.islice(iter(make_train_loader(cfg, 5, seed=0)), 1))
+    assert sorted(batch["text"]) == sorted(f"remote photo number {i} of shard 0" for i in range(5))
