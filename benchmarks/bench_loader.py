@@ -82,7 +82,34 @@ def run(args) -> dict:
         name: {"median": statistics.median(v), "min": min(v), "max": max(v)} for name, v in per_core.items()
     }
     ratio = {name: summary[name]["median"] / summary["pil"]["median"] for name in summary}
-    return {"images_per_s_per_core": summary, "ratio_to_pil": ratio, "raw_seconds": seconds}
+    result = {"images_per_s_per_core": summary, "ratio_to_pil": ratio, "raw_seconds": seconds}
+    if torch.cuda.is_available():
+        result["gpu"] = time_gpu_path(jpegs, args)
+    return result
+
+
+def time_gpu_path(jpegs: list[bytes], args) -> dict:
+    """``data.decode gpu``: worker-side header + crop draw per core, and the batched GPU decode images/s."""
+    from pgseg_core.data.gpu_decode import GpuBatchDecoder, GpuSamplePrep
+
+    prep, dec = GpuSamplePrep(args.crop, (0.08, 1.0), True), GpuBatchDecoder(args.crop, "cuda")
+    t = time.perf_counter()
+    entries = [prep(d) for d in jpegs]
+    prep_s = time.perf_counter() - t
+    dec.decode(entries[:4])  # warm-up (nvJPEG handles, kernels)
+    runs = []
+    for _ in range(args.repeats):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for i in range(0, len(entries), args.gpu_batch):
+            dec.decode(entries[i : i + args.gpu_batch])
+        torch.cuda.synchronize()
+        runs.append(len(entries) / (time.perf_counter() - t))
+    return {
+        "worker_prep_images_per_s_per_core": len(jpegs) / prep_s,
+        "gpu_decode_images_per_s": {"median": statistics.median(runs), "min": min(runs), "max": max(runs)},
+        "batch": args.gpu_batch,
+    }
 
 
 def environment(argv: list[str]) -> dict:
@@ -123,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--width", type=int, default=683)
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--crop", type=int, default=224)
+    p.add_argument("--gpu-batch", type=int, default=256, help="batch size of the GPU path (CUDA only)")
     p.add_argument(
         "--quick", action="store_true", help="8 images, 2 repeats (a smoke test, not a measurement)"
     )

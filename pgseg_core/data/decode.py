@@ -10,8 +10,9 @@
   ``RandomResizedCrop.get_params`` (same scale / ratio / position distribution and the same random
   numbers as ``cpu``) and mapped exactly (a float box) into the reduced image, so only the resampling filter
   differs: the final step is still an antialiased downscale to S x S.
-- ``gpu``: needs CUDA (checked here: a missing device raises, nothing falls back); decoding on the GPU is
-  done batch-wise by :mod:`pgseg_core.data.gpu_decode`.
+- ``gpu``: needs CUDA (checked here: a missing device raises, nothing falls back); the workers draw the
+  crops and the training process decodes, crops and resizes batch-wise on the GPU
+  (:mod:`pgseg_core.data.gpu_decode`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 
 from ..errors import DeviceError
 
-__all__ = ["train_sample_decoder", "DraftDecoder", "draft_reduction"]
+__all__ = ["train_sample_decoder", "decode_plan", "DraftDecoder", "draft_reduction"]
 
 
 def draft_reduction(crop_w: float, crop_h: float, size: int) -> int:
@@ -99,7 +100,8 @@ def train_sample_decoder(data_cfg, size: int) -> Callable[[bytes], torch.Tensor]
         size: crop side S in pixels.
 
     Returns:
-        A picklable callable: encoded image bytes -> FloatTensor ``[3,S,S]``.
+        A picklable callable: encoded image bytes -> FloatTensor ``[3,S,S]`` (``gpu``: the encoded sample
+        and its crop, see :class:`~pgseg_core.data.gpu_decode.GpuSamplePrep`).
 
     Raises:
         DeviceError: ``gpu`` without CUDA.
@@ -110,7 +112,24 @@ def train_sample_decoder(data_cfg, size: int) -> Callable[[bytes], torch.Tensor]
     if mode == "gpu":
         if not torch.cuda.is_available():
             raise DeviceError("data.decode gpu needs a CUDA device, and none is available: use auto or cpu")
-        raise DeviceError("data.decode gpu: the GPU decode path is not in this build; use auto or cpu")
+        from .gpu_decode import GpuSamplePrep
+
+        return GpuSamplePrep(size, data_cfg.crop_scale, data_cfg.hflip)
     if mode == "auto":
         return DraftDecoder(size, data_cfg.crop_scale, data_cfg.hflip)
     return _PlainDecoder(train_transform(size, data_cfg.crop_scale, data_cfg.hflip))
+
+
+def decode_plan(data_cfg, size: int):
+    """What the training loader needs for ``data_cfg.decode``: ``(sample decoder, collate function or None
+    for the default stacking, stage applied to the batches in the training process or None)``.
+
+    Raises:
+        DeviceError: ``gpu`` without CUDA.
+    """
+    decoder = train_sample_decoder(data_cfg, size)
+    if str(getattr(data_cfg, "decode", "cpu")) != "gpu":
+        return decoder, None, None
+    from .gpu_decode import GpuBatchDecoder, collate_encoded
+
+    return decoder, collate_encoded, GpuBatchDecoder(size, torch.device("cuda", torch.cuda.current_device()))

@@ -114,7 +114,7 @@ def make_train_loader(data_cfg: DataConfig, batch_size: int, seed: int, *, img_s
     """
     import webdataset as wds
 
-    from .decode import train_sample_decoder
+    from .decode import decode_plan
     from .skips import SkipCounter, register_loader
     from .sources.named import resolve_train_sources
 
@@ -124,7 +124,7 @@ def make_train_loader(data_cfg: DataConfig, batch_size: int, seed: int, *, img_s
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     sources = resolve_train_sources(data_cfg.train, data_cfg.datasets_file or None)
     size = int(img_size or data_cfg.img_size)
-    decoder = train_sample_decoder(data_cfg, size)
+    decoder, collate, on_batches = decode_plan(data_cfg, size)
     counter = SkipCounter()
     handler = SkipAndCount(str(data_cfg.train), counter=counter)
     buffer = max(1, int(data_cfg.shuffle_buffer))
@@ -133,7 +133,7 @@ def make_train_loader(data_cfg: DataConfig, batch_size: int, seed: int, *, img_s
         _WorkerSeededShuffle(buffer, int(seed)),
         wds.to_tuple("__key__", "jpg;png;jpeg;webp", "txt", handler=handler),
         wds.map_tuple(str, decoder, _as_text, handler=handler),
-        wds.batched(batch_size, collation_fn=_collate, partial=False),
+        wds.batched(batch_size, collation_fn=collate or _collate, partial=False),
     )
     workers = max(0, int(data_cfg.num_workers))
     init = functools.partial(_worker_init, parent_pid=os.getpid()) if workers > 0 else None
@@ -145,6 +145,8 @@ def make_train_loader(data_cfg: DataConfig, batch_size: int, seed: int, *, img_s
         persistent_workers=workers > 0,
         worker_init_fn=init,
     )
+    if on_batches is not None:  # data.decode gpu: decode, crop and resize each batch on the GPU
+        loader = loader.compose(on_batches)
     register_loader(loader, counter)
     return loader
 
