@@ -80,7 +80,9 @@ def _gpu_path_vs_reference(device: str):
     torch.manual_seed(3)
     expected = torch.stack([ref(d) for d in images])
     assert [e[0] for e in entries] == ["jpeg"] * 5 + ["pixels"]
-    got = dec.decode(entries).cpu()
+    got, keep = dec.decode(entries)
+    got = got.cpu()
+    assert keep == list(range(6))
     assert got.shape == expected.shape == (6, 3, 48, 48)
     err = (got - expected).abs().mean(dim=(1, 2, 3))
     print("gpu-path mean abs error per image", err.tolist())
@@ -99,3 +101,15 @@ def test_gpu_path_on_cuda_matches_the_reference(tmp_path, monkeypatch):
     cfg = DataConfig(train="cc3m", img_size=32, num_workers=1, shuffle_buffer=1, decode="gpu")
     batch = next(iter(make_train_loader(cfg, 4, seed=0)))
     assert batch["image"].is_cuda and batch["image"].shape == (4, 3, 32, 32)
+
+
+def test_gpu_stage_drops_and_counts_a_jpeg_that_does_not_decode():
+    from pgseg_core.data.gpu_decode import GpuBatchDecoder, GpuSamplePrep
+
+    bad: list[Exception] = []
+    prep, dec = GpuSamplePrep(32, (0.5, 1.0), False), GpuBatchDecoder(32, "cpu", on_bad=bad.append)
+    good = jpeg_bytes(1, (64, 64))
+    entries = [prep(good), prep(good[: len(good) // 3]), prep(good)]  # the header of the cut one is whole
+    batch = {"image": entries, "text": ["a", "b", "c"], "key": ["1", "2", "3"]}
+    (out,) = list(dec([batch]))
+    assert out["image"].shape == (2, 3, 32, 32) and out["text"] == ["a", "c"] and len(bad) == 1

@@ -120,9 +120,10 @@ def train_sample_decoder(data_cfg, size: int) -> Callable[[bytes], torch.Tensor]
     return _PlainDecoder(train_transform(size, data_cfg.crop_scale, data_cfg.hflip))
 
 
-def decode_plan(data_cfg, size: int):
+def decode_plan(data_cfg, size: int, on_bad=None):
     """What the training loader needs for ``data_cfg.decode``: ``(sample decoder, collate function or None
-    for the default stacking, stage applied to the batches in the training process or None)``.
+    for the default stacking, stage applied to the batches in the training process or None)``; ``on_bad``
+    receives the images the GPU stage could not decode (the loader's skip-and-count handler).
 
     Raises:
         DeviceError: ``gpu`` without CUDA.
@@ -132,4 +133,5 @@ def decode_plan(data_cfg, size: int):
         return decoder, None, None
     from .gpu_decode import GpuBatchDecoder, collate_encoded
 
-    return decoder, collate_encoded, GpuBatchDecoder(size, torch.device("cuda", torch.cuda.current_device()))
+    device = torch.device("cuda", torch.cuda.current_device())
+    return decoder, collate_encoded, GpuBatchDecoder(size, device, on_bad=on_bad)

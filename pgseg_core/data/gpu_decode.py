@@ -73,43 +73,64 @@ class GpuBatchDecoder:
     """Training-process stage: batches with encoded ``image`` lists -> ``image`` FloatTensor ``[B,3,S,S]``
     (ImageNet-normalised) on ``device``.
 
+    A JPEG that does not decode (truncated after a valid header) is dropped from its batch (the batch is
+    then smaller) and reported to ``on_bad``, like any bad sample; it never ends training.
+
     Args:
         size: output side S in pixels.
         device: where to decode (CUDA for ``data.decode gpu``).
-
-    Raises (when iterated):
-        RuntimeError: a JPEG that nvJPEG cannot decode ends the batch (the loader's workers have already
-            skipped samples that are not images).
+        on_bad: called with the exception of each dropped image (the loader's skip-and-count handler).
     """
 
-    def __init__(self, size: int, device: torch.device | str):
+    def __init__(self, size: int, device: torch.device | str, on_bad=None):
         self.size = int(size)
         self.device = torch.device(device)
+        self.on_bad = on_bad
         self.mean = torch.tensor(_MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(_STD, device=self.device).view(1, 3, 1, 1)
 
-    def decode(self, entries: list[tuple]) -> torch.Tensor:
-        """Entries of one batch -> normalised ``[B,3,S,S]``."""
+    def _jpegs(self, data: list[torch.Tensor]) -> list[torch.Tensor | None]:
+        """Decode in one call; if that fails, one by one, with None for each image that does not decode."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
+        if not data:
+            return []
+        try:
+            return list(decode_jpeg(data, mode=ImageReadMode.RGB, device=self.device))
+        except RuntimeError:
+            out: list[torch.Tensor | None] = []
+            for d in data:
+                try:
+                    out.append(decode_jpeg(d, mode=ImageReadMode.RGB, device=self.device))
+                except RuntimeError as e:
+                    out.append(None)
+                    if self.on_bad is not None:
+                        self.on_bad(e)
+            return out
+
+    def decode(self, entries: list[tuple]) -> tuple[torch.Tensor, list[int]]:
+        """Entries of one batch -> (normalised ``[B',3,S,S]``, the indices kept: B' <= B)."""
         jpeg_at = [i for i, e in enumerate(entries) if e[0] == "jpeg"]
-        decoded = (
-            decode_jpeg([entries[i][1] for i in jpeg_at], mode=ImageReadMode.RGB, device=self.device)
-            if jpeg_at
-            else []
-        )
-        out = torch.empty(len(entries), 3, self.size, self.size, device=self.device)
-        for i, img in zip(jpeg_at, decoded):
+        decoded = dict(zip(jpeg_at, self._jpegs([entries[i][1] for i in jpeg_at])))
+        keep = [i for i in range(len(entries)) if decoded.get(i, True) is not None]
+        out = torch.empty(len(keep), 3, self.size, self.size, device=self.device)
+        for j, i in enumerate(keep):
+            if entries[i][0] == "pixels":
+                out[j] = entries[i][1].to(self.device).float()
+                continue
+            img = decoded[i]
             top, left, h, w = entries[i][2]
             crop = img[:, top : top + h, left : left + w].unsqueeze(0).float()
             crop = F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True)
-            out[i] = crop[0].flip(-1) if entries[i][3] else crop[0]
-        for i, e in enumerate(entries):
-            if e[0] == "pixels":
-                out[i] = e[1].to(self.device).float()
-        return (out.clamp_(0, 255).div_(255.0) - self.mean) / self.std
+            out[j] = crop[0].flip(-1) if entries[i][3] else crop[0]
+        return (out.clamp_(0, 255).div_(255.0) - self.mean) / self.std, keep
 
     def __call__(self, batches):
         for batch in batches:
-            batch["image"] = self.decode(batch["image"])
+            images, keep = self.decode(batch["image"])
+            if not keep:
+                continue
+            batch.update(
+                image=images, text=[batch["text"][i] for i in keep], key=[batch["key"][i] for i in keep]
+            )
             yield batch

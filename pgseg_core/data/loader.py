@@ -124,9 +124,9 @@ def make_train_loader(data_cfg: DataConfig, batch_size: int, seed: int, *, img_s
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     sources = resolve_train_sources(data_cfg.train, data_cfg.datasets_file or None)
     size = int(img_size or data_cfg.img_size)
-    decoder, collate, on_batches = decode_plan(data_cfg, size)
     counter = SkipCounter()
     handler = SkipAndCount(str(data_cfg.train), counter=counter)
+    decoder, collate, on_batches = decode_plan(data_cfg, size, on_bad=handler)
     buffer = max(1, int(data_cfg.shuffle_buffer))
     pipeline = wds.DataPipeline(
         *_sample_streams(sources, int(seed), handler),
