@@ -116,3 +116,36 @@ def test_builtin_columns_and_distributed_script(tmp_path):
     assert result.exit_code == 0, result.output
     script = (tmp_path / "d.py").read_text()
     assert "ray.init" in script and "'output_folder': 's3://b/x'" in script
+
+
+def test_headerless_and_redcaps_lists_become_parquet(tmp_path):
+    import pyarrow.parquet as pq
+
+    from pgseg_core.data.sources.download import convert_url_list
+
+    cc3m = tmp_path / "Train_GCC-training.tsv"
+    cc3m.write_text('a "quoted" cat\thttp://a/1.jpg\na dog\thttp://a/2.jpg\n')
+    table = pq.read_table(convert_url_list(url_list_for("cc3m", cc3m, None, None), tmp_path))
+    assert table.column("url").to_pylist() == ["http://a/1.jpg", "http://a/2.jpg"]
+    assert table.column("caption").to_pylist() == ['a "quoted" cat', "a dog"]
+    red = tmp_path / "redcaps"
+    red.mkdir()
+    for sub, n in (("aww", 2), ("pics", 1)):
+        ann = [
+            {"url": f"http://r/{sub}{i}.jpg", "caption": f"{sub} {i}", "image_id": str(i)} for i in range(n)
+        ]
+        (red / f"{sub}_2020.json").write_text(json.dumps({"info": {}, "annotations": ann}))
+    (tmp_path / "s").mkdir()
+    table = pq.read_table(convert_url_list(url_list_for("redcaps", red, None, None), tmp_path / "s"))
+    assert table.column("caption").to_pylist() == ["aww 0", "aww 1", "pics 0"]
+
+
+def test_index_leaves_out_unfinished_img2dataset_tars(tmp_path):
+    from _webdata import write_img2dataset_shard
+
+    from pgseg_core.data.sources.web_index import index_shard_folder
+
+    write_img2dataset_shard(tmp_path, 0, 5)
+    write_img2dataset_shard(tmp_path, 1, 5, stats=False)  # a download killed while writing shard 1
+    summary = index_shard_folder(tmp_path)
+    assert summary["count"] == 5 and summary["skipped"]["unfinished_tars"] == 1
