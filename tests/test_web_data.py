@@ -147,3 +147,14 @@ def test_prep_shards_index_counts_real_samples(tmp_path, monkeypatch):
     result = runner.invoke(app, ["prep-shards", "--index", str(folder), "--workers", "2"])
     assert result.exit_code == 0, result.output
     assert "19 samples in 2 tars" in " ".join(result.output.split())
+
+
+def test_resolve_shards_reads_dataset_names_for_train(tmp_path, monkeypatch):
+    from pgseg_core.data.shards import resolve_shards
+
+    monkeypatch.setenv("PGSEG_DATA_ROOT", str(tmp_path))
+    write_img2dataset_shard(tmp_path / "cc3m", 0, 3)
+    write_img2dataset_shard(tmp_path / "cc12m", 0, 3)
+    assert len(resolve_shards("cc3m+cc12m", "train")) == 2
+    with pytest.raises(DataError, match="no shards at 'cc3m'"):
+        resolve_shards("cc3m", "val-caption")
