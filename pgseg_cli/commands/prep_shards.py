@@ -1,5 +1,6 @@
-"""``pgseg prep-shards``: build webdataset shards (demo composites or a captioned image folder), or convert
-COCO-Stuff-164k label maps to COCO-Object in place."""
+"""``pgseg prep-shards``: build webdataset shards (demo composites, a captioned image folder, a URL list via
+img2dataset), index existing img2dataset shards, or convert COCO-Stuff-164k label maps to COCO-Object in
+place."""
 
 from __future__ import annotations
 
@@ -102,8 +103,9 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
     ) -> None:
-        """Build training/validation shards (demo composites, a folder of images with captions), or write
-        COCO-Object label maps (*_instanceTrainIds.png) next to the raw COCO-Stuff PNGs.
+        """Build training/validation shards (demo composites, a folder of images with captions, a URL list
+        downloaded with img2dataset), index shards img2dataset wrote (--index DIR), or write COCO-Object
+        label maps (*_instanceTrainIds.png) next to the raw COCO-Stuff PNGs.
 
         The shards are built in a hidden folder beside --out and renamed to --out when complete, so --out
         never holds a partial or mixed set; an interrupted build leaves --out as it was."""
