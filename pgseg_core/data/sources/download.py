@@ -202,6 +202,6 @@ def download_url_list(urls: str | Path, out: str | Path, *, source: str = "url-l
     _run(kwargs, staging, out, max(1, math.ceil(_rows(lst, url_file) / settings.shard_size)), progress)
     counts = stats_counts(out)
     extra = {"download": settings_record(settings, lst, source), "download_counts": counts}
-    summary = index_shard_folder(out, extra=extra)
+    summary = index_shard_folder(out, workers=settings.processes, extra=extra)
     shutil.rmtree(staging, ignore_errors=True)
     return {**summary, "download": counts, "already": False}
