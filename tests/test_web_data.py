@@ -158,3 +158,30 @@ def test_resolve_shards_reads_dataset_names_for_train(tmp_path, monkeypatch):
     assert len(resolve_shards("cc3m+cc12m", "train")) == 2
     with pytest.raises(DataError, match="no shards at 'cc3m'"):
         resolve_shards("cc3m", "val-caption")
+
+
+def test_folder_source_reads_coco_captions_json(tmp_path):
+    from PIL import Image
+
+    from pgseg_core.data.captions import collect_captioned_images
+
+    for name in ("000000000009.jpg", "000000000025.jpg", "000000000030.jpg"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    ann = [(5, 9, "second"), (2, 9, "first"), (7, 25, "a giraffe"), (8, 77, "x")]
+    coco = {
+        "images": [
+            {"id": i, "file_name": f}
+            for i, f in ((9, "000000000009.jpg"), (25, "000000000025.jpg"), (77, "gone"))
+        ],
+        "annotations": [{"id": a, "image_id": i, "caption": c} for a, i, c in ann],
+    }
+    (tmp_path / "captions_train2017.json").write_text(json.dumps(coco))
+    pairs, counts = collect_captioned_images(tmp_path, tmp_path / "captions_train2017.json")
+    assert [(p.name, c) for p, c in pairs] == [
+        ("000000000009.jpg", "first"),
+        ("000000000025.jpg", "a giraffe"),
+    ]
+    assert counts == {"no_caption": 1, "missing_image": 1}
+    (tmp_path / "bad.json").write_text('{"images": []}')
+    with pytest.raises(DataError, match="not a COCO captions file"):
+        collect_captioned_images(tmp_path, tmp_path / "bad.json")
