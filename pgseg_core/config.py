@@ -134,6 +134,8 @@ class DataConfig(_Validated):
     num_workers: int = 2
     shuffle_buffer: int = 1000
     cache_frozen_stem: bool = True  # frozen hybrid stem: encode each training image once (HDF5), then train
+    datasets_file: str = ""  # datasets.toml naming more datasets for `train` (docs/WEB_DATA.md §2)
+    decode: Literal["auto", "cpu", "gpu"] = "auto"  # JPEG decode path (docs/WEB_DATA.md §5); gpu needs CUDA
 
 
 @dataclass

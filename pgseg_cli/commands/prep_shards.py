@@ -1,5 +1,6 @@
-"""``pgseg prep-shards``: build webdataset shards (demo composites or a captioned image folder), or convert
-COCO-Stuff-164k label maps to COCO-Object in place."""
+"""``pgseg prep-shards``: build webdataset shards (demo composites, a captioned image folder, a URL list via
+img2dataset), index existing img2dataset shards, or convert COCO-Stuff-164k label maps to COCO-Object in
+place."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from .._console import err, handle_errors, out, progress_bar
+from ._web_data import run_download, web_sources
 
 
 def register(app: typer.Typer) -> None:
@@ -24,7 +26,9 @@ def register(app: typer.Typer) -> None:
         source: Annotated[
             str,
             typer.Option(
-                help="'demo' (built-in real-image composites), 'folder', or 'coco-object' (eval labels)."
+                help="'demo' (built-in real-image composites), 'folder', 'coco-object' (eval labels), or a "
+                "URL list downloaded with img2dataset: 'url-list' or cc3m, cc12m, redcaps, coco-captions, "
+                "yfcc14m (their column layouts are known)."
             ),
         ] = "demo",
         images: Annotated[Optional[Path], typer.Option(help="Folder of images (source 'folder').")] = None,
@@ -38,7 +42,9 @@ def register(app: typer.Typer) -> None:
         n_val: Annotated[int, typer.Option(min=0, help="Demo: composites per validation split.")] = 200,
         img_size: Annotated[int, typer.Option(min=16, help="Demo: composite side in pixels.")] = 224,
         seed: Annotated[int, typer.Option(help="Demo: random seed (same seed, same shards).")] = 0,
-        shard_size: Annotated[int, typer.Option(min=1, help="Samples per tar shard.")] = 1000,
+        shard_size: Annotated[
+            Optional[int], typer.Option(min=1, help="Samples per tar shard (default 1000; URL lists 10000).")
+        ] = None,
         photos: Annotated[
             Optional[Path],
             typer.Option(
@@ -58,7 +64,38 @@ def register(app: typer.Typer) -> None:
                 help="coco-object: split to convert (train / val; repeatable; default: all present).",
             ),
         ] = None,
-        workers: Annotated[int, typer.Option(min=0, help="coco-object: worker processes.")] = 0,
+        workers: Annotated[
+            int, typer.Option(min=0, help="coco-object, --index: worker processes (0: none).")
+        ] = 0,
+        index: Annotated[
+            Optional[Path],
+            typer.Option(
+                help="Count the samples of the tars in DIR (e.g. img2dataset output), write DIR/index.json "
+                "which training reads; the tars are never rewritten."
+            ),
+        ] = None,
+        urls: Annotated[
+            Optional[Path], typer.Option(help="URL list: .tsv / .csv / .parquet (or RedCaps' JSON folder).")
+        ] = None,
+        url_col: Annotated[
+            Optional[str], typer.Option(help="URL list: the URL column (default url).")
+        ] = None,
+        caption_col: Annotated[
+            Optional[str], typer.Option(help="URL list: the caption column (default caption).")
+        ] = None,
+        resize: Annotated[int, typer.Option(min=16, help="URL list: short side after resizing, px.")] = 512,
+        quality: Annotated[int, typer.Option(min=1, max=100, help="URL list: JPEG quality.")] = 95,
+        retries: Annotated[int, typer.Option(min=0, help="URL list: extra attempts per URL.")] = 2,
+        timeout: Annotated[int, typer.Option(min=1, help="URL list: seconds per request.")] = 10,
+        processes: Annotated[int, typer.Option(min=1, help="URL list: download processes.")] = 16,
+        threads: Annotated[int, typer.Option(min=1, help="URL list: threads per process.")] = 64,
+        emit_script: Annotated[
+            Optional[Path],
+            typer.Option(help="URL list: write an img2dataset driver script for --distributor instead."),
+        ] = None,
+        distributor: Annotated[
+            str, typer.Option(help="URL list: pyspark or ray (--emit-script).")
+        ] = "pyspark",
         overwrite: Annotated[
             bool,
             typer.Option(
@@ -66,13 +103,23 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
     ) -> None:
-        """Build training/validation shards (demo composites, a folder of images with captions), or write
-        COCO-Object label maps (*_instanceTrainIds.png) next to the raw COCO-Stuff PNGs.
+        """Build training/validation shards (demo composites, a folder of images with captions, a URL list
+        downloaded with img2dataset), index shards img2dataset wrote (--index DIR), or write COCO-Object
+        label maps (*_instanceTrainIds.png) next to the raw COCO-Stuff PNGs.
 
         The shards are built in a hidden folder beside --out and renamed to --out when complete, so --out
         never holds a partial or mixed set; an interrupted build leaves --out as it was."""
         from pgseg_core.api import prep_shards
 
+        if index is not None:
+            _index_folder(index, workers)
+            return
+        if source in web_sources():
+            kw = dict(image_size=resize, encode_quality=quality, retries=retries, timeout=timeout,
+                      processes=processes, threads=threads, shard_size=shard_size or 10000)  # fmt: skip
+            run_download(source, urls, out_dir, url_col=url_col, caption_col=caption_col, settings_kw=kw,
+                         emit_script=emit_script, distributor=distributor)  # fmt: skip
+            return
         _check_source_options(source, out_dir, images, coco_root)
         if source != "coco-object":
             _check_out(out_dir, overwrite)
@@ -86,7 +133,7 @@ def register(app: typer.Typer) -> None:
                 n_train=n_train,
                 n_val=n_val,
                 img_size=img_size,
-                shard_size=shard_size,
+                shard_size=shard_size or 1000,
                 photos_dir=photos,
                 coco_root=coco_root,
                 coco_splits=coco_split,
@@ -115,9 +162,8 @@ SOURCES = ("demo", "folder", "coco-object")
 def _check_source_options(source: str, out_dir, images, coco_root) -> None:
     """Usage errors (exit 2) for a missing option the chosen --source needs."""
     if source not in SOURCES:
-        raise typer.BadParameter(
-            f"unknown source '{source}': use {', '.join(SOURCES)}", param_hint="'--source'"
-        )
+        known = ", ".join((*SOURCES, *web_sources()))
+        raise typer.BadParameter(f"unknown source '{source}': use {known}", param_hint="'--source'")
     if source == "coco-object" and coco_root is None:
         hint = "'--coco-root'"
         raise typer.BadParameter("--source coco-object needs the coco_stuff164k folder", param_hint=hint)
@@ -151,6 +197,20 @@ def _check_out(out_dir: Path, overwrite: bool) -> None:
             "replace them, or choose another folder",
             param_hint="'--out'",
         )
+
+
+def _index_folder(folder: Path, workers: int) -> None:
+    from pgseg_core.data.sources.web_index import index_shard_folder
+
+    with progress_bar("index") as update:
+        summary = index_shard_folder(folder, workers=workers, progress=lambda d, t: update(d, t))
+    out.print(f"indexed {summary['out_dir']}: {summary['count']} samples in {summary['shards']} tars")
+    skipped = summary["skipped"]
+    if any(skipped.values()):
+        err.print("skipped: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in skipped.items()))
+    if summary["stats_mismatch"]:
+        names = summary["stats_mismatch"]
+        err.print(f"{len(names)} tar(s) hold another count than their img2dataset stats, e.g. {names[0]}")
 
 
 def _render_coco_object(summary: dict) -> None:

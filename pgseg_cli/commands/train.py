@@ -9,7 +9,7 @@ import typer
 
 from .._console import handle_errors, out, progress_bar
 from . import mvp_cli
-from ..options import parse_overrides, DeviceOpt, OutDirOpt
+from ..options import parse_overrides, DeviceOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -18,9 +18,19 @@ def register(app: typer.Typer) -> None:
     def train_cli(
         ctx: typer.Context,
         data: Annotated[
-            str, typer.Option("--data", "-d", help="Training shards: DIR, index.json or brace pattern.")
+            str,
+            typer.Option(
+                "--data",
+                "-d",
+                help="Training shards (DIR, index.json, brace pattern, URL) or dataset names: cc12m, "
+                "cc3m+cc12m, cc12m:2+redcaps:1 (folders under $PGSEG_DATA_ROOT, default "
+                "~/.cache/pgseg/data).",
+            ),
         ],
-        out_dir: OutDirOpt,
+        out_dir: Annotated[
+            Optional[Path],
+            typer.Option("--out", "-o", help="Run directory (default: pgseg_runs/<model>_<data>)."),
+        ] = None,
         model: Annotated[
             str,
             typer.Option(
@@ -44,6 +54,10 @@ def register(app: typer.Typer) -> None:
                 "cache, which depends only on the data and the stem, is kept)."
             ),
         ] = False,
+        datasets_file: Annotated[
+            Optional[Path],
+            typer.Option(help="datasets.toml naming more datasets / other places for --data names."),
+        ] = None,
         init: Annotated[
             Optional[str],
             typer.Option(
@@ -69,8 +83,13 @@ def register(app: typer.Typer) -> None:
         overrides = parse_overrides(list(ctx.args))
         if method not in ("pgseg", "mvp-seg"):
             raise typer.BadParameter(f"unknown method '{method}': pgseg or mvp-seg", param_hint="'--method'")
+        if out_dir is None:
+            out_dir = default_run_dir("mvp-seg" if method == "mvp-seg" else model, data)
+            out.print(f"run directory: {out_dir}")
         if method == "mvp-seg":  # docs/MVP_SEG.md: its own trainer
             return mvp_cli.train(backbone, data, out_dir, overrides, device, zs_split, resume, overwrite)
+        if datasets_file is not None:
+            overrides["data.datasets_file"] = str(datasets_file)
         _check_out(out_dir, resume, overwrite)
         with progress_bar("train") as update:
 
@@ -96,6 +115,16 @@ def register(app: typer.Typer) -> None:
             f"trained {_steps_text(result)} on {result.device} in {result.seconds:.0f} s{loss}; "
             f"checkpoint: {result.checkpoint}"
         )
+
+
+def default_run_dir(model: str, data: str) -> Path:
+    """``pgseg_runs/<model>_<data>``: the preset or config file stem and the dataset names or shard folder
+    name, with characters other than letters, digits and ``._+-`` replaced by ``_``."""
+    import re
+
+    stem = Path(model).stem if model.endswith(".json") else model
+    where = Path(data.rstrip("/")).name or data
+    return Path("pgseg_runs") / re.sub(r"[^A-Za-z0-9._+-]+", "_", f"{stem}_{where.replace(':', '-')}")
 
 
 def _check_out(out_dir: Path, resume: bool, overwrite: bool) -> None:

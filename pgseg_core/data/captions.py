@@ -18,7 +18,7 @@ log = logging.getLogger("pgseg.data.captions")
 __all__ = ["CAPTION_FORMATS", "IMAGE_EXTENSIONS", "collect_captioned_images", "read_caption_table"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-CAPTION_FORMATS = (".tsv", ".csv", ".jsonl")
+CAPTION_FORMATS = (".tsv", ".csv", ".jsonl", ".json")
 
 _IMAGE_COLS = ("image", "file", "filename", "path", "image_path", "img", "url")
 _TEXT_COLS = ("caption", "text", "captions", "title")
@@ -32,7 +32,9 @@ def _norm_rel(name: str) -> str:
 
 
 def read_caption_table(path: Path) -> list[tuple[str, str]]:
-    """Rows ``(image name, caption)`` of a captions.tsv / .csv / .jsonl file (a header row is skipped).
+    """Rows ``(image name, caption)`` of a captions.tsv / .csv / .jsonl file (a header row is skipped), or of
+    a COCO captions JSON (``captions_train2017.json``: ``images`` with ``id`` / ``file_name``, ``annotations``
+    with ``image_id`` / ``caption``), which gives each image its first caption (lowest annotation id).
 
     Raises:
         DataError: another suffix, an unreadable file, or a malformed row / line (names the line).
@@ -41,9 +43,11 @@ def read_caption_table(path: Path) -> list[tuple[str, str]]:
     if suffix not in CAPTION_FORMATS:
         raise DataError(
             f"unsupported caption file {path}: use captions.tsv, captions.csv or captions.jsonl "
-            "(or <stem>.txt files next to the images)"
+            "(or a COCO captions .json, or <stem>.txt files next to the images)"
         )
     text = read_text_file(path, "caption file", encoding="utf-8-sig")
+    if suffix == ".json":
+        return _coco_caption_rows(path, text)
     rows: list[tuple[str, str]] = []
     if suffix == ".jsonl":
         for n, line in enumerate(text.splitlines(), 1):
@@ -75,6 +79,21 @@ def read_caption_table(path: Path) -> list[tuple[str, str]]:
         caption = sep.join(row[1:])  # an unquoted separator inside the caption splits it; rejoin
         rows.append((row[0], caption))
     return rows
+
+
+def _coco_caption_rows(path: Path, text: str) -> list[tuple[str, str]]:
+    try:
+        doc = json.loads(text)
+        names = {int(im["id"]): str(im["file_name"]) for im in doc["images"]}
+        anns = sorted(doc["annotations"], key=lambda a: int(a.get("id", 0)))
+        first: dict[int, str] = {}
+        for a in anns:
+            first.setdefault(int(a["image_id"]), str(a["caption"]))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise DataError(
+            f"{path} is not a COCO captions file (images: id, file_name; annotations: image_id, caption): {e}"
+        ) from e
+    return [(names[i], c) for i, c in first.items() if i in names]
 
 
 def _list_images(image_dir: Path, exclude: Path | None) -> list[Path]:

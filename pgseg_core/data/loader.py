@@ -37,16 +37,20 @@ class SkipAndCount:
         what: what is being read, used in the log lines.
         first: how many problems to log individually.
         every: afterwards, log one line per this many problems.
+        counter: optional :class:`~pgseg_core.data.skips.SkipCounter` that every problem is added to.
     """
 
-    def __init__(self, what: str = "shards", first: int = 5, every: int = 100):
+    def __init__(self, what: str = "shards", first: int = 5, every: int = 100, counter=None):
         self.what = what
         self.first = first
         self.every = every
         self.count = 0
+        self.counter = counter  # a pgseg_core.data.skips.SkipCounter shared with the training process
 
     def __call__(self, exn: BaseException) -> bool:
         self.count += 1
+        if self.counter is not None:
+            self.counter.add()
         if self.count <= self.first or self.count % self.every == 0:
             log.warning("skipped a bad sample in %s (%d so far): %s", self.what, self.count, repr(exn)[:300])
         return True
@@ -80,17 +84,22 @@ def _as_text(value: Any) -> str:
 
 
 def make_train_loader(data_cfg: DataConfig, batch_size: int, seed: int, *, img_size: int | None = None):
-    """Infinite, shuffled training batches from webdataset shards.
+    """Infinite, shuffled training batches from webdataset shards, named datasets or their mixture.
 
-    Shards are resampled with replacement from a seeded stream (``wds.ResampledShards(deterministic=True)``;
-    the resampling of ``wds.WebDataset(resampled=True)`` is seeded from the clock, so it is not used here),
-    samples are shuffled in a ``data_cfg.shuffle_buffer`` buffer, decoded to PIL, augmented with
+    ``data_cfg.train`` is resolved by :func:`~pgseg_core.data.sources.named.resolve_train_sources` (a shard
+    spec, ``cc12m``, ``cc3m+cc12m``, ``cc12m:2+redcaps:1``; pgseg shards and img2dataset shards alike: the
+    image is ``jpg``/``png``/``jpeg``/``webp``, the caption ``txt``). Each source's shards are resampled with
+    replacement from a seeded stream (``wds.ResampledShards(deterministic=True)``; the resampling of
+    ``wds.WebDataset(resampled=True)`` is seeded from the clock, so it is not used here); several sources are
+    drawn by weight with ``wds.RandomMix``. Samples are shuffled in a ``data_cfg.shuffle_buffer`` buffer,
+    decoded (:mod:`pgseg_core.data.decode`), augmented with
     :func:`~pgseg_core.data.transforms.train_transform` and batched. Each DataLoader worker draws its
-    own shard stream. Bad samples are skipped and counted, never fatal.
+    own shard stream. Bad samples and unreadable or truncated tars are skipped and counted, never fatal: the
+    count reaches the training loop through :func:`pgseg_core.data.skips.skip_metrics`.
 
     Args:
-        data_cfg: ``train`` (shard spec, see :func:`~pgseg_core.data.shards.resolve_shards`), ``img_size``,
-            ``crop_scale``, ``hflip``, ``shuffle_buffer``, ``num_workers``.
+        data_cfg: ``train``, ``datasets_file``, ``img_size``, ``crop_scale``, ``hflip``, ``shuffle_buffer``,
+            ``num_workers``, ``decode``.
         batch_size: samples per batch B (incomplete batches are dropped).
         seed: seeds shard resampling and the shuffle buffer.
         img_size: crop side S in pixels; default ``data_cfg.img_size``.
@@ -100,33 +109,35 @@ def make_train_loader(data_cfg: DataConfig, batch_size: int, seed: int, *, img_s
         "text": list[str] (B captions), "key": list[str]}`` forever.
 
     Raises:
-        DataError: the shard spec resolves to no shards.
+        DataError: the spec resolves to no shards, an unknown dataset name, a count mismatch.
+        DeviceError: ``data.decode`` is ``gpu`` without CUDA.
     """
     import webdataset as wds
 
-    from .transforms import train_transform
+    from .decode import decode_plan
+    from .skips import SkipCounter, register_loader
+    from .sources.named import resolve_train_sources
 
     if not data_cfg.train:
         raise DataError("no training shards configured: set data.train to a shard directory or index.json")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    urls = resolve_shards(data_cfg.train, "train")
+    sources = resolve_train_sources(data_cfg.train, data_cfg.datasets_file or None)
     size = int(img_size or data_cfg.img_size)
-    transform = train_transform(size, data_cfg.crop_scale, data_cfg.hflip)
-    handler = SkipAndCount(str(data_cfg.train))
+    counter = SkipCounter()
+    handler = SkipAndCount(str(data_cfg.train), counter=counter)
+    decoder, collate, on_batches = decode_plan(data_cfg, size, on_bad=handler)
     buffer = max(1, int(data_cfg.shuffle_buffer))
     pipeline = wds.DataPipeline(
-        wds.ResampledShards(urls, seed=int(seed), deterministic=True),
-        wds.tarfile_to_samples(handler=handler),
+        *_sample_streams(sources, int(seed), handler),
         _WorkerSeededShuffle(buffer, int(seed)),
-        wds.decode("pilrgb", handler=handler),
         wds.to_tuple("__key__", "jpg;png;jpeg;webp", "txt", handler=handler),
-        wds.map_tuple(str, transform, _as_text, handler=handler),
-        wds.batched(batch_size, collation_fn=_collate, partial=False),
+        wds.map_tuple(str, decoder, _as_text, handler=handler),
+        wds.batched(batch_size, collation_fn=collate or _collate, partial=False),
     )
     workers = max(0, int(data_cfg.num_workers))
     init = functools.partial(_worker_init, parent_pid=os.getpid()) if workers > 0 else None
-    return wds.WebLoader(
+    loader = wds.WebLoader(
         pipeline,
         batch_size=None,
         shuffle=False,
@@ -134,6 +145,30 @@ def make_train_loader(data_cfg: DataConfig, batch_size: int, seed: int, *, img_s
         persistent_workers=workers > 0,
         worker_init_fn=init,
     )
+    if on_batches is not None:  # data.decode gpu: decode, crop and resize each batch on the GPU
+        loader = loader.compose(on_batches)
+    register_loader(loader, counter)
+    return loader
+
+
+def _sample_streams(sources, seed: int, handler: SkipAndCount) -> list:
+    """The first pipeline stages: raw samples of one source, or of several mixed by weight."""
+    import webdataset as wds
+
+    from .remote import shard_urls
+
+    def stream(i: int, urls: list[str]) -> list:
+        return [
+            wds.ResampledShards(shard_urls(urls), seed=seed + 7919 * i, deterministic=True),
+            wds.tarfile_to_samples(handler=handler),
+        ]
+
+    if len(sources) == 1:
+        return stream(0, sources[0].urls)
+    total = sum(s.weight for s in sources)
+    mixed = [wds.DataPipeline(*stream(i, s.urls)) for i, s in enumerate(sources)]
+    log.info("mixing %s", ", ".join(f"{s.name} {s.weight / total:.0%}" for s in sources))
+    return [wds.RandomMix(mixed, probs=[s.weight / total for s in sources])]
 
 
 def _worker_init(_: int, parent_pid: int) -> None:

@@ -321,7 +321,8 @@ def resolve_shards(spec: str | Path, split: str = "train") -> list[str]:
     Args:
         spec: a directory with ``index.json``, an ``index.json`` path, a brace pattern
             ``"dir/train-{000000..000003}.tar"``, a glob ``"dir/train-*.tar"``, a single ``.tar`` file, or
-            a URL (``http://...``, ``pipe:...``; expanded but not checked). A directory without
+            a URL (``http://...``, ``pipe:...``; expanded but not checked), or for ``train`` dataset names
+            (``cc12m``, ``cc3m+cc12m``: :mod:`pgseg_core.data.sources.named`). A directory without
             ``index.json`` is refused: it is an interrupted build (or not a shard set); its tar files can
             still be named explicitly by a pattern.
         split: the split to take from an index or directory ("train", "val-caption", "val-heldout").
@@ -360,6 +361,11 @@ def resolve_shards(spec: str | Path, split: str = "train") -> list[str]:
         return found
     if p.is_file():
         return [str(p)]
+    if split == "train":
+        from .sources.named import is_dataset_spec, resolve_train_sources
+
+        if is_dataset_spec(s):  # named datasets (docs/WEB_DATA.md §2): every shard of every member
+            return [u for src in resolve_train_sources(s) for u in src.urls]
     aside = sorted(p.parent.glob(f".{_glob.escape(p.name)}.*.old")) if p.parent.is_dir() else []
     if aside:
         raise DataError(

@@ -25,7 +25,8 @@ import torch
 from ..checkpoint import CHECKPOINT_FORMAT, init_from, read_checkpoint_file, save_checkpoint
 from ..config import RunConfig, apply_overrides
 from ..errors import CheckpointError, ConfigError
-from ..data.shards import resolve_shards
+from ..data.skips import skip_metrics
+from ..data.sources.named import resolve_train_sources
 from ..models.factory import create_model
 from ..utils.claims import claim_folder
 from ..utils.device import resolve_device
@@ -231,6 +232,7 @@ class _Trainer:
             images_per_s=window.n * self.cfg.train.batch_size / dt,
             elapsed_s=time.time() - t0,
         )
+        record.update(skip_metrics())  # bad training samples skipped so far (data/skips.py)
         try:
             mfile.write(json.dumps(record) + "\n")
             mfile.flush()
@@ -307,7 +309,7 @@ def fit(
         raise ConfigError("resume and overwrite exclude each other: continue the run or start it over")
     if not cfg.data.train:
         raise ConfigError("no training data: set data.train to shards (a directory with index.json)")
-    resolve_shards(cfg.data.train, "train")  # bad data fails here, before anything is written
+    resolve_train_sources(cfg.data.train, cfg.data.datasets_file)  # bad data fails here, before any write
     out = Path(out_dir)
     claim_folder(out, RUN_MARKERS, "training run", resume=resume, overwrite=overwrite)
     remove_stale_temps(out)

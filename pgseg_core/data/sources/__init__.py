@@ -4,7 +4,12 @@
 ============  ==================================================================================
 ``demo``      :mod:`.demo`: real-photo backgrounds with pasted cut-out objects, captions and label maps
 ``folder``    :mod:`.folder`: a folder of images with caption files (``captions.tsv`` / ``<stem>.txt``)
+``url-list``  :mod:`.download`: a URL list (or cc3m, cc12m, redcaps, ...) downloaded with img2dataset
+``--index``   :mod:`.web_index`: tars img2dataset (or any tool) wrote, indexed in place
 ============  ==================================================================================
+
+Named datasets and mixtures for training (``--data cc3m+cc12m``) are resolved by :mod:`.named` from the
+table in :mod:`.registry` (docs/WEB_DATA.md).
 
 A source writes its splits with :class:`~pgseg_core.data.shards.SplitWriter`, then one index with
 :func:`~pgseg_core.data.shards.new_index` / :func:`~pgseg_core.data.shards.write_index`, and returns a

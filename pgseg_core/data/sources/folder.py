@@ -65,7 +65,7 @@ def write_folder_shards(
     if len(pairs) == 0:
         raise DataError(
             f"none of the images under {image_dir} has a caption: add <stem>.txt files or a "
-            "captions.tsv / captions.csv / captions.jsonl"
+            "captions.tsv / captions.csv / captions.jsonl / a COCO captions .json"
         )
     with dest:
         shards, count = _write_samples(
