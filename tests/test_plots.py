@@ -110,7 +110,7 @@ def test_missing_matplotlib_is_one_line_naming_the_extra(runs, tmp_path, monkeyp
     with pytest.raises(DependencyError, match=r"pgseg\[plots\]"):
         plot_runs([runs / "run"], tmp_path / "x.png")
     res = run("train", "--data", runs / "shards", "--out", tmp_path / "r", "--train.steps", "1", *TRAIN)
-    assert res.exit_code == 1 and "pgseg[plots]" in res.output and "train.curves" in res.output
+    assert res.exit_code == 0 and not (tmp_path / "r" / "curves.png").exists()  # on by default: skipped
     res = run("train", "--data", runs / "shards", "--out", tmp_path / "r2", "--train.steps", "1", *TRAIN,
               "--train.curves", "false")  # fmt: skip
     assert res.exit_code == 0, res.output
@@ -134,3 +134,95 @@ def test_tensorboard_events_hold_every_metrics_row(runs, tmp_path):
     events = acc.Scalars("loss")
     assert [e.step for e in events] == [1, 2, 3]
     assert [e.value for e in events] == pytest.approx([r["loss"] for r in rows], rel=1e-6)
+
+
+EVAL = ("--device", "cpu", "--no-per-class")
+
+
+def test_eval_writes_its_figures_beside_the_metrics_deterministically(runs, tmp_path):
+    from pgseg_core.eval.figures import figure_paths
+
+    sweep = ("--sweep", "bg_thresh=0.1:0.9:0.4")
+    for name in ("a", "b"):
+        res = run("eval", "-c", runs / "run", "--data", runs / "shards", *EVAL, *sweep,
+                  "--output", tmp_path / name / "metrics.json")  # fmt: skip
+        assert res.exit_code == 0, res.output
+        assert "% of the command" in res.output
+    a, b = figure_paths(tmp_path / "a" / "metrics.json"), figure_paths(tmp_path / "b" / "metrics.json")
+    assert sorted(a) == ["confusion", "per_class", "predictions", "sweep"]
+    for key in a:
+        assert a[key].is_file(), key
+        assert sha(a[key]) == sha(b[key]), f"{key} differs between two identical evals"
+
+
+def test_eval_figures_can_be_turned_off_and_the_grid_sized(runs, tmp_path):
+    from PIL import Image
+
+    res = run("eval", "-c", runs / "run", "--data", runs / "shards", *EVAL, "--no-figures",
+              "--output", tmp_path / "off" / "m.json")  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (tmp_path / "off").iterdir()) == ["m.json"]
+    res = run("eval", "-c", runs / "run", "--data", runs / "shards", *EVAL, "--grid-images", "0",
+              "--output", tmp_path / "g0" / "m.json")  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "g0").iterdir()) == [
+        "m.json",
+        "m_confusion.png",
+        "m_per_class.png",
+    ]
+    heights = []
+    for n in (1, 3):
+        res = run("eval", "-c", runs / "run", "--data", runs / "shards", *EVAL, "--grid-images", str(n),
+                  "--split", "val-caption", "--output", tmp_path / f"g{n}" / "m.json")  # fmt: skip
+        assert res.exit_code == 0, res.output
+        heights.append(Image.open(tmp_path / f"g{n}" / "m_predictions.png").size[1])
+    assert heights[1] > 2 * heights[0]  # three rows against one
+
+
+def test_kept_confusion_matches_the_reported_metrics(runs, tmp_path):
+    import numpy as np
+
+    from pgseg_core.api import evaluate_checkpoint
+    from pgseg_core.eval.figures import EvalFigureOptions
+    from pgseg_core.eval.metrics import metrics_from_confusion
+    from pgseg_core.eval.observe import observing
+
+    with observing(keep=2) as observer:
+        report = evaluate_checkpoint(runs / "run", runs / "shards", device="cpu", out=tmp_path / "m.json")
+    assert len(observer.splits) == len(report.splits) == 2 and report.figures is None
+    for (name, m), obs in zip(report.splits.items(), observer.splits):
+        again = metrics_from_confusion(obs.confusion, obs.names)
+        assert again["mIoU"] == pytest.approx(m["mIoU"], nan_ok=True)
+        assert len(obs.samples) == 2 and obs.samples[0].pred.shape == obs.samples[0].label.shape
+        assert (
+            obs.confusion.sum()
+            == int(np.sum(obs.samples[0].label != 255))
+            + int(sum(np.sum(s.label != 255) for s in obs.samples[1:]))
+            or m["num_images"] > 2
+        )
+    opts = EvalFigureOptions(grid_images=3)
+    report = evaluate_checkpoint(
+        runs / "run", runs / "shards", device="cpu", out=tmp_path / "n.json", figures=opts
+    )
+    assert 0 < report.figures.fraction < 1 and len(report.figures.files) == 3
+
+
+def test_top_confused_ranks_by_misassigned_pixels():
+    import numpy as np
+
+    from pgseg_core.viz.eval_charts import top_confused
+
+    conf = np.array([[50, 0, 0, 0], [0, 10, 9, 0], [0, 1, 10, 0], [0, 0, 0, 7]])
+    assert top_confused(conf, 2) == [1, 2]
+    assert top_confused(conf, 10) == [1, 2]  # classes without confusion are left out
+    assert top_confused(np.diag([3, 4]), 5) == []
+
+
+def test_eval_without_matplotlib_skips_the_charts_or_fails_when_asked(runs, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    res = run("eval", "-c", runs / "run", "--data", runs / "shards", *EVAL, "--output", tmp_path / "m.json")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m_predictions.png"]  # the grid is PIL
+    res = run("eval", "-c", runs / "run", "--data", runs / "shards", *EVAL, "--figures",
+              "--output", tmp_path / "x.json")  # fmt: skip
+    assert res.exit_code == 1 and "pgseg[plots]" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "x.json").exists()  # checked before the evaluation

@@ -46,8 +46,11 @@ class RunObserver:
             writes TensorBoard scalars (tag = the ``metrics.jsonl`` key, step = its ``step``) from
             :meth:`begin` on.
 
+    Without matplotlib ``curves.png`` is skipped with a warning (the curves are on by default).
+
     Raises:
-        DependencyError: matplotlib (curves) or tensorboard is missing; raised here, before any training.
+        DependencyError: ``tensorboard`` asked for and the package is missing; raised here, before any
+            training.
     """
 
     def __init__(self, out: Path, train_cfg: Any) -> None:
@@ -55,7 +58,11 @@ class RunObserver:
         self.curves = bool(train_cfg.curves)
         self.tensorboard = bool(train_cfg.tensorboard)
         if self.curves:
-            require_matplotlib("train.curves (curves.png)")
+            try:
+                require_matplotlib("train.curves (curves.png)")
+            except DependencyError as e:  # on by default: a lean install trains without the figure
+                _log.warning("%s; training without curves.png", e)
+                self.curves = False
         if self.tensorboard:
             _summary_writer_class()
         self.writer: Any = None
