@@ -94,7 +94,7 @@ def _per_class_title(entries: list[tuple[str, dict[str, Any]]]) -> str:
     for label, m in entries:
         splits = ", ".join(f"{s} {_pct(v.get('mIoU'))}" for s, v in (m.get("splits") or {}).items())
         parts.append(f"{label}: mIoU {splits}" if label else f"mIoU {splits}")
-    return "per-class IoU — " + "; ".join(parts)
+    return "per-class IoU\n" + "\n".join(parts)
 
 
 def _pct(v: Any) -> str:
