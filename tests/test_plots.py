@@ -226,3 +226,19 @@ def test_eval_without_matplotlib_skips_the_charts_or_fails_when_asked(runs, tmp_
               "--output", tmp_path / "x.json")  # fmt: skip
     assert res.exit_code == 1 and "pgseg[plots]" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "x.json").exists()  # checked before the evaluation
+
+
+def test_figure_benchmark_runs_at_its_quick_size(tmp_path):
+    import os
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(root / "benchmarks" / "bench_figures.py"), "--quick", "--eval-seconds", "60",
+           "--out", str(out)]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    data = json.loads(out.read_text())
+    assert data["seconds"]["curves"][0] > 0 and data["seconds"]["eval_figures"][0] > 0
+    assert 0 < data["eval_fraction_first"] < 1

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from .figure import new_figure, save_figure
+from .figure import margins, new_figure, save_figure
 
 __all__ = ["RunCurves", "CurvesResult", "read_metrics", "load_run", "plot_curves", "plot_runs", "CURVES_FILE"]
 
@@ -171,6 +171,7 @@ def plot_curves(runs: list[RunCurves], out_path: str | Path, *, ncols: int = 3) 
     nrows = math.ceil(len(order) / ncols)
     with new_figure(3.4 * ncols, 2.4 * nrows) as fig:
         axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        margins(fig, 0.6, 0.15, 0.55, 0.45, wspace=0.3, hspace=0.55)
         for ax, key in zip(axes, order):
             _panel(ax, runs, key)
         for ax in axes[len(order) :]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .figure import new_figure, save_figure
+from .figure import margins, new_figure, save_figure
 
 __all__ = ["plot_per_class", "plot_confusion", "plot_sweep", "split_colour", "SPLIT_COLOURS"]
 
@@ -62,8 +62,10 @@ def plot_per_class(entries: list[tuple[str, dict[str, Any]]], path: str | Path) 
     lookups = [{(s, c): v for s, c, v in _rows(m)} for _, m in entries]
     n, k = len(base), len(entries)
     height = 1.0 / (k + 0.5)
-    with new_figure(7.0, 1.2 + 0.17 * n * max(1, k * 0.8)) as fig:
+    longest = max(len(c) for _, c, _ in base)
+    with new_figure(7.0, 1.2 + 0.17 * n * max(1, k * 0.8) + 0.15 * k) as fig:
         ax = fig.subplots()
+        margins(fig, 0.25 + 0.055 * longest, 0.2, 0.3 + 0.15 * k, 0.45)
         y = np.arange(n)[::-1].astype(float)
         for j, (label, _) in enumerate(entries):
             for i, (split, cls, _) in enumerate(base):
@@ -142,6 +144,9 @@ def plot_confusion(splits: list[tuple[str, list[str], np.ndarray]], path: str | 
     ncols = max(1, len(splits))
     with new_figure(4.6 * ncols, 4.6) as fig:
         axes = fig.subplots(1, ncols, squeeze=False)[0]
+        longest = max((len(n) for _, names, _ in splits for n in names), default=4)
+        side = 0.3 + 0.055 * min(longest, 30)
+        margins(fig, side, 0.2, 0.5, side, wspace=side / 3.4)
         for ax, (split, names, conf) in zip(axes, splits):
             idx = top_confused(conf, top)
             ax.grid(False)
@@ -177,6 +182,7 @@ def plot_sweep(metrics: dict[str, Any], path: str | Path) -> Path | None:
         return None
     with new_figure(6.0, 3.6) as fig:
         ax = fig.subplots()
+        margins(fig, 0.6, 0.2, 0.35, 0.5)
         for split, sweep in swept:
             xs = [p["value"] for p in sweep["points"]]
             colour = split_colour(split)

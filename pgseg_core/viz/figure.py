@@ -17,7 +17,7 @@ from typing import Any, Iterator
 from ..errors import DependencyError
 from ..utils.io import atomic_write, output_error
 
-__all__ = ["DPI", "require_matplotlib", "new_figure", "save_figure", "FigureTimer"]
+__all__ = ["DPI", "require_matplotlib", "new_figure", "margins", "save_figure", "FigureTimer"]
 
 DPI = 100
 _STYLE = {
@@ -50,7 +50,9 @@ def require_matplotlib(what: str = "figures") -> Any:
 @contextmanager
 def new_figure(width_in: float, height_in: float) -> Iterator[Any]:
     """A ``matplotlib.figure.Figure`` of ``width_in`` × ``height_in`` inches on the Agg canvas, made and
-    used under pgseg's fixed style (the caller's rcParams are restored afterwards).
+    used under pgseg's fixed style (the caller's rcParams are restored afterwards). No layout engine: the
+    callers set fixed margins (``subplots_adjust``), which costs half the drawing time less than
+    matplotlib's constrained layout.
 
     Raises:
         DependencyError: matplotlib is missing.
@@ -60,9 +62,15 @@ def new_figure(width_in: float, height_in: float) -> Iterator[Any]:
     from matplotlib.figure import Figure
 
     with mpl.rc_context(rc=_STYLE):
-        fig = Figure(figsize=(width_in, height_in), dpi=DPI, layout="constrained")
+        fig = Figure(figsize=(width_in, height_in), dpi=DPI)
         FigureCanvasAgg(fig)
         yield fig
+
+
+def margins(fig: Any, left: float, right: float, top: float, bottom: float, **space: float) -> None:
+    """Fixed margins in inches (``wspace`` / ``hspace`` as fractions of the mean axes size)."""
+    w, h = fig.get_size_inches()
+    fig.subplots_adjust(left=left / w, right=1 - right / w, top=1 - top / h, bottom=bottom / h, **space)
 
 
 def save_figure(fig: Any, path: str | Path) -> Path:
