@@ -1,4 +1,4 @@
-"""The figures ``pgseg eval`` writes beside its metrics file (docs/VISUALIZE.md §2).
+"""The figures ``pgseg eval`` writes beside its metrics file (docs/FIGURES.md §2).
 
 For a metrics file ``DIR/STEM.json`` (``metrics.json`` by default):
 
