@@ -242,3 +242,11 @@ def test_figure_benchmark_runs_at_its_quick_size(tmp_path):
     data = json.loads(out.read_text())
     assert data["seconds"]["curves"][0] > 0 and data["seconds"]["eval_figures"][0] > 0
     assert 0 < data["eval_fraction_first"] < 1
+
+
+def test_a_curves_file_that_cannot_be_written_does_not_stop_training(runs, tmp_path):
+    out = tmp_path / "run"
+    (out / "curves.png").mkdir(parents=True)  # a folder where the figure goes: the write fails
+    res = run("train", "--data", runs / "shards", "--out", out, "--train.steps", "2", *TRAIN)
+    assert res.exit_code == 0, res.output
+    assert (out / "last.pt").is_file() and "curves.png not drawn" in res.output

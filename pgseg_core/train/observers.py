@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..errors import DependencyError
+from ..errors import DataError, DependencyError, OutputError
 from ..viz.curves import CURVES_FILE, load_run, plot_curves
 from ..viz.figure import FigureTimer, require_matplotlib
 
@@ -92,13 +92,17 @@ class RunObserver:
         self.writer.flush()
 
     def checkpoint(self) -> None:
-        """A checkpoint was written: redraw ``curves.png`` from ``metrics.jsonl``."""
+        """A checkpoint was written: redraw ``curves.png`` from ``metrics.jsonl``. A figure that cannot be
+        written (a full disk) is a warning: the run and its checkpoints matter more than the picture."""
         if not self.curves or not (self.out / "metrics.jsonl").exists():
             return
         with self.timer.timed():
-            run, _ = load_run(self.out)
-            if run.rows:
-                plot_curves([run], self.out / CURVES_FILE)
+            try:
+                run, _ = load_run(self.out)
+                if run.rows:
+                    plot_curves([run], self.out / CURVES_FILE)
+            except (OutputError, DataError) as e:
+                _log.warning("curves.png not drawn: %s", e)
 
     def __enter__(self) -> RunObserver:
         return self
