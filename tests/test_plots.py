@@ -250,3 +250,18 @@ def test_a_curves_file_that_cannot_be_written_does_not_stop_training(runs, tmp_p
     res = run("train", "--data", runs / "shards", "--out", out, "--train.steps", "2", *TRAIN)
     assert res.exit_code == 0, res.output
     assert (out / "last.pt").is_file() and "curves.png not drawn" in res.output
+
+
+def test_a_resumed_run_continues_its_tensorboard_events(runs, tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb_resume"
+    tb = ("--train.tensorboard", "true", "--train.curves", "false", "--train.ckpt_every", "2")
+    res = run("train", "--data", runs / "shards", "--out", out, "--train.steps", "2", *TRAIN, *tb)
+    assert res.exit_code == 0, res.output
+    res = run("train", "--data", runs / "shards", "--out", out, "--train.steps", "4", *TRAIN, *tb, "--resume")
+    assert res.exit_code == 0, res.output
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3, 4]

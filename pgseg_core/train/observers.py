@@ -71,10 +71,12 @@ class RunObserver:
 
     def begin(self, start_step: int) -> None:
         """Training starts at ``start_step``: open the TensorBoard writer, purging a killed run's events
-        logged after that step."""
+        logged after that step (``purge_step`` drops steps >= it, so ``start_step + 1``)."""
         if self.tensorboard and self.writer is None:
             writer_class = _summary_writer_class()
-            self.writer = writer_class(log_dir=str(self.out / TENSORBOARD_DIR), purge_step=start_step or None)
+            self.writer = writer_class(
+                log_dir=str(self.out / TENSORBOARD_DIR), purge_step=start_step + 1 if start_step else None
+            )
 
     @property
     def seconds(self) -> float:
