@@ -46,6 +46,7 @@ def runs(tmp_path_factory, single_thread):
         res = run("train", "--data", root / "shards", "--out", root / name, "--train.steps", "4",
                   "--train.ckpt_every", "2", *TRAIN, *extra)  # fmt: skip
         assert res.exit_code == 0, res.output
+        assert f"training curves: {root / name / 'curves.png'}" in res.output.replace("\n", "")
     return root
 
 
