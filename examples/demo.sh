@@ -2,7 +2,8 @@
 # pgseg end-to-end demo on real images:
 #   installs pgseg + the demo sources, builds the demo composites (real photos + real-photo cutouts,
 #   clip art and emoji, with captions and exact masks), trains the small hybrid PGSeg (pgseg-demo) on the
-#   captions only, evaluates it and the same model untrained, and segments the bundled real photos.
+#   captions only, evaluates it and the same model untrained, and segments the bundled real photos; the last
+#   step writes OUT_DIR/index.html (curves, per-class IoU, predictions, overlays: docs/FIGURES.md §4).
 # Usage: bash examples/demo.sh [OUT_DIR]      (default OUT_DIR: demo_out)
 # Environment: PGSEG_DEMO_DEVICE=auto|cpu|cuda (default auto: the GPU when there is one).
 set -euo pipefail

@@ -1,4 +1,5 @@
-"""Print the demo's closing summary from the files the pipeline wrote (used by examples/demo.sh)."""
+"""Print the demo's closing summary from the files the pipeline wrote and write its page OUT/index.html
+(used by examples/demo.sh)."""
 
 import json
 import sys
@@ -28,6 +29,11 @@ def main() -> None:
     seg = out / "segment"
     print(f"overlays of the real photos: {seg}/*_overlay.png (label maps *_label.png, JSON *.json)")
     print(f"checkpoint: {out / 'run' / 'last.pt'}")
+    from pgseg_core.viz.demo_page import write_demo_page
+
+    page = write_demo_page(out)
+    missing = f"; not found: {', '.join(page.missing)}" if page.missing else ""
+    print(f"results page (curves, per-class IoU, predictions, real photos): {page.path}{missing}")
     if seconds is not None:
         print(f"total time: {seconds // 60} min {seconds % 60} s")
 

@@ -40,10 +40,29 @@ def _root(
 
 
 def _register() -> None:
-    from .commands import convert, export_onnx, models, prep_shards, segment, train, visualize_prototypes
+    from .commands import (
+        convert,
+        export_onnx,
+        models,
+        plot,
+        prep_shards,
+        segment,
+        train,
+        visualize_prototypes,
+    )
     from .commands import eval as eval_cmd
 
-    for module in (prep_shards, train, eval_cmd, segment, visualize_prototypes, export_onnx, convert, models):
+    for module in (
+        prep_shards,
+        train,
+        eval_cmd,
+        plot,
+        segment,
+        visualize_prototypes,
+        export_onnx,
+        convert,
+        models,
+    ):
         module.register(app)
 
 

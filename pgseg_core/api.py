@@ -108,14 +108,14 @@ def _open_dataset(name: str, root: str | Path, split: str) -> Any:
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, *, dataset: str | None = None,
                         data_root: str | Path | None = None, protocol: str | None = None,
-                        cache: str | Path | None = None, sweep: str | None = None,
+                        cache: str | Path | None = None, sweep: str | None = None, figures: Any = None,
                         splits: list[str] | None = None, eval_overrides: dict[str, Any] | None = None,
                         device: str = "auto", max_images: int | None = None, out: str | Path | None = None,
                         progress: Progress | None = None) -> EvalReport:  # fmt: skip
     """Evaluate a checkpoint on shards (``data``) or a benchmark ``dataset`` under ``data_root`` and write the
     metrics JSON to ``out`` (default :func:`pgseg_core.eval.report.metrics_path`, checked before any image is
     encoded). ``protocol``: default ``groupvit`` for a dataset, the checkpoint's settings for shards;
-    ``eval_overrides`` apply last; ``cache``, ``sweep``: :func:`pgseg_core.eval.report.evaluate_loaded`.
+    ``eval_overrides`` apply last; ``cache``, ``sweep``, ``figures``: :func:`~.eval.report.evaluate_loaded`.
 
     Raises:
         ConfigError: not exactly one of ``data`` / ``dataset``, no ``data_root``, a bad protocol, key or
@@ -149,7 +149,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
     ref = CheckpointRef(info.path, info.step, info.config.name, info.source_format, family, info.sha256)
     report = evaluate_loaded(
         model, info.config, ref, target, eval_cfg=eval_cfg, resolved=resolved, device=dev, cache=cache,
-        sweep=sweep, max_images=max_images, progress=_phase_cb(progress, "eval"),
+        sweep=sweep, max_images=max_images, progress=_phase_cb(progress, "eval"), figures=figures,
     )  # fmt: skip
     return write_metrics(report, out)
 

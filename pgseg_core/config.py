@@ -156,6 +156,8 @@ class TrainConfig(_Validated):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     time_budget_s: float = 0.0  # > 0: stop early (with a checkpoint) once this many seconds have passed
+    curves: bool = True  # RUN/curves.png at each checkpoint and at the end (needs matplotlib: [plots])
+    tensorboard: bool = False  # TensorBoard events in RUN/tensorboard/ (needs the [tensorboard] extra)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install pgseg with the given extras. Installs the Debian packages it
-# needs first: python3-venv where venv is missing, and the demo data sources when --with-demo-data.
+# needs first: python3-venv where venv is missing, and the demo data sources when --with-demo-data (with
+# the dev extras also chromium, for the headless-browser check of the demo page in tests/test_demo_page.py).
 # Usage: bash scripts/setup_env.sh EXTRAS [--with-demo-data]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,9 @@ if [ "$WITH_DEMO_DATA" = "--with-demo-data" ]; then
   for p in tuxpaint-stamps-default openclipart-png fonts-noto-color-emoji; do
     dpkg -s "$p" >/dev/null 2>&1 || apt_pkgs+=("$p")
   done
+  case ",$EXTRAS," in
+    *,dev,*) dpkg -s chromium >/dev/null 2>&1 || apt_pkgs+=(chromium) ;;
+  esac
 fi
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   echo "[setup] apt-get install ${apt_pkgs[*]}"

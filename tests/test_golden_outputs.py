@@ -12,6 +12,9 @@ write for a pgseg-tiny checkpoint with fixed random weights:
 - the prototype panels of ``visualize-prototypes`` (continuous heat maps): the image size and 32 x 32 block
   means, each within ``PANEL_ATOL`` of 255.
 
+The PNG figures eval draws beside its metrics (pgseg_core.eval.figures) are left out: their bytes depend on
+the matplotlib / FreeType version (tests/test_plots.py checks that two renders are identical).
+
 Regenerate (only for an intended behaviour change, and say so in the commit) with
 ``PGSEG_WRITE_GOLDEN=1 python -m pytest tests/test_golden_outputs.py``.
 """
@@ -33,6 +36,7 @@ from pgseg_cli.app import app
 from pgseg_core.config import apply_overrides, load_config
 from pgseg_core.checkpoint import save_checkpoint
 from pgseg_core.data.sources.demo import build_demo_shards
+from pgseg_core.eval.figures import FIGURE_SUFFIXES
 
 MANIFEST = Path(__file__).parent / "golden" / "outputs.json"
 # the checkpoint file itself is written under a random temporary name, which torch.save records in the
@@ -226,8 +230,8 @@ def _produce(root: Path) -> dict:
     return {
         p.relative_to(out).as_posix(): _record(p, str(root))
         for p in sorted(out.rglob("*"))
-        if p.is_file() and ".pgseg_cache" not in p.parts
-    }
+        if p.is_file() and ".pgseg_cache" not in p.parts and not p.name.endswith(FIGURE_SUFFIXES)
+    }  # eval's PNG figures: matplotlib's text rendering varies by version (tests/test_plots.py checks them)
 
 
 def test_outputs_match_the_recorded_goldens(tmp_path, single_thread):

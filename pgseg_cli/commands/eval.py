@@ -85,6 +85,12 @@ def render(report: Any, per_class: bool = True) -> None:
         )
     if report.written_to:
         out.print(f"metrics written to {report.written_to}")
+    figures = getattr(report, "figures", None)
+    if figures is not None and figures.files:
+        names = ", ".join(Path(f).name for f in figures.files)
+        out.print(
+            f"figures: {names} ({figures.seconds:.1f} s, {100 * figures.fraction:.1f} % of the command)"
+        )
 
 
 def register(app: typer.Typer) -> None:
@@ -142,6 +148,20 @@ def register(app: typer.Typer) -> None:
                 "report mIoU(S), mIoU(U) and hIoU."
             ),
         ] = None,
+        figures: Annotated[
+            Optional[bool],
+            typer.Option(
+                "--figures/--no-figures",
+                help="PNG figures beside the metrics file: per-class IoU, confusion, predictions, sweep "
+                "(default: on; the charts are skipped with a warning where matplotlib is missing, unless "
+                "--figures is given).",
+                show_default=False,
+            ),
+        ] = None,
+        grid_images: Annotated[
+            int,
+            typer.Option(min=0, help="Images in the predictions figure (input, truth, prediction); 0: none."),
+        ] = 8,
     ) -> None:
         """Evaluate mIoU/mAcc/aAcc (and seen/unseen hIoU). Extra '--eval.key value' overrides are accepted.
 
@@ -151,6 +171,7 @@ def register(app: typer.Typer) -> None:
         """
         from pgseg_core.api import evaluate_checkpoint
         from pgseg_core.errors import OutputError
+        from pgseg_core.eval.figures import EvalFigureOptions
         from pgseg_core.eval.report import MetricsPathError, MetricsWriteError
 
         if (data is None) == (dataset is None):
@@ -164,6 +185,7 @@ def register(app: typer.Typer) -> None:
             overrides["eval.bg_thresh"] = bg_thresh
         if top_k is not None:
             overrides["eval.top_k"] = top_k
+        figure_options = None if figures is False else EvalFigureOptions(grid_images, required=bool(figures))
         failed: MetricsWriteError | None = None
         if mvp_cli.is_method_reference(checkpoint):  # MVP-SEG checkpoint or baseline:BACKBONE
             mvp_cli.reject({"'--protocol'": protocol, "'--sweep'": sweep, "'--bg-thresh'": bg_thresh,
@@ -185,6 +207,7 @@ def register(app: typer.Typer) -> None:
                     device=device_or_auto(device),
                     max_images=max_images,
                     out=output,
+                    figures=figure_options,
                     progress=lambda p, d, t, i: update(d, t, phase=p),
                 )
             except MetricsPathError as e:

@@ -115,6 +115,10 @@ def register(app: typer.Typer) -> None:
             f"trained {_steps_text(result)} on {result.device} in {result.seconds:.0f} s{loss}; "
             f"checkpoint: {result.checkpoint}"
         )
+        if (Path(result.out_dir) / "curves.png").is_file():
+            out.print(
+                f"training curves: {Path(result.out_dir) / 'curves.png'} (redraw or compare: pgseg plot)"
+            )
 
 
 def default_run_dir(model: str, data: str) -> Path:

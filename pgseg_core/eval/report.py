@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,8 @@ import torch
 from ..config import EvalConfig, RunConfig, config_hash, eval_with_overrides
 from ..errors import OutputError
 from ..utils.io import atomic_write_json, check_writable_file, output_error, remove_stale_temps
+from .figures import EvalFigureOptions, check_figure_support, write_eval_figures
+from .observe import observing
 from .protocol import ResolvedProtocol, model_family, resolve_protocol
 from .result import EvalResult
 from .runs import evaluate, evaluate_dataset
@@ -122,6 +126,7 @@ class EvalReport:
     written_to: str = ""
     write_error: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    figures: Any = None  # EvalFigures drawn beside the metrics file (pgseg_core.eval.figures)
 
     @property
     def splits(self) -> dict[str, dict[str, Any]]:
@@ -203,6 +208,7 @@ def evaluate_loaded(
     sweep: str | None = None,
     max_images: int | None = None,
     progress: Callable[[int, int | None], None] | None = None,
+    figures: EvalFigureOptions | None = None,
 ) -> EvalReport:
     """Evaluate a loaded model on ``target`` (see :class:`EvalTarget`), with an optional feature cache.
 
@@ -216,21 +222,27 @@ def evaluate_loaded(
         sweep: ``KEY=START:STOP:STEP`` of a class-dependent key (bg_thresh, prob_thresh, top_k, logit_scale).
         max_images: at most this many images per split.
         progress: ``callback(done, total)``.
+        figures: keep what :func:`write_metrics` needs to draw the eval figures (pgseg_core.eval.figures).
 
     Raises:
         ConfigError: a bad sweep. DataError: bad data, or a cache of another checkpoint or config.
+        DependencyError: figures required and matplotlib missing (checked first).
     """
     from ..cache.features import CacheMeta, FeatureCache, feature_config_hash
 
     sweep_spec = parse_sweep(sweep) if sweep else None
+    if figures is not None:
+        check_figure_support(figures)
     protocol_name = resolved.name if resolved is not None else "checkpoint"
     feat_hash = feature_config_hash(cfg.model, eval_cfg)
     fc = None
     if cache is not None:
         meta = CacheMeta(checkpoint.sha256, feat_hash, protocol_name, target.cache_name)
         fc = FeatureCache.open(cache, meta)
+    t0, observe = time.perf_counter(), observing(figures.grid_images) if figures else nullcontext()
     try:
-        result = _run(model, target, resolved, eval_cfg, device, max_images, progress, fc, sweep_spec)
+        with observe as observer:  # the confusion matrices and first images, for the figures
+            result = _run(model, target, resolved, eval_cfg, device, max_images, progress, fc, sweep_spec)
         cache_use = None if fc is None else CacheUse(str(cache), len(fc), fc.dropped)
     finally:
         if fc is not None:
@@ -252,6 +264,7 @@ def evaluate_loaded(
         device=str(device),
         target=target,
         cache=cache_use,
+        extra={"figures": (figures, observer, time.perf_counter() - t0)} if figures is not None else {},
     )
 
 
@@ -324,4 +337,7 @@ def write_metrics(report: EvalReport, path: str | Path) -> EvalReport:
         report.write_error = message
         raise MetricsWriteError(message, report) from e
     report.written_to = str(path)
+    if "figures" in report.extra:
+        options, observer, seconds = report.extra.pop("figures")
+        report.figures = write_eval_figures(report.to_dict(), observer, path, options, seconds)
     return report

@@ -20,6 +20,7 @@ import torch
 from ..errors import DataError
 from ..inference import ClassSpec, check_eval_config, embed_classes, extract_image_features, iter_score_maps
 from .metrics import ConfusionAccumulator, metrics_from_confusion
+from .observe import observe_sample, observe_split
 from .result import BACKGROUND
 from .sweep import Sweep
 
@@ -114,6 +115,7 @@ def _accumulate(
             maps = iter_score_maps(feats, class_emb, cfgs, with_background=with_background, image=image)
             for (pred, _), acc in zip(maps, accs):
                 acc.update(pred, gt)
+                observe_sample(acc is accs[0], key, image, label, pred)  # kept for the eval figures
             n += 1
         if on_image is not None:
             on_image()
@@ -188,6 +190,7 @@ def evaluate_stream(
     )
     n, encoded, from_cache, skipped = counts
     metrics = _summarise(accs[0].numpy(), names, spec)
+    observe_split(names, accs[0].numpy())
     metrics["num_images"] = n
     metrics["classes"] = list(spec.names)
     metrics["has_background"] = bool(with_background)

@@ -31,6 +31,7 @@ from ..models.factory import create_model
 from ..utils.claims import claim_folder
 from ..utils.device import resolve_device
 from ..utils.io import atomic_write, atomic_write_json, output_error, remove_stale_temps
+from .observers import RunObserver
 from .optim import build_optimizer, build_scheduler
 
 __all__ = ["fit", "TrainResult", "ProgressFn", "RUN_MARKERS"]
@@ -200,6 +201,10 @@ class _Trainer:
     last: Path
     progress: ProgressFn | None
     autocast: Any
+    observer: RunObserver = field(init=False)  # curves.png, TensorBoard (checks their packages first)
+
+    def __post_init__(self) -> None:
+        self.observer = RunObserver(self.last.parent, self.cfg.train)
 
     def step(self, step: int, inputs: dict[str, torch.Tensor], captions: list[str]):
         """One optimizer step; returns (losses, grad norm before clipping)."""
@@ -238,6 +243,7 @@ class _Trainer:
             mfile.flush()
         except OSError as e:
             raise output_error(mfile.name, e) from e
+        self.observer.log(record)
         return record
 
     def run(self, batches, mfile, start_step: int, t0: float) -> tuple[int, bool, int, dict[str, float]]:
@@ -245,6 +251,7 @@ class _Trainer:
         cfg, steps = self.cfg, self.cfg.train.steps
         seen, stopped_early, step, final = 0, False, start_step, {}
         window = _LossWindow()
+        self.observer.begin(start_step)
         for step in range(start_step, steps):
             if cfg.train.time_budget_s > 0 and time.time() - t0 > cfg.train.time_budget_s:
                 stopped_early = True
@@ -268,6 +275,7 @@ class _Trainer:
                 self.progress("train", done, steps, {})
             if done % cfg.train.ckpt_every == 0 and done < steps:
                 save_checkpoint(self.last, self.model, cfg, done, self.optimizer, final)
+                self.observer.checkpoint()
         else:
             step = steps
         return step, stopped_early, seen, final
@@ -333,7 +341,7 @@ def fit(
         mfile = open(metrics, "a")
     except OSError as e:
         raise output_error(metrics, e) from e
-    with mfile:
+    with mfile, trainer.observer:  # the observer draws the final curves.png on a clean exit
         step, stopped_early, seen, final = trainer.run(batches, mfile, start_step, t0)
     end_step = step if stopped_early else max(cfg.train.steps, start_step)
     if end_step > start_step or not last.exists():
