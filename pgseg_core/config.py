@@ -150,6 +150,7 @@ class TrainConfig(_Validated):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     time_budget_s: float = 0.0  # > 0: stop early (with a checkpoint) once this many seconds have passed
+    kernels: Literal["auto", "torch", "triton"] = "auto"  # pgseg_core.kernels backend; PGSEG_KERNELS wins
 
 
 @dataclass

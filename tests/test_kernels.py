@@ -207,6 +207,57 @@ def test_linear_assignment_rejects_non_square():
 
 
 # ---------------------------------------------------------------------------------------------------------
+# the whole PGSeg training step, kernels on vs off
+
+
+@cpu_interpreter
+@pytest.mark.parametrize("variant", [{}, {"model.npr.released_code": True}])
+def test_training_step_with_kernels_matches_reference(monkeypatch, variant):
+    from pgseg_core.config import load_config
+    from pgseg_core.models.factory import create_model
+
+    import pgseg_core.losses.prototype as prototype
+
+    if variant:
+        # every matching is solved by both backends: the costs must agree, the reference's permutation is used
+        def same_cost_matching(sim, maximize, backend=None):
+            ref = linear_assignment(sim, maximize, backend="torch")
+            got = linear_assignment(sim, maximize, backend="triton")
+            total = [sim.double().gather(2, c.unsqueeze(-1)).sum() for c in (ref, got)]
+            assert abs(total[0] - total[1]) <= 1e-9 * max(1.0, abs(total[0]))
+            return ref
+
+        monkeypatch.setattr(prototype, "linear_assignment", same_cost_matching)
+    torch.manual_seed(0)
+    model = create_model(load_config("pgseg-tiny", variant))
+    model.train()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    captions = ["a cat on a red mat", "two dogs in the snow"]
+    runs = {}
+    for backend in ("torch", "triton"):
+        monkeypatch.setenv("PGSEG_KERNELS", backend)
+        model.load_state_dict(state)  # the NPR buffers move in a training forward
+        model.zero_grad()
+        torch.manual_seed(2)  # the same Gumbel draws for both
+        losses = model.forward_train(captions, images)
+        losses["loss"].backward()
+        grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+        runs[backend] = ({k: v.item() for k, v in losses.items()}, grads)
+    (ref_losses, ref_grads), (got_losses, got_grads) = runs["torch"], runs["triton"]
+    assert set(got_losses) == set(ref_losses) and "loss_pg_text" in got_losses
+    if variant:
+        # the released text term normalises 1-d features, i.e. takes the sign of a mean near 0: float32
+        # sums in another order flip some signs (a +-1 similarity becomes -+1), so only the image terms and
+        # the image-text loss are compared
+        ref_losses = {k: ref_losses[k] for k in ("loss_itc", "loss_pg_1", "loss_pg_2")}
+    for k, v in ref_losses.items():
+        assert got_losses[k] == pytest.approx(v, rel=1e-4, abs=1e-5), k
+    # float32 sums in another order: the gradients agree to ~1e-5 of their norm
+    assert variant or (got_grads - ref_grads).norm() <= 1e-4 * ref_grads.norm()
+
+
+# ---------------------------------------------------------------------------------------------------------
 # torch.library registrations: schema, fake tensors, autograd
 
 

@@ -25,6 +25,7 @@ import torch
 from ..checkpoint import CHECKPOINT_FORMAT, init_from, read_checkpoint_file, save_checkpoint
 from ..config import RunConfig, apply_overrides
 from ..errors import CheckpointError, ConfigError
+from ..kernels import configure as configure_kernels
 from ..data.shards import resolve_shards
 from ..models.factory import create_model
 from ..utils.claims import claim_folder
@@ -97,8 +98,9 @@ def _image_batches(cfg: RunConfig, model, device, out_dir: Path, progress: Progr
 
 
 def _prepare(cfg: RunConfig, out: Path) -> tuple[RunConfig, torch.device]:
-    """Device (preset ``cuda_overrides`` on CUDA), ``config.json`` in the run directory, seeds."""
+    """Device (preset ``cuda_overrides`` on CUDA), ``config.json`` in the run directory, seeds, kernels."""
     device = resolve_device(cfg.train.device)
+    configure_kernels(cfg.train.kernels)  # docs/KERNELS.md §1
     if device.type == "cuda" and cfg.cuda_overrides:
         cfg = apply_overrides(cfg, cfg.cuda_overrides)
         _log.info("CUDA device: applied the preset's cuda_overrides %s", cfg.cuda_overrides)
