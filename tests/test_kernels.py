@@ -15,6 +15,7 @@ Tolerances (max abs difference, kernel vs reference):
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import numpy as np
 import pytest
@@ -270,6 +271,31 @@ def test_custom_ops_pass_opcheck():
     opcheck(torch.ops.pgseg.npr_em.default, (x, mu, 2, None, "channels"))
     logits = _logits(1, 3, 9, torch.float32).requires_grad_()
     opcheck(torch.ops.pgseg.assign_attention.default, (logits, torch.zeros(1, 3, 9), True, True, 1.0, 1.0))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the benchmark script
+
+
+def test_bench_kernels_quick_writes_its_json(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "k.json"
+    env = {**os.environ, "TRITON_INTERPRET": "0", "PYTHONPATH": str(root)}  # references only: fast
+    cmd = [sys.executable, str(root / "benchmarks/bench_kernels.py"), "--quick", "--device", "cpu"]
+    subprocess.run([*cmd, "--out", str(out)], check=True, env=env, capture_output=True, timeout=300)
+    result = json.loads(out.read_text())
+    assert result["quick"] and not result["timing_claims"]
+    assert {"command", "torch", "uptime_at_start", "device"} <= set(result["env"])
+    for section in ("assignment", "npr_em", "assign_attention"):
+        for entry in result[section].values():
+            t = entry["timings"]["scipy_loop" if section == "assignment" else "reference"]
+            assert t["min_ms"] <= t["median_ms"] <= t["max_ms"] and len(t["samples_ms"]) == 2
+    assert "kernels_off" in result["pgseg_step"]["timings"]
 
 
 # ---------------------------------------------------------------------------------------------------------
