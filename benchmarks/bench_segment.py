@@ -15,7 +15,8 @@ runs; each reports the median of its rounds with min and max):
     the documented HF way to segment: it also runs the text tower on the C class prompts on every call.
 * ``image``: one 448×672 image (short side 448, slide 448/224: 2 windows) end to end through pgseg's
   segment path (prepare + :func:`pgseg_core.inference.predict_batch`, class embeddings precomputed), torch
-  and onnxruntime.
+  and onnxruntime, and ``hf_segmentation``: the same windows through HF's ``output_segmentation=True``
+  forward, averaged and arg-maxed (the end-to-end target is pgseg_torch >= 1.5x this).
 * GPU only: images/s of the image path at ``--gpu-batch`` images per batch, fp32 and bf16 autocast.
 
 Every number is printed with its ratio to a reference measured in the same run (``x`` > 1: faster than the
@@ -54,6 +55,13 @@ from pgseg_core.inference import (  # noqa: E402
     extract_features,
     predict_batch,
     prepare_image,
+)
+from pgseg_core.inference.preprocess import pad_to_stride  # noqa: E402
+from pgseg_core.inference.windows import (  # noqa: E402
+    WindowAccumulator,
+    channel_argmax,
+    image_windows,
+    resize_scores,
 )
 
 CLASSES = ["cat", "dog", "person", "car", "tree", "sky", "building", "road", "grass", "water"]
@@ -102,11 +110,29 @@ def crop_contenders(model, cfg, crop, args, tmp: Path, results: dict) -> dict:
         prompts = [cfg.eval.templates[0].format(c) for c in CLASSES]
         ids = tokenize(prompts, cfg.model.text.context_length)
         contenders["hf_segmentation"] = lambda: hf(input_ids=ids, pixel_values=crop, output_segmentation=True)
+        results["_hf"] = (hf, ids)
     return contenders
 
 
+def hf_segment_image(hf, ids, image, eval_cfg) -> np.ndarray:
+    """transformers' documented way to segment, over the same slide windows as pgseg: every window through
+    ``GroupViTModel(output_segmentation=True)`` (text prompts included), its per-pixel logits averaged over
+    the windows, resized to the image and arg-maxed (no background rule: a speed reference only)."""
+    prepared = prepare_image(image, eval_cfg)
+    height, width = prepared.x.shape[-2:]
+    acc = None
+    for y1, y2, x1, x2 in image_windows(height, width, eval_cfg):
+        crop = pad_to_stride(prepared.x[None, :, y1:y2, x1:x2])
+        logits = hf(input_ids=ids, pixel_values=crop, output_segmentation=True).segmentation_logits
+        logits = torch.nn.functional.interpolate(logits, size=crop.shape[-2:], mode="bilinear")
+        if acc is None:
+            acc = WindowAccumulator(logits.shape[1], (height, width), "cpu")
+        acc.add([(y1, y2, x1, x2)], logits)
+    return channel_argmax(resize_scores(acc.mean(), prepared.size)).numpy()
+
+
 def image_contenders(model, image, class_emb, scale, eval_cfg, results: dict) -> dict:
-    """The 448×672 end-to-end contenders (pgseg's segment path with each encoder)."""
+    """The 448×672 end-to-end contenders (pgseg's segment path with each encoder; HF's segmentation)."""
     cpu = torch.device("cpu")
     encoders = {"pgseg_torch": TorchEncoder(model, cpu)}
     if "_onnx_encoder" in results:
@@ -118,7 +144,11 @@ def image_contenders(model, image, class_emb, scale, eval_cfg, results: dict) ->
     if "pgseg_onnxruntime" in encoders:  # same masks as torch on this image?
         ((lt, _),), ((lo, _),) = run(encoders["pgseg_torch"]), run(encoders["pgseg_onnxruntime"])
         results["onnx_label_agreement"] = float((lt == lo).mean())
-    return {name: (lambda enc=enc: run(enc)) for name, enc in encoders.items()}
+    contenders = {name: (lambda enc=enc: run(enc)) for name, enc in encoders.items()}
+    if "_hf" in results:
+        hf, ids = results["_hf"]
+        contenders["hf_segmentation"] = lambda: hf_segment_image(hf, ids, image, eval_cfg)
+    return contenders
 
 
 def gpu_images_per_s(model, image, class_emb, scale, eval_cfg, args) -> dict:
@@ -171,6 +201,7 @@ def main() -> None:
         results["crop_448"] = round_robin(crops, rounds=args.rounds, warmup=args.warmup)
         results["image_448x672"] = round_robin(images, rounds=args.rounds, warmup=args.warmup)
         results.pop("_onnx_encoder", None)
+        results.pop("_hf", None)
     if torch.cuda.is_available():
         with torch.no_grad():
             results["gpu_448x672"] = gpu_images_per_s(model, image, class_emb, scale, eval_cfg, args)
@@ -178,10 +209,15 @@ def main() -> None:
         "crop_vs_hf_vision": ratios(results["crop_448"], "hf_vision") if not args.skip_hf else None,
         "crop_vs_pgseg_torch": ratios(results["crop_448"], "pgseg_torch"),
         "image_vs_pgseg_torch": ratios(results["image_448x672"], "pgseg_torch"),
+        "image_vs_hf_segmentation": ratios(results["image_448x672"], "hf_segmentation")
+        if not args.skip_hf
+        else None,
     }
     results["env"].update(classes=len(CLASSES), warmup=args.warmup, rounds=args.rounds)
     print_table("crop_448", results["crop_448"], "hf_vision" if not args.skip_hf else "pgseg_torch")
-    print_table("image_448x672", results["image_448x672"], "pgseg_torch")
+    print_table(
+        "image_448x672", results["image_448x672"], "hf_segmentation" if not args.skip_hf else "pgseg_torch"
+    )
     if "onnx_label_agreement" in results:
         print(f"onnx vs torch label agreement on the image: {results['onnx_label_agreement']:.4f}")
     if "gpu_448x672" in results:
