@@ -40,7 +40,7 @@ def _hungarian(cost_ptr, out_ptr, K, sign, BLOCK: tl.constexpr):
         minv = tl.full([BLOCK], inf, dtype=tl.float64)
         used = idx < 0
         rows_in_tree = idx < 0
-        searching = 1
+        searching = tl.full([], 1, dtype=tl.int32)
         while searching != 0:
             used = used | (idx == j0)
             i0 = _at(p, idx, j0)
