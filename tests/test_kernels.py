@@ -62,6 +62,23 @@ def test_backend_selection(monkeypatch):
         use_triton(x)
 
 
+def test_config_key_sets_the_default_and_the_environment_wins(monkeypatch):
+    from pgseg_core.config import load_config
+    from pgseg_core.kernels import configure, requested_backend
+
+    monkeypatch.delenv("PGSEG_KERNELS", raising=False)
+    cfg = load_config("pgseg-tiny", {"train.kernels": "torch"})
+    with pytest.raises(ConfigError, match="train.kernels"):
+        load_config("pgseg-tiny", {"train.kernels": "cuda"})
+    try:
+        configure(cfg.train.kernels)
+        assert requested_backend() == "torch"
+        monkeypatch.setenv("PGSEG_KERNELS", "auto")
+        assert requested_backend() == "auto" and requested_backend("triton") == "triton"
+    finally:
+        configure("auto")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # assign_attention
 
