@@ -344,7 +344,9 @@ def scores_from_features(
             features, class_emb, [eval_cfg], with_background=with_background, crop_batch=crop_batch
         )
     )
-    return label.cpu().numpy().astype(np.int64), scores.cpu().numpy().astype(np.float32)
+    return label.cpu().numpy().astype(np.int64, copy=False), scores.cpu().numpy().astype(
+        np.float32, copy=False
+    )
 
 
 @torch.no_grad()
