@@ -151,7 +151,12 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=0, help="CPU intra-op threads (0: torch's default)")
-    ap.add_argument("--step-batch", type=int, default=0, help="images per step (0: 64 on CUDA, 4 on CPU)")
+    ap.add_argument(
+        "--step-batch",
+        type=int,
+        default=0,
+        help="images per step, >= 2 for BatchNorm (0: 64 on CUDA, 4 on CPU)",
+    )
     ap.add_argument("--skip-step", action="store_true")
     ap.add_argument("--quick", action="store_true", help="tiny shapes, 2 rounds: checks that the script runs")
     ap.add_argument("--out", type=Path, default=None)
@@ -187,7 +192,7 @@ def main() -> None:
         results["assign_attention"] = bench_assign(
             device, [(256, 64, 196), (256, 8, 64)], triton_ok, rounds, inner
         )
-        step_args = ("pgseg-s", args.step_batch or (64 if device.type == "cuda" else 4), triton_ok)
+        step_args = ("pgseg-s", max(2, args.step_batch or (64 if device.type == "cuda" else 4)), triton_ok)
     if not args.skip_step:
         results["pgseg_step"] = bench_step(device, *step_args, rounds=rounds)
     if args.out:
