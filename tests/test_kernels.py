@@ -284,6 +284,7 @@ def test_custom_ops_pass_opcheck():
     from torch.library import opcheck
 
     opcheck(torch.ops.pgseg.linear_assignment.default, (torch.rand(2, 3, 3), True))
+    opcheck(torch.ops.pgseg.linear_assignment_scipy.default, (torch.rand(2, 3, 3), False))
     x, mu = torch.randn(1, 9, 4), torch.nn.functional.normalize(torch.randn(1, 3, 4), dim=-1)
     opcheck(torch.ops.pgseg.npr_em.default, (x, mu, 2, None, "channels"))
     logits = _logits(1, 3, 9, torch.float32).requires_grad_()
