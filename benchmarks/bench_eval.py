@@ -3,7 +3,9 @@ sweep from the HDF5 feature cache vs recomputing every point.
 
 Random weights (the groupvit-s preset, ViT-S GroupViT as released) on synthetic VOC-sized images with random
 labels: the numbers measure speed only, not accuracy. Every figure is a ratio of timings taken in the same
-run, so it holds on the machine it was measured on.
+run, so it holds on the machine it was measured on. The contenders (full evaluation, one-pass sweep, cache
+write pass, cached sweep, recomputed sweep) run interleaved round-robin (``--rounds``, default 7) and each
+reports the median of its rounds with the min and max beside it (``timings_ms``).
 
     python benchmarks/bench_eval.py --device cpu --images 2
     python benchmarks/bench_eval.py --device cuda --images 20 --out benchmarks/results/bench_eval_cuda.json
@@ -19,7 +21,6 @@ import json
 import platform
 import sys
 import tempfile
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _timing import round_robin, uptime  # noqa: E402
 from pgseg_core.cache.features import CacheMeta, FeatureCache, feature_config_hash  # noqa: E402
 from pgseg_core.config import load_config  # noqa: E402
 from pgseg_core.eval.runs import evaluate_dataset  # noqa: E402
@@ -101,14 +103,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _timed(fn):
-    start = time.perf_counter()
-    out = fn()
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - start
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -118,17 +112,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sweep", default="bg_thresh=0.3:1.0:0.05", help="sweep spec (15 points by default)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
     ap.add_argument(
-        "--repeat",
+        "--rounds",
         type=int,
-        default=2,
-        help="time the full evaluation and the sweeps this many "
-        "times and keep the fastest (shared machines are noisy)",
+        default=7,
+        help="interleaved rounds: each round times every contender once (median and spread reported)",
     )
     ap.add_argument("--out", default="", help="write the results as JSON here")
     args = ap.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     dev = resolve_device(args.device)
+    uptime_at_start = uptime()
     h, w = (int(v) for v in args.size.lower().split("x"))
     torch.manual_seed(0)
     cfg = load_config(args.model)
@@ -143,26 +137,38 @@ def main(argv: list[str] | None = None) -> dict:
     evaluate_dataset(
         model, SyntheticDataset(1, (h, w), seed=1), class_names="groupvit", eval_cfg=eval_cfg, device=dev
     )  # warm-up
-    repeat = max(int(args.repeat), 1)
-    t_full = min(_timed(run)[1] for _ in range(repeat))
-    t_one_pass = min(_timed(lambda: run(sweep=sweep))[1] for _ in range(repeat))
+    rounds = max(int(args.rounds), 1)
     with tempfile.TemporaryDirectory() as tmp:
         meta = CacheMeta("benchmark", feature_config_hash(cfg.model, eval_cfg), "groupvit", "synthetic-voc")
         with FeatureCache.open(Path(tmp) / "f.h5", meta) as cache:
-            _, t_write = _timed(lambda: run(cache=cache))
-        t_cached = float("inf")
-        for _ in range(repeat):
+            run(cache=cache)  # the cache the cached sweep reads
+        written = iter(range(10**6))
+
+        def write_pass():  # a fresh cache file on every call
+            with FeatureCache.open(Path(tmp) / f"w{next(written)}.h5", meta) as fresh:
+                run(cache=fresh)
+
+        def cached_sweep():
             with FeatureCache.open(Path(tmp) / "f.h5", meta) as cache:
-                res, t = _timed(lambda: run(cache=cache, sweep=sweep))
+                res = run(cache=cache, sweep=sweep)
             assert res.splits["val"]["images_encoded"] == 0
-            t_cached = min(t_cached, t)
-    t_recompute = 0.0
-    for value in sweep.values:  # what a sweep costs without features: one full evaluation per value
-        point_cfg = dataclasses.replace(eval_cfg, **{sweep.key: value})
-        _, t = _timed(
-            lambda: evaluate_dataset(model, ds, class_names="groupvit", eval_cfg=point_cfg, device=dev)
-        )
-        t_recompute += t
+
+        def recompute_sweep():  # what a sweep costs without features: one full evaluation per value
+            for value in sweep.values:
+                point_cfg = dataclasses.replace(eval_cfg, **{sweep.key: value})
+                evaluate_dataset(model, ds, class_names="groupvit", eval_cfg=point_cfg, device=dev)
+
+        contenders = {
+            "full_eval": run,
+            "one_pass_sweep_no_cache": lambda: run(sweep=sweep),
+            "cache_write_pass": write_pass,
+            "cached_sweep": cached_sweep,
+            "recompute_sweep": recompute_sweep,
+        }
+        timings = round_robin(contenders, rounds=rounds, warmup=0, device=dev)
+    sec = {k: t["median_ms"] / 1e3 for k, t in timings.items()}
+    t_full, t_one_pass, t_write = sec["full_eval"], sec["one_pass_sweep_no_cache"], sec["cache_write_pass"]
+    t_cached, t_recompute = sec["cached_sweep"], sec["recompute_sweep"]
     n = len(ds)
     result = {
         "benchmark": "bench_eval",
@@ -176,10 +182,12 @@ def main(argv: list[str] | None = None) -> dict:
         "model": args.model,
         "protocol": "groupvit (short side 448, slide 448/224, top-5)",
         "images": n,
-        "repeat": repeat,
+        "rounds": rounds,
+        "timings_ms": timings,
+        "uptime_at_start": uptime_at_start,
         "image_size": [h, w],
         "sweep": {"key": sweep.key, "points": len(sweep.values)},
-        "seconds": {
+        "seconds": {  # medians of the interleaved rounds
             "full_eval": round(t_full, 3),
             "one_pass_sweep_no_cache": round(t_one_pass, 3),
             "cache_write_pass": round(t_write, 3),

@@ -158,6 +158,7 @@ class TrainConfig(_Validated):
     time_budget_s: float = 0.0  # > 0: stop early (with a checkpoint) once this many seconds have passed
     curves: bool = True  # RUN/curves.png at each checkpoint and at the end (needs matplotlib: [plots])
     tensorboard: bool = False  # TensorBoard events in RUN/tensorboard/ (needs the [tensorboard] extra)
+    kernels: Literal["auto", "torch", "triton"] = "auto"  # pgseg_core.kernels backend; PGSEG_KERNELS wins
 
 
 @dataclass

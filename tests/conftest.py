@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import pytest
+
+# Triton's interpreter (the CPU tests of pgseg_core.kernels, tests/test_kernels.py) must be chosen before
+# triton is first imported: its own reductions are jit functions decorated at import. On a machine without
+# CUDA nothing else runs Triton, so the variable changes nothing else.
+if "triton" not in sys.modules and "TRITON_INTERPRET" not in os.environ:
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TRITON_INTERPRET"] = "1"
 
 
 def pytest_collection_modifyitems(config, items):

@@ -120,5 +120,10 @@ def predict_batch(
     results = []
     for img, acc in zip(images, accs):
         label, scores = rule.label(resize_scores(rule.refine(acc.mean(), img.x), img.size))
-        results.append((label.cpu().numpy().astype(np.int64), scores.cpu().numpy().astype(np.float32)))
+        results.append(
+            (
+                label.cpu().numpy().astype(np.int64, copy=False),
+                scores.cpu().numpy().astype(np.float32, copy=False),
+            )
+        )
     return results

@@ -375,7 +375,9 @@ def scores_from_features(
             image=image,
         )
     )
-    return label.cpu().numpy().astype(np.int64), scores.cpu().numpy().astype(np.float32)
+    return label.cpu().numpy().astype(np.int64, copy=False), scores.cpu().numpy().astype(
+        np.float32, copy=False
+    )
 
 
 @torch.no_grad()

@@ -114,7 +114,9 @@ def image_to_tensor(
     if device is not None:
         x = x.to(device)
     x = x.permute(2, 0, 1).float()  # [3,H0,W0]
-    x = resize_short_side(x, int(short_side), int(max_long)).round().clamp(0, 255)
+    resized = resize_short_side(x, int(short_side), int(max_long))
+    if resized is not x:  # integers in [0, 255] already when no resize happened: round / clamp change nothing
+        x = resized.round().clamp(0, 255)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device)[:, None, None]
     std = torch.tensor(IMAGENET_STD, device=x.device)[:, None, None]
     return (x / 255.0 - mean) / std  # [3,H,W]

@@ -120,7 +120,9 @@ def pixel_groups(group_probs: torch.Tensor, out_size: tuple[int, int]) -> torch.
     probs = F.interpolate(
         group_probs, size=(int(out_size[0]), int(out_size[1])), mode="bilinear", align_corners=False
     )  # [B,S,H,W]
-    return probs.argmax(dim=1)
+    if probs.shape[0] == 0:
+        return probs.argmax(dim=1)
+    return torch.stack([channel_argmax(p) for p in probs])  # = probs.argmax(dim=1), channels-last blocks
 
 
 def _text_rows(
@@ -205,22 +207,24 @@ def crop_scores(
     if group_idx is None:  # step 1: pixel -> group
         group_idx = pixel_groups(feats.group_probs, (int(out_size[0]), int(out_size[1])))  # [B,H,W]
     aff = _top_k_affinity(feats, ce, t, logit_scale, top_k)  # step 3, [B,S,C']
-    c = aff.shape[-1]
-    # step 4: class maps M·Aff; with one-hot M this is a gather of each pixel's group row
-    # gather along the groups in channel-first layout: [B,C',S] -> [B,C',H·W] (exact, no transposed copy)
-    pix = group_idx.reshape(b, 1, -1).expand(b, c, -1)
-    class_maps = torch.gather(aff.transpose(1, 2), 2, pix).reshape(b, c, *group_idx.shape[1:])  # [B,C',H,W]
+    # With one-hot M every map value is a function of the pixel's group, background included: a pixel's
+    # max over classes of M·Aff is its group's row max. So the [B,S,K] table of each group's channel values
+    # is built first and one gather places it (exact: the same values as per-pixel maxima).
     bg_words = None
     if ce.has_background_words:
-        bg_words, class_maps = class_maps[:, -1], class_maps[:, :-1]  # [B,H,W], [B,C,H,W]
-        aff = aff[..., :-1]
-    if not with_background:
-        return class_maps.contiguous()
-    thr = torch.clamp(aff.amax(dim=(1, 2)), max=bg_thresh)  # [B]
-    background = (class_maps.amax(dim=1) < thr[:, None, None]).to(class_maps.dtype)  # [B,H,W]
-    if bg_words is not None:  # a pixel whose background word beats every class is background
-        background = torch.maximum(background, bg_words)
-    return torch.cat([background[:, None], class_maps], dim=1)  # [B,C+1,H,W]
+        bg_words, aff = aff[..., -1], aff[..., :-1]  # [B,S], [B,S,C]
+    table = aff
+    if with_background:
+        thr = torch.clamp(aff.amax(dim=(1, 2)), max=bg_thresh)  # [B]
+        background = (aff.amax(dim=2) < thr[:, None]).to(aff.dtype)  # [B,S]
+        if bg_words is not None:  # a pixel whose background word beats every class is background
+            background = torch.maximum(background, bg_words)
+        table = torch.cat([background[..., None], aff], dim=2)  # [B,S,C+1]
+    # step 4: class maps M·Aff, a gather of each pixel's group row in channel-first layout:
+    # [B,K,S] -> [B,K,H·W] (exact, no transposed copy)
+    k = table.shape[-1]
+    pix = group_idx.reshape(b, 1, -1).expand(b, k, -1)
+    return torch.gather(table.transpose(1, 2), 2, pix).reshape(b, k, *group_idx.shape[1:])  # [B,K,H,W]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -264,8 +268,9 @@ def crop_probabilities(
     if group_idx is None:
         group_idx = pixel_groups(feats.group_probs, out_size)  # [B,H,W]
     group_prob = ce.reduce(logit_scale * torch.einsum("bsd,md->bsm", g, t)).softmax(dim=-1)  # [B,S,C']
-    batch_idx = torch.arange(b, device=g.device)[:, None, None]
-    return group_prob[batch_idx, group_idx].permute(0, 3, 1, 2).contiguous()  # [B,C',H,W]
+    k = group_prob.shape[-1]
+    pix = group_idx.reshape(b, 1, -1).expand(b, k, -1)  # each pixel's group row, channel-first
+    return torch.gather(group_prob.transpose(1, 2), 2, pix).reshape(b, k, *group_idx.shape[1:])  # [B,C',H,W]
 
 
 # ----------------------------------------------------------------------------------------------------------

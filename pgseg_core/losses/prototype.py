@@ -15,17 +15,18 @@ phi.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.optimize import linear_sum_assignment
+
+from ..kernels import linear_assignment
 
 __all__ = ["hungarian_match", "hrs_mask", "hrs_kept_fraction", "prototype_group_loss"]
 
 
 @torch.no_grad()
 def hungarian_match(groups: torch.Tensor, prototypes: torch.Tensor, maximize: bool = True) -> torch.Tensor:
-    """One-to-one matching of groups to prototypes per image (scipy ``linear_sum_assignment``).
+    """One-to-one matching of groups to prototypes per image (:func:`~pgseg_core.kernels.linear_assignment`:
+    scipy's ``linear_sum_assignment`` on the CPU, the batched Triton kernel on CUDA, docs/KERNELS.md §2).
 
     Args:
         groups: [B, K, C]; prototypes: [B, K, C].
@@ -36,9 +37,7 @@ def hungarian_match(groups: torch.Tensor, prototypes: torch.Tensor, maximize: bo
         LongTensor [B, K]: ``perm[b, k]`` is the prototype index matched to group k.
     """
     sim = F.normalize(groups.float(), dim=-1) @ F.normalize(prototypes.float(), dim=-1).transpose(1, 2)
-    sim_np = sim.cpu().numpy().astype(np.float64)
-    perm = np.stack([linear_sum_assignment(m, maximize=maximize)[1] for m in sim_np])
-    return torch.from_numpy(perm).to(groups.device, torch.long)
+    return linear_assignment(sim, maximize=maximize)
 
 
 @torch.no_grad()

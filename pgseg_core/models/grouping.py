@@ -11,30 +11,11 @@ import torch
 from timm.layers import Mlp
 from torch import nn
 
+from ..kernels import assign_attention
+from ..kernels.assign_attention import gumbel_softmax, hard_softmax
 from .layers import CrossAttnBlock
 
 __all__ = ["hard_softmax", "gumbel_softmax", "AssignAttention", "GroupingBlock", "GroupingOutput"]
-
-
-def hard_softmax(logits: torch.Tensor, dim: int) -> torch.Tensor:
-    """One-hot argmax along ``dim`` with a straight-through gradient
-    (``y_hard - y_soft.detach() + y_soft``)."""
-    y_soft = logits.softmax(dim)
-    index = y_soft.argmax(dim, keepdim=True)
-    y_hard = torch.zeros_like(y_soft).scatter_(dim, index, 1.0)
-    return y_hard - y_soft.detach() + y_soft
-
-
-def gumbel_softmax(logits: torch.Tensor, dim: int, tau: float = 1.0, hard: bool = True) -> torch.Tensor:
-    """Gumbel-softmax along ``dim``; ``hard`` returns one-hot samples with the straight-through gradient.
-
-    Noise comes from ``-log(Exp(1))`` draws (a Gumbel(0, 1) sample), computed in float32.
-    """
-    gumbels = -torch.empty_like(logits, dtype=torch.float32).exponential_().log()
-    y = ((logits.float() + gumbels) / tau).to(logits.dtype)
-    if hard:
-        return hard_softmax(y, dim)
-    return y.softmax(dim)
 
 
 class AssignAttention(nn.Module):
@@ -85,14 +66,8 @@ class AssignAttention(nn.Module):
             one-hot when hard), soft [B, S, N] (noise-free softmax over groups), logits [B, S, N].
         """
         logits = (self.q_proj(query) @ self.k_proj(key).transpose(1, 2)) * self.scale  # [B, S, N]
-        if self.hard and self.gumbel and self.training:
-            attn = gumbel_softmax(logits, dim=-2, tau=self.gumbel_tau, hard=True)
-        elif self.hard:
-            attn = hard_softmax(logits, dim=-2)
-        else:
-            attn = logits.softmax(dim=-2)
-        soft = logits.detach().softmax(dim=-2)
-        weights = attn / (attn.sum(dim=-1, keepdim=True) + self.assign_eps)
+        gumbel = self.hard and self.gumbel and self.training
+        attn, soft, weights = assign_attention(logits, self.hard, gumbel, self.gumbel_tau, self.assign_eps)
         out = self.proj(weights @ self.v_proj(key))  # [B, S, C] <- [B, S, N] @ [B, N, C]
         return out, attn, soft, logits
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..kernels import npr_em
 from .layers import ProjectMLP
 
 __all__ = ["em_prototypes", "NPR", "NPROutput", "TextNPR"]
@@ -45,19 +46,7 @@ def em_prototypes(
         mu [B, K, C] (L2-normalised) and z [B, N, K], the column-normalised responsibilities of the last
         E-step (the ones the M-step used).
     """
-    if iters < 1:
-        raise ValueError(f"EM needs at least one iteration, got {iters}")
-    x = x.float()
-    mu = mu.float()
-    z = x.new_zeros(x.shape[0], x.shape[1], mu.shape[1])
-    for _ in range(iters):
-        z = torch.softmax(x @ mu.transpose(1, 2), dim=2)  # [B, N, K]
-        if mask is not None:
-            z = z * mask.unsqueeze(-1).to(z.dtype)
-        z = z / (1e-6 + z.sum(dim=1, keepdim=True))
-        mu = z.transpose(1, 2) @ x  # [B, K, C]
-        mu = mu / (1e-6 + mu.norm(dim=2, keepdim=True))
-    return mu, z
+    return npr_em(x, mu, iters, mask)  # the fused kernel on CUDA (docs/KERNELS.md §3)
 
 
 def _init_prototypes(k: int, dim: int) -> torch.Tensor:
@@ -186,11 +175,8 @@ class TextNPR(nn.Module):
             if self.released_code:
                 x = tokens.detach().float().unsqueeze(-1)  # [B, W, 1] <- [B, W]
                 mu = self.mu.expand(B, -1, -1).float()
-                for _ in range(self.em_iters):
-                    z = torch.softmax(x @ mu.transpose(1, 2), dim=2)
-                    z = z / (1e-6 + z.sum(dim=1, keepdim=True))
-                    mu = z.transpose(1, 2) @ x
-                    mu = mu / (1e-6 + mu.norm(dim=1, keepdim=True))  # across the K scalar prototypes
+                # each channel normalised across the K scalar prototypes
+                mu, _ = npr_em(x, mu, self.em_iters, normalize="prototypes")
             else:
                 mu, _ = em_prototypes(tokens.detach(), self.mu.expand(B, -1, -1), self.em_iters, mask)
             if self.released_code:  # the released EMA, without re-normalisation, on every forward

@@ -27,6 +27,7 @@ from ..config import RunConfig, apply_overrides
 from ..errors import CheckpointError, ConfigError
 from ..data.skips import skip_metrics
 from ..data.sources.named import resolve_train_sources
+from ..kernels import configure as configure_kernels
 from ..models.factory import create_model
 from ..utils.claims import claim_folder
 from ..utils.device import resolve_device
@@ -99,8 +100,9 @@ def _image_batches(cfg: RunConfig, model, device, out_dir: Path, progress: Progr
 
 
 def _prepare(cfg: RunConfig, out: Path) -> tuple[RunConfig, torch.device]:
-    """Device (preset ``cuda_overrides`` on CUDA), ``config.json`` in the run directory, seeds."""
+    """Device (preset ``cuda_overrides`` on CUDA), ``config.json`` in the run directory, seeds, kernels."""
     device = resolve_device(cfg.train.device)
+    configure_kernels(cfg.train.kernels)  # docs/KERNELS.md §1
     if device.type == "cuda" and cfg.cuda_overrides:
         cfg = apply_overrides(cfg, cfg.cuda_overrides)
         _log.info("CUDA device: applied the preset's cuda_overrides %s", cfg.cuda_overrides)
