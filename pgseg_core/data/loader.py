@@ -22,6 +22,7 @@ import torch
 from ..config import DataConfig
 from ..errors import DataError
 from ..utils.process import end_with_parent
+from .position import PositionedLoader, StreamPosition, collate_with_position
 from .shards import resolve_shards
 
 log = logging.getLogger("pgseg.data.loader")
@@ -56,9 +57,10 @@ class _WorkerSeededShuffle:
     """``wds.shuffle`` whose generator is seeded with (seed, DataLoader worker id) when iteration starts,
     so that workers do not share one shuffle pattern."""
 
-    def __init__(self, bufsize: int, seed: int):
+    def __init__(self, bufsize: int, seed: int, stream=None):
         self.bufsize = bufsize
         self.seed = seed
+        self.stream = stream  # callable -> the stream id (data/position.py); default: the worker id
 
     def __call__(self, src):
         import random
@@ -66,20 +68,18 @@ class _WorkerSeededShuffle:
         import webdataset as wds
 
         info = torch.utils.data.get_worker_info()
-        rng = random.Random(self.seed * 1009 + (info.id if info is not None else 0))
+        stream = self.stream() if self.stream else (info.id if info is not None else 0)
+        rng = random.Random(self.seed * 1009 + stream)
         yield from wds.shuffle(self.bufsize, initial=min(self.bufsize, 100), rng=rng)(src)
-
-
-def _collate(samples: list[tuple[str, torch.Tensor, str]]) -> dict[str, Any]:
-    keys, images, texts = zip(*samples)
-    return {"image": torch.stack(list(images)), "text": [str(t) for t in texts], "key": list(keys)}
 
 
 def _as_text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes | bytearray) else str(value)
 
 
-def make_train_loader(data_cfg: DataConfig, batch_size: int, seed: int, *, img_size: int | None = None):
+def make_train_loader(
+    data_cfg: DataConfig, batch_size: int, seed: int, *, img_size: int | None = None, rank: int = 0
+):
     """Infinite, shuffled training batches from webdataset shards.
 
     Shards are resampled with replacement from a seeded stream (``wds.ResampledShards(deterministic=True)``;
@@ -94,10 +94,13 @@ def make_train_loader(data_cfg: DataConfig, batch_size: int, seed: int, *, img_s
         batch_size: samples per batch B (incomplete batches are dropped).
         seed: seeds shard resampling and the shuffle buffer.
         img_size: crop side S in pixels; default ``data_cfg.img_size``.
+        rank: this process's rank; each rank reads its own streams (docs/TRAINING.md §1).
 
     Returns:
-        A ``wds.WebLoader`` that yields ``{"image": FloatTensor [B,3,S,S] ImageNet-normalised,
-        "text": list[str] (B captions), "key": list[str]}`` forever.
+        A :class:`~pgseg_core.data.position.PositionedLoader` that yields ``{"image": FloatTensor
+        [B,3,S,S] ImageNet-normalised, "text": list[str] (B captions), "key": list[str]}`` forever and
+        has ``state_dict()`` / ``load_state_dict()``: a resumed loader continues the batch stream exactly
+        (each sample's augmentation is seeded by its position in its stream).
 
     Raises:
         DataError: the shard spec resolves to no shards.
@@ -115,25 +118,36 @@ def make_train_loader(data_cfg: DataConfig, batch_size: int, seed: int, *, img_s
     transform = train_transform(size, data_cfg.crop_scale, data_cfg.hflip)
     handler = SkipAndCount(str(data_cfg.train))
     buffer = max(1, int(data_cfg.shuffle_buffer))
-    pipeline = wds.DataPipeline(
-        wds.ResampledShards(urls, seed=int(seed), deterministic=True),
-        wds.tarfile_to_samples(handler=handler),
-        _WorkerSeededShuffle(buffer, int(seed)),
-        wds.decode("pilrgb", handler=handler),
-        wds.to_tuple("__key__", "jpg;png;jpeg;webp", "txt", handler=handler),
-        wds.map_tuple(str, transform, _as_text, handler=handler),
-        wds.batched(batch_size, collation_fn=_collate, partial=False),
-    )
     workers = max(0, int(data_cfg.num_workers))
-    init = functools.partial(_worker_init, parent_pid=os.getpid()) if workers > 0 else None
-    return wds.WebLoader(
-        pipeline,
-        batch_size=None,
-        shuffle=False,
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        worker_init_fn=init,
+    pos = StreamPosition(int(seed), int(rank), max(1, workers))
+    pipeline = wds.DataPipeline(
+        wds.ResampledShards(urls, seed=int(seed), deterministic=True, worker_seed=pos.stream_id),
+        wds.tarfile_to_samples(handler=handler),
+        _WorkerSeededShuffle(buffer, int(seed), stream=pos.stream_id),
+        pos.number_and_skip,
+        wds.decode("pilrgb", handler=handler),
+        wds.to_tuple("__key__", "jpg;png;jpeg;webp", "txt", "__pos__", handler=handler),
+        wds.map(functools.partial(_unpack, augment=pos.augment(transform)), handler=handler),
+        wds.batched(batch_size, collation_fn=collate_with_position, partial=False),
     )
+    init = functools.partial(_worker_init, parent_pid=os.getpid()) if workers > 0 else None
+    return PositionedLoader(
+        wds.WebLoader(
+            pipeline,
+            batch_size=None,
+            shuffle=False,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            worker_init_fn=init,
+            generator=torch.Generator().manual_seed(int(seed)),  # the caller's torch RNG is not drawn
+        ),
+        pos,
+    )
+
+
+def _unpack(sample: tuple, augment) -> tuple:
+    """(key, image, text, pos) -> (str key, augmented image, text str, pos)."""
+    return str(sample[0]), augment(sample[1], sample[3]), _as_text(sample[2]), sample[3]
 
 
 def _worker_init(_: int, parent_pid: int) -> None:
