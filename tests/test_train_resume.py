@@ -152,3 +152,17 @@ def test_no_complete_checkpoint_is_one_line(shards, tmp_path):
     assert "Traceback" not in result.output
     line = [ln for ln in result.output.splitlines() if "error" in ln]
     assert len(line) == 1 and "no complete checkpoint" in line[0] and "--overwrite" in line[0]
+
+
+def test_a_run_whose_stdout_is_not_a_terminal_logs_a_line_per_metrics_row(shards, tmp_path):
+    result = runner.invoke(
+        app, _args(shards, tmp_path / "run", "--train.steps", "4", "--train.log_every", "2")
+    )
+    assert result.exit_code == 0, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("step ")]
+    assert [ln.split()[1] for ln in lines] == ["2/4", "4/4"], result.output
+    for ln in lines:
+        assert " loss " in ln and " img/s " in ln and " ETA " in ln
+    assert lines[0].endswith("ETA ?") and lines[1].endswith("ETA 0:00:00")
+    quiet = runner.invoke(app, ["-q", *_args(shards, tmp_path / "q", "--train.steps", "2")])
+    assert quiet.exit_code == 0 and "step " not in quiet.output

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
-from .._console import handle_errors, out, progress_bar
+from .._console import STATE, handle_errors, out, progress_bar
 from ..options import parse_overrides, DeviceOpt, OutDirOpt
 
 
@@ -59,12 +61,14 @@ def register(app: typer.Typer) -> None:
 
         overrides = parse_overrides(list(ctx.args))
         _check_out(out_dir, resume, overwrite)
+        log_line = _plain_logger()
         with progress_bar("train") as update:
 
             def cb(phase: str, done: int, total: int, info: dict) -> None:
                 text = ""
                 if info.get("loss") is not None:
                     text = f"loss {info['loss']:.3f}  {info.get('images_per_s', 0):.0f} img/s"
+                    log_line(done, total, info)
                 update(done, total, text, phase="stem cache" if phase == "cache" else "train")
 
             result = train(
@@ -112,3 +116,25 @@ def _steps_text(result) -> str:
     if result.trained == 0:
         return f"0 steps (already at step {result.steps})"
     return f"{result.trained} steps ({result.start_step + 1}-{result.steps})"
+
+
+def _plain_logger() -> Callable[[int, int, dict], None]:
+    """When stdout is not a terminal (a log file, a cluster job) and not --quiet: one line per metrics row
+    (every train.log_every steps) with step, loss, images/s and the ETA, since a progress bar draws nothing
+    there. On a terminal: nothing (the bar shows it)."""
+    if STATE["quiet"] or sys.stdout.isatty():
+        return lambda *a: None
+    first: list[float] = []  # (time, step) of the first row: the ETA uses the speed since then
+
+    def line(done: int, total: int, info: dict) -> None:
+        now = time.monotonic()
+        if not first:
+            first.extend([now, float(done)])
+        eta = "?"
+        if done > first[1]:
+            left = int(round((total - done) * (now - first[0]) / (done - first[1])))
+            eta = f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+        speed = f"{info.get('images_per_s', 0.0):.1f} img/s"
+        typer.echo(f"step {done}/{total}  loss {info['loss']:.4f}  {speed}  ETA {eta}", err=True)
+
+    return line
