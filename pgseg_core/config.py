@@ -150,6 +150,7 @@ class TrainConfig(_Validated):
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     time_budget_s: float = 0.0  # > 0: stop early (with a checkpoint) once this many seconds have passed
+    grad_cache_chunks: int = 1  # > 1: GradCache, each rank's batch in this many chunks (docs/TRAINING.md §4)
 
 
 @dataclass
@@ -261,7 +262,7 @@ RANGES: dict[str, dict[str, Range]] = {
         "steps": _NONNEG, "batch_size": _POS, "lr": _POSITIVE, "warmup_lr": _NONNEG, "min_lr": _NONNEG,
         "warmup_steps": _NONNEG, "weight_decay": _NONNEG, "betas": _FRACTION, "grad_clip": _POSITIVE,
         "seed": Range(0, 2**32 - 1), "hard_assign_start": _NONNEG, "log_every": _POS, "ckpt_every": _POS,
-        "time_budget_s": Range(0, note="0 = no budget"),
+        "time_budget_s": Range(0, note="0 = no budget"), "grad_cache_chunks": _POS,
     },
     "eval": {
         "short_side": _PIXELS, "max_long": _PIXELS, "crop": _PIXELS, "stride": _PIXELS, "bg_thresh": _UNIT,

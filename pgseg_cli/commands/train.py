@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -52,6 +54,15 @@ def register(app: typer.Typer) -> None:
                 "new keys are reported)."
             ),
         ] = None,
+        nproc: Annotated[
+            Optional[int],
+            typer.Option(
+                min=1,
+                help="Train with N processes on this machine (torch.distributed's elastic launcher, as "
+                "torchrun --standalone --nproc_per_node N): one per GPU with --device cuda (NCCL), gloo on "
+                "the CPU. --train.batch_size stays the global batch.",
+            ),
+        ] = None,
     ) -> None:
         """Train a model into the run directory --out (checkpoints, metrics.jsonl, config.json).
 
@@ -61,6 +72,17 @@ def register(app: typer.Typer) -> None:
 
         overrides = parse_overrides(list(ctx.args))
         _check_out(out_dir, resume, overwrite)
+        if nproc is not None and "RANK" not in os.environ:
+            from pgseg_core.train.launch import run_local
+
+            flags = [f for f, on in (("--resume", resume), ("--overwrite", overwrite)) if on]
+            argv = ["train", "--data", data, "--out", str(out_dir), "--model", model, *flags]
+            argv += [*(["--device", device] if device else []), *(["--init", init] if init else [])]
+            glob = [f for f, on in (("-v", STATE["verbose"]), ("-q", STATE["quiet"])) if on]
+            run_local(nproc, [sys.executable, "-m", "pgseg_cli", *glob, *argv, *ctx.args])
+            return
+        if int(os.environ.get("RANK", "0")) > 0:  # torchrun: progress and logs from rank 0 only
+            _quiet_rank()
         log_line = _plain_logger()
         with progress_bar("train") as update:
 
@@ -83,6 +105,8 @@ def register(app: typer.Typer) -> None:
                 progress=cb,
             )
         loss = f", final loss {result.final['loss']:.3f}" if "loss" in result.final else ""
+        if int(os.environ.get("RANK", "0")) > 0:
+            return
         out.print(
             f"trained {_steps_text(result)} on {result.device} in {result.seconds:.0f} s{loss}; "
             f"checkpoint: {result.checkpoint}"
@@ -138,3 +162,10 @@ def _plain_logger() -> Callable[[int, int, dict], None]:
         typer.echo(f"step {done}/{total}  loss {info['loss']:.4f}  {speed}  ETA {eta}", err=True)
 
     return line
+
+
+def _quiet_rank() -> None:
+    """Ranks other than 0: no progress, no info logs, no closing line; warnings and errors still print
+    (each prefixed by its own process through torchrun's console)."""
+    STATE["quiet"] = True
+    logging.getLogger("pgseg").setLevel(logging.WARNING)

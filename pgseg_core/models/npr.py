@@ -184,5 +184,8 @@ class TextNPR(nn.Module):
                 mu, _ = em_prototypes(tokens.detach(), self.mu.expand(B, -1, -1), self.em_iters, mask)
             if self.training or self.released_code:
                 batch_mean = mu.mean(dim=0, keepdim=True)
+                if torch.distributed.is_available() and torch.distributed.is_initialized():
+                    torch.distributed.all_reduce(batch_mean)  # the global batch's mean on every rank
+                    batch_mean /= torch.distributed.get_world_size()
                 self.mu.mul_(self.momentum).add_(batch_mean.to(self.mu.dtype), alpha=1 - self.momentum)
         return mu

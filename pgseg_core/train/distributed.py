@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,16 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["DistInfo", "setup", "teardown", "wrap_model", "gather_objects", "barrier", "broadcast_object"]
+__all__ = [
+    "DistInfo",
+    "check_supported",
+    "setup",
+    "teardown",
+    "wrap_model",
+    "gather_objects",
+    "barrier",
+    "broadcast_object",
+]
 
 _log = logging.getLogger("pgseg.train")
 
@@ -66,6 +76,9 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
     info = _env_info()
     if not info.active:
         return info, device
+    # torch 2.x marks torch.distributed.nn.functional (the differentiable collectives used for the
+    # global-batch losses and BatchNorm) deprecated in favour of a private module; keep the public API quiet
+    warnings.filterwarnings("ignore", r"torch\.distributed\.nn\.functional\.\w+ is deprecated", FutureWarning)
     if device.type == "cuda":
         if device.index not in (None, 0) or torch.cuda.device_count() <= info.local_rank:
             raise ConfigError(
@@ -86,6 +99,32 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
     return info, device
 
 
+def check_supported(cfg: Any, info: DistInfo) -> None:
+    """Refuse, in one line, what several processes cannot train exactly yet (nothing is silently changed).
+
+    Raises:
+        ConfigError: ``model.multi_label`` > 0 (its prompts are de-duplicated per batch and would need a
+            gather of the prompt strings across ranks) or the frozen-stem feature cache (one HDF5 file that
+            one process builds) with W > 1.
+    """
+    if not info.active:
+        return
+    if cfg.model.multi_label > 0:
+        raise ConfigError(
+            "model.multi_label > 0 is not supported with several processes yet (the multi-label prompts "
+            "are not gathered across ranks): train with one process or set model.multi_label 0"
+        )
+    if (
+        cfg.model.vision.stem == "efficientnet_lite0"
+        and cfg.model.vision.stem_frozen
+        and cfg.data.cache_frozen_stem
+    ):
+        raise ConfigError(
+            "the frozen-stem feature cache is built by one process: with several processes set "
+            "data.cache_frozen_stem false (or build the cache first with one process and train with one)"
+        )
+
+
 def teardown() -> None:
     """Leave the process group (after the last collective)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -93,21 +132,24 @@ def teardown() -> None:
 
 
 def wrap_model(model: torch.nn.Module, info: DistInfo, device: torch.device) -> torch.nn.Module:
-    """For W > 1: BatchNorm -> SyncBatchNorm (the projection heads: statistics over the global batch) and a
-    DDP wrapper around :class:`TrainForward`; for one process the same wrapper without DDP.
+    """For W > 1: BatchNorm -> SyncBatchNorm on CUDA / :class:`~pgseg_core.train.syncbn.GlobalBatchNorm1d`
+    on the CPU (the projection heads: statistics over the global batch) and a DDP wrapper around
+    :class:`TrainForward`; for one process the same wrapper without DDP.
 
-    DDP averages the gradients over ranks; buffers are not broadcast, since every buffer the model keeps is
-    updated identically on each rank (SyncBatchNorm's running statistics from the global batch, the NPR
-    prototype memory from the all-reduced batch mean).
+    DDP averages the gradients over ranks. Buffers are synced from rank 0 once, at the start, and not before
+    every forward: every buffer the model keeps is updated identically on each rank (the BatchNorm running
+    statistics from the global batch, the NPR prototype memories from the all-reduced batch mean).
     """
     fwd = TrainForward(model)
     if not info.active:
         return fwd
-    torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    from .syncbn import convert_batchnorm
+
+    convert_batchnorm(model, device)
     model.to(device)
     ids = [device.index] if device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(
-        fwd, device_ids=ids, broadcast_buffers=False, find_unused_parameters=False
+        fwd, device_ids=ids, forward_sync_buffers=False, find_unused_parameters=False
     )
 
 

@@ -306,7 +306,7 @@ def train_step(cfg: RunConfig, model, forward, optimizer, scheduler, step: int, 
     model.img_encoder.set_hard_assignment(step >= cfg.train.hard_assign_start)
     scheduler.step_update(step)
     optimizer.zero_grad(set_to_none=True)
-    chunks = int(getattr(cfg.train, "grad_cache_chunks", 1))
+    chunks = cfg.train.grad_cache_chunks
     if chunks > 1:
         from .gradcache import grad_cache_step
 
@@ -398,6 +398,7 @@ def _fit(cfg, out: Path, info, resume, overwrite, init_checkpoint, progress) -> 
     _claim(out, info, resume, overwrite)
     local_batch = _local_batch(cfg, info)
     cfg, device = _prepare(cfg, out, info.main)
+    dist.check_supported(cfg, info)
     _, device = dist.setup(device)
     _seed_all(cfg.train.seed)  # the same initial weights on every rank
     model = create_model(cfg.model).to(device)
