@@ -166,3 +166,39 @@ def test_a_run_whose_stdout_is_not_a_terminal_logs_a_line_per_metrics_row(shards
     assert lines[0].endswith("ETA ?") and lines[1].endswith("ETA 0:00:00")
     quiet = runner.invoke(app, ["-q", *_args(shards, tmp_path / "q", "--train.steps", "2")])
     assert quiet.exit_code == 0 and "step " not in quiet.output
+
+
+def _launch_killed(shards: Path, out: Path, *extra: str) -> None:
+    """``pgseg train ... --nproc 2`` in its own session, SIGKILLed (every process of it) after the first
+    checkpoint."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pgseg_cli", "-q", *_args(shards, out, *extra)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and _rows(out / "metrics.jsonl") < EVERY + 1:
+            time.sleep(0.005)
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, as a killed job
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+
+
+def test_two_processes_killed_after_a_checkpoint_resume_exactly(shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(REPO))  # the ranks import this checkout
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    full = tmp_path / "full"
+    assert _train(shards, full, "--nproc", "2").exit_code == 0
+    out = tmp_path / "run"
+    _launch_killed(shards, out, "--nproc", "2")
+    killed_at = read_checkpoint_file(out / "last.pt")["step"]
+    assert EVERY <= killed_at < STEPS
+    assert len(read_checkpoint_file(out / "last.pt")["train_state"]["ranks"]) == 2
+    result = _train(shards, out, "--nproc", "2", "--resume")
+    assert result.exit_code == 0, result.output
+    assert_same_state(full / "last.pt", out / "last.pt")

@@ -10,6 +10,7 @@ naming the failed ranks and their exit codes.
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 
 from ..errors import PgsegError
@@ -47,6 +48,9 @@ def run_local(nproc: int, command: list[str]) -> None:
         monitor_interval=0.2,
         start_method="spawn",
     )
+    if nproc > 1 and "OMP_NUM_THREADS" not in os.environ:  # as torchrun: N processes share the cores
+        os.environ["OMP_NUM_THREADS"] = "1"
+        _log.info("OMP_NUM_THREADS=1 for each of the %d processes (set it to change)", nproc)
     _log.info("launching %d processes: %s", nproc, " ".join(command[1:]))
     try:
         elastic_launch(config, command[0])(*command[1:])
