@@ -159,6 +159,7 @@ class TrainConfig(_Validated):
     curves: bool = True  # RUN/curves.png at each checkpoint and at the end (needs matplotlib: [plots])
     tensorboard: bool = False  # TensorBoard events in RUN/tensorboard/ (needs the [tensorboard] extra)
     kernels: Literal["auto", "torch", "triton"] = "auto"  # pgseg_core.kernels backend; PGSEG_KERNELS wins
+    grad_cache_chunks: int = 1  # > 1: GradCache, each rank's batch in this many chunks (docs/TRAINING.md §4)
 
 
 @dataclass
@@ -276,7 +277,7 @@ RANGES: dict[str, dict[str, Range]] = {
         "steps": _NONNEG, "batch_size": _POS, "lr": _POSITIVE, "warmup_lr": _NONNEG, "min_lr": _NONNEG,
         "warmup_steps": _NONNEG, "weight_decay": _NONNEG, "betas": _FRACTION, "grad_clip": _POSITIVE,
         "seed": Range(0, 2**32 - 1), "hard_assign_start": _NONNEG, "log_every": _POS, "ckpt_every": _POS,
-        "time_budget_s": Range(0, note="0 = no budget"),
+        "time_budget_s": Range(0, note="0 = no budget"), "grad_cache_chunks": _POS,
     },
     "eval": {
         "short_side": _PIXELS, "max_long": _PIXELS, "crop": _PIXELS, "stride": _PIXELS, "bg_thresh": _UNIT,

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import sys
+import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
 
-from .._console import handle_errors, out, progress_bar
+from .._console import STATE, handle_errors, out, progress_bar
 from . import mvp_cli
 from ..options import parse_overrides, DeviceOpt
 
@@ -73,6 +77,15 @@ def register(app: typer.Typer) -> None:
         zs_split: Annotated[
             Optional[str], typer.Option(help="mvp-seg: seen / unseen split (default demo-30-8).")
         ] = None,
+        nproc: Annotated[
+            Optional[int],
+            typer.Option(
+                min=1,
+                help="Train with N processes on this machine (torch.distributed's elastic launcher, as "
+                "torchrun --standalone --nproc_per_node N): one per GPU with --device cuda (NCCL), gloo on "
+                "the CPU. --train.batch_size stays the global batch.",
+            ),
+        ] = None,
     ) -> None:
         """Train a model into the run directory --out (checkpoints, metrics.jsonl, config.json).
 
@@ -91,12 +104,26 @@ def register(app: typer.Typer) -> None:
         if datasets_file is not None:
             overrides["data.datasets_file"] = str(datasets_file)
         _check_out(out_dir, resume, overwrite)
+        if nproc is not None and "RANK" not in os.environ:
+            from pgseg_core.train.launch import run_local
+
+            flags = [f for f, on in (("--resume", resume), ("--overwrite", overwrite)) if on]
+            argv = ["train", "--data", data, "--out", str(out_dir), "--model", model, *flags]
+            argv += [*(["--device", device] if device else []), *(["--init", init] if init else [])]
+            argv += ["--datasets-file", str(datasets_file)] if datasets_file is not None else []
+            glob = [f for f, on in (("-v", STATE["verbose"]), ("-q", STATE["quiet"])) if on]
+            run_local(nproc, [sys.executable, "-m", "pgseg_cli", *glob, *argv, *ctx.args])
+            return
+        if int(os.environ.get("RANK", "0")) > 0:  # torchrun: progress and logs from rank 0 only
+            _quiet_rank()
+        log_line = _plain_logger()
         with progress_bar("train") as update:
 
             def cb(phase: str, done: int, total: int, info: dict) -> None:
                 text = ""
                 if info.get("loss") is not None:
                     text = f"loss {info['loss']:.3f}  {info.get('images_per_s', 0):.0f} img/s"
+                    log_line(done, total, info)
                 update(done, total, text, phase="stem cache" if phase == "cache" else "train")
 
             result = train(
@@ -111,6 +138,8 @@ def register(app: typer.Typer) -> None:
                 progress=cb,
             )
         loss = f", final loss {result.final['loss']:.3f}" if "loss" in result.final else ""
+        if int(os.environ.get("RANK", "0")) > 0:
+            return
         out.print(
             f"trained {_steps_text(result)} on {result.device} in {result.seconds:.0f} s{loss}; "
             f"checkpoint: {result.checkpoint}"
@@ -158,3 +187,32 @@ def _steps_text(result) -> str:
     if result.trained == 0:
         return f"0 steps (already at step {result.steps})"
     return f"{result.trained} steps ({result.start_step + 1}-{result.steps})"
+
+
+def _plain_logger() -> Callable[[int, int, dict], None]:
+    """When stdout is not a terminal (a log file, a cluster job) and not --quiet: one line per metrics row
+    (every train.log_every steps) with step, loss, images/s and the ETA, since a progress bar draws nothing
+    there. On a terminal: nothing (the bar shows it)."""
+    if STATE["quiet"] or sys.stdout.isatty():
+        return lambda *a: None
+    first: list[float] = []  # (time, step) of the first row: the ETA uses the speed since then
+
+    def line(done: int, total: int, info: dict) -> None:
+        now = time.monotonic()
+        if not first:
+            first.extend([now, float(done)])
+        eta = "?"
+        if done > first[1]:
+            left = int(round((total - done) * (now - first[0]) / (done - first[1])))
+            eta = f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}"
+        speed = f"{info.get('images_per_s', 0.0):.1f} img/s"
+        typer.echo(f"step {done}/{total}  loss {info['loss']:.4f}  {speed}  ETA {eta}", err=True)
+
+    return line
+
+
+def _quiet_rank() -> None:
+    """Ranks other than 0: no progress, no info logs, no closing line; warnings and errors still print
+    (each prefixed by its own process through torchrun's console)."""
+    STATE["quiet"] = True
+    logging.getLogger("pgseg").setLevel(logging.WARNING)

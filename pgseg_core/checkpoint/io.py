@@ -69,7 +69,13 @@ def trainable_state_dict(model: PGSeg) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(
-    path: str | Path, model, cfg: RunConfig, step: int, optimizer=None, metrics: dict[str, Any] | None = None
+    path: str | Path,
+    model,
+    cfg: RunConfig,
+    step: int,
+    optimizer=None,
+    metrics: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write a self-describing checkpoint atomically (layout: this module's docstring).
 
@@ -80,6 +86,7 @@ def save_checkpoint(
         step: training steps done.
         optimizer: stored (for ``--resume``) when given.
         metrics: the latest logged metrics.
+        extra: more entries (plain data), e.g. the training loop's ``train_state`` (RNG, data position).
 
     Returns:
         ``path`` as a :class:`~pathlib.Path`.
@@ -102,6 +109,7 @@ def save_checkpoint(
     }
     if optimizer is not None:
         ckpt["optimizer"] = optimizer.state_dict()
+    ckpt.update(extra or {})
     try:
         return atomic_torch_save(path, ckpt)
     except OSError as e:  # torch's own write errors are already an OutputError

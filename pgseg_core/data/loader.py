@@ -22,6 +22,7 @@ import torch
 from ..config import DataConfig
 from ..errors import DataError
 from ..utils.process import end_with_parent
+from .position import PositionedLoader, StreamPosition, collate_with_position
 from .shards import resolve_shards
 
 log = logging.getLogger("pgseg.data.loader")
@@ -60,9 +61,10 @@ class _WorkerSeededShuffle:
     """``wds.shuffle`` whose generator is seeded with (seed, DataLoader worker id) when iteration starts,
     so that workers do not share one shuffle pattern."""
 
-    def __init__(self, bufsize: int, seed: int):
+    def __init__(self, bufsize: int, seed: int, stream=None):
         self.bufsize = bufsize
         self.seed = seed
+        self.stream = stream  # callable -> the stream id (data/position.py); default: the worker id
 
     def __call__(self, src):
         import random
@@ -70,43 +72,45 @@ class _WorkerSeededShuffle:
         import webdataset as wds
 
         info = torch.utils.data.get_worker_info()
-        rng = random.Random(self.seed * 1009 + (info.id if info is not None else 0))
+        stream = self.stream() if self.stream else (info.id if info is not None else 0)
+        rng = random.Random(self.seed * 1009 + stream)
         yield from wds.shuffle(self.bufsize, initial=min(self.bufsize, 100), rng=rng)(src)
-
-
-def _collate(samples: list[tuple[str, torch.Tensor, str]]) -> dict[str, Any]:
-    keys, images, texts = zip(*samples)
-    return {"image": torch.stack(list(images)), "text": [str(t) for t in texts], "key": list(keys)}
 
 
 def _as_text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes | bytearray) else str(value)
 
 
-def make_train_loader(data_cfg: DataConfig, batch_size: int, seed: int, *, img_size: int | None = None):
+def make_train_loader(
+    data_cfg: DataConfig, batch_size: int, seed: int, *, img_size: int | None = None, rank: int = 0
+):
     """Infinite, shuffled training batches from webdataset shards, named datasets or their mixture.
 
     ``data_cfg.train`` is resolved by :func:`~pgseg_core.data.sources.named.resolve_train_sources` (a shard
     spec, ``cc12m``, ``cc3m+cc12m``, ``cc12m:2+redcaps:1``; pgseg shards and img2dataset shards alike: the
-    image is ``jpg``/``png``/``jpeg``/``webp``, the caption ``txt``). Each source's shards are resampled with
-    replacement from a seeded stream (``wds.ResampledShards(deterministic=True)``; the resampling of
-    ``wds.WebDataset(resampled=True)`` is seeded from the clock, so it is not used here); several sources are
-    drawn by weight with ``wds.RandomMix``. Samples are shuffled in a ``data_cfg.shuffle_buffer`` buffer,
-    decoded (:mod:`pgseg_core.data.decode`), augmented with
-    :func:`~pgseg_core.data.transforms.train_transform` and batched. Each DataLoader worker draws its
-    own shard stream. Bad samples and unreadable or truncated tars are skipped and counted, never fatal: the
-    count reaches the training loop through :func:`pgseg_core.data.skips.skip_metrics`.
+    image is ``jpg``/``png``/``jpeg``/``webp``, the caption ``txt``). Each source's shards are resampled
+    with replacement from a stream seeded by (seed, source, stream id)
+    (``wds.ResampledShards(deterministic=True)``; the resampling of ``wds.WebDataset(resampled=True)`` is
+    seeded from the clock, so it is not used here); several sources are drawn by weight from a generator
+    seeded the same way. Samples are shuffled in a ``data_cfg.shuffle_buffer`` buffer, numbered within their
+    stream (:mod:`pgseg_core.data.position`), decoded and augmented (:mod:`pgseg_core.data.decode`; each
+    sample's crop and flip drawn from a generator seeded by its position) and batched. Each DataLoader
+    worker of each rank reads its own stream. Bad samples and unreadable or truncated tars are skipped and
+    counted, never fatal: the count reaches the training loop through
+    :func:`pgseg_core.data.skips.skip_metrics`.
 
     Args:
         data_cfg: ``train``, ``datasets_file``, ``img_size``, ``crop_scale``, ``hflip``, ``shuffle_buffer``,
             ``num_workers``, ``decode``.
         batch_size: samples per batch B (incomplete batches are dropped).
-        seed: seeds shard resampling and the shuffle buffer.
+        seed: seeds shard resampling, mixing, the shuffle buffer and the augmentation.
         img_size: crop side S in pixels; default ``data_cfg.img_size``.
+        rank: this process's rank; each rank reads its own streams (docs/TRAINING.md §1).
 
     Returns:
-        A ``wds.WebLoader`` that yields ``{"image": FloatTensor [B,3,S,S] ImageNet-normalised,
-        "text": list[str] (B captions), "key": list[str]}`` forever.
+        A :class:`~pgseg_core.data.position.PositionedLoader` that yields ``{"image": FloatTensor
+        [B,3,S,S] ImageNet-normalised, "text": list[str] (B captions), "key": list[str]}`` forever and
+        has ``state_dict()`` / ``load_state_dict()``: a resumed loader continues the batch stream exactly.
 
     Raises:
         DataError: the spec resolves to no shards, an unknown dataset name, a count mismatch.
@@ -128,14 +132,16 @@ def make_train_loader(data_cfg: DataConfig, batch_size: int, seed: int, *, img_s
     handler = SkipAndCount(str(data_cfg.train), counter=counter)
     decoder, collate, on_batches = decode_plan(data_cfg, size, on_bad=handler)
     buffer = max(1, int(data_cfg.shuffle_buffer))
-    pipeline = wds.DataPipeline(
-        *_sample_streams(sources, int(seed), handler),
-        _WorkerSeededShuffle(buffer, int(seed)),
-        wds.to_tuple("__key__", "jpg;png;jpeg;webp", "txt", handler=handler),
-        wds.map_tuple(str, decoder, _as_text, handler=handler),
-        wds.batched(batch_size, collation_fn=collate or _collate, partial=False),
-    )
     workers = max(0, int(data_cfg.num_workers))
+    pos = StreamPosition(int(seed), int(rank), max(1, workers))
+    pipeline = wds.DataPipeline(
+        *_sample_streams(sources, int(seed), handler, pos),
+        _WorkerSeededShuffle(buffer, int(seed), stream=pos.stream_id),
+        pos.number_and_skip,
+        wds.to_tuple("__key__", "jpg;png;jpeg;webp", "txt", "__pos__", handler=handler),
+        wds.map(functools.partial(_unpack, decode=pos.augment(decoder)), handler=handler),
+        wds.batched(batch_size, collation_fn=functools.partial(_collate, inner=collate), partial=False),
+    )
     init = functools.partial(_worker_init, parent_pid=os.getpid()) if workers > 0 else None
     loader = wds.WebLoader(
         pipeline,
@@ -144,14 +150,31 @@ def make_train_loader(data_cfg: DataConfig, batch_size: int, seed: int, *, img_s
         num_workers=workers,
         persistent_workers=workers > 0,
         worker_init_fn=init,
+        generator=torch.Generator().manual_seed(int(seed)),  # the caller's torch RNG is not drawn
     )
     if on_batches is not None:  # data.decode gpu: decode, crop and resize each batch on the GPU
         loader = loader.compose(on_batches)
-    register_loader(loader, counter)
-    return loader
+    positioned = PositionedLoader(loader, pos)
+    register_loader(positioned, counter)
+    return positioned
 
 
-def _sample_streams(sources, seed: int, handler: SkipAndCount) -> list:
+def _unpack(sample: tuple, decode) -> tuple:
+    """(key, encoded image, text, pos) -> (str key, decoded + augmented image, text str, pos)."""
+    return str(sample[0]), decode(sample[1], sample[3]), _as_text(sample[2]), sample[3]
+
+
+def _collate(samples: list[tuple], inner=None) -> dict[str, Any]:
+    """Batch of (key, image, text, pos) -> ``{"image", "text", "key", "pos"}``; ``inner`` batches the
+    (key, image, text) triples when images are not tensors (``data.decode gpu``)."""
+    if inner is None:
+        return collate_with_position(samples)
+    batch = inner([s[:3] for s in samples])
+    batch["pos"] = collate_with_position([(s[0], torch.zeros(1), s[2], s[3]) for s in samples])["pos"]
+    return batch
+
+
+def _sample_streams(sources, seed: int, handler: SkipAndCount, pos: StreamPosition) -> list:
     """The first pipeline stages: raw samples of one source, or of several mixed by weight."""
     import webdataset as wds
 
@@ -159,7 +182,9 @@ def _sample_streams(sources, seed: int, handler: SkipAndCount) -> list:
 
     def stream(i: int, urls: list[str]) -> list:
         return [
-            wds.ResampledShards(shard_urls(urls), seed=seed + 7919 * i, deterministic=True),
+            wds.ResampledShards(
+                shard_urls(urls), seed=seed + 7919 * i, deterministic=True, worker_seed=pos.stream_id
+            ),
             wds.tarfile_to_samples(handler=handler),
         ]
 
@@ -168,7 +193,29 @@ def _sample_streams(sources, seed: int, handler: SkipAndCount) -> list:
     total = sum(s.weight for s in sources)
     mixed = [wds.DataPipeline(*stream(i, s.urls)) for i, s in enumerate(sources)]
     log.info("mixing %s", ", ".join(f"{s.name} {s.weight / total:.0%}" for s in sources))
-    return [wds.RandomMix(mixed, probs=[s.weight / total for s in sources])]
+    return [_SeededMix(mixed, [s.weight / total for s in sources], seed, pos)]
+
+
+class _SeededMix(torch.utils.data.IterableDataset):
+    """Draws each sample from one of several pipelines with the given probabilities, from a generator seeded
+    by (seed, stream id), so the mixed stream, like each source's, repeats after a resume (webdataset's
+    ``RandomMix`` draws from the process-global ``random``)."""
+
+    def __init__(self, pipelines: list, probs: list[float], seed: int, pos: StreamPosition):
+        super().__init__()
+        self.pipelines, self.probs, self.seed, self.pos = pipelines, probs, seed, pos
+
+    def __iter__(self):
+        import random
+
+        rng = random.Random(self.seed * 7907 + self.pos.stream_id())
+        sources = [iter(p) for p in self.pipelines]
+        while True:
+            i = rng.choices(range(len(sources)), weights=self.probs)[0]
+            try:
+                yield next(sources[i])
+            except StopIteration:
+                return
 
 
 def _worker_init(_: int, parent_pid: int) -> None:

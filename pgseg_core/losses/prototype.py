@@ -122,7 +122,18 @@ def prototype_group_loss(
         keep = hrs_mask(sim, threshold, released_code)
         rows = sim.transpose(1, 2)  # row k: key k against every query of the same image
         if keep.any():
-            loss = loss + F.cross_entropy(s * rows[keep], labels[keep])
+            ce = F.cross_entropy(s * rows[keep], labels[keep], reduction="sum")
         else:
-            loss = loss + 0.0 * rows.sum()
+            ce = 0.0 * rows.sum()
+        loss = loss + ce / _kept_rows(keep)
     return loss
+
+
+def _kept_rows(keep: torch.Tensor) -> torch.Tensor:
+    """The number of kept rows the CE is averaged over: this batch's; across W processes the global batch's
+    divided by W, so that the mean over ranks (DDP) is the global batch's mean (docs/TRAINING.md §3)."""
+    n = keep.sum().float()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(n)
+        n = n / torch.distributed.get_world_size()
+    return n.clamp(min=1e-12) if bool(n > 0) else n.new_ones(())

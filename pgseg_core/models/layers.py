@@ -160,9 +160,20 @@ class ProjectMLP(nn.Module):
             x = x.unsqueeze(1)  # [B, 1, C] <- [B, C]
         x = x.transpose(1, 2)  # [B, C, L]
         for layer in self.linear_hidden:
-            if isinstance(layer, nn.BatchNorm1d) and self.training and not update_stats:
-                x = F.batch_norm(x, None, None, layer.weight, layer.bias, True, 0.0, layer.eps)
+            if isinstance(layer, (nn.BatchNorm1d, nn.SyncBatchNorm)) and self.training and not update_stats:
+                x = _batch_stats_only(layer, x)
             else:
                 x = layer(x)
         x = self.linear_out(x).transpose(1, 2)  # [B, L, C_out]
         return x.squeeze(1) if squeeze else x
+
+
+def _batch_stats_only(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer`` (BatchNorm1d, or its synchronised forms under DDP: docs/TRAINING.md §3) normalising with the
+    current batch's statistics, its running statistics left untouched."""
+    saved = layer.track_running_stats
+    layer.track_running_stats = False
+    try:
+        return layer(x)
+    finally:
+        layer.track_running_stats = saved

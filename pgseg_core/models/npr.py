@@ -181,6 +181,9 @@ class TextNPR(nn.Module):
                 mu, _ = em_prototypes(tokens.detach(), self.mu.expand(B, -1, -1), self.em_iters, mask)
             if self.released_code:  # the released EMA, without re-normalisation, on every forward
                 batch_mean = mu.mean(dim=0, keepdim=True)
+                if torch.distributed.is_available() and torch.distributed.is_initialized():
+                    torch.distributed.all_reduce(batch_mean)  # the global batch's mean on every rank
+                    batch_mean /= torch.distributed.get_world_size()
                 self.mu.mul_(self.momentum).add_(batch_mean.to(self.mu.dtype), alpha=1 - self.momentum)
             elif self.training:  # unit-norm EMA, as the image buffers (docs/METHOD.md §3.2)
                 _ema_unit(self.mu, mu.mean(dim=0, keepdim=True), self.momentum)

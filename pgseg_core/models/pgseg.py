@@ -188,12 +188,15 @@ class PGSeg(nn.Module):
         images: torch.Tensor | None = None,
         *,
         stem_feats: torch.Tensor | None = None,
+        return_embeddings: bool = False,
     ) -> dict[str, torch.Tensor]:
         """One training forward.
 
         Args:
             texts: B captions (strings or token ids [B, L]).
             images: [B, 3, H, W] normalised (or ``stem_feats`` for the frozen hybrid stem).
+            return_embeddings: also return "image_emb" [B, D] and "text_emb" [B, D], the inputs of
+                L_itc (for GradCache, docs/TRAINING.md §4).
 
         Returns:
             dict with "loss" (total), "loss_itc", with ``multi_label`` > 0 "loss_multi_label"
@@ -230,6 +233,8 @@ class PGSeg(nn.Module):
             losses.update(pg)
             total = total + pg["loss_pg"]
         losses["loss"] = total
+        if return_embeddings:
+            losses.update(image_emb=img.image_emb, text_emb=text_emb)
         return losses
 
     def caption_prompts(self, texts: list[str]) -> tuple[list[str], torch.Tensor]:

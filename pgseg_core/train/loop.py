@@ -15,14 +15,14 @@ import logging
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..checkpoint import CHECKPOINT_FORMAT, init_from, read_checkpoint_file, save_checkpoint
+from ..checkpoint import init_from, save_checkpoint
 from ..config import RunConfig, apply_overrides
 from ..errors import CheckpointError, ConfigError
 from ..data.skips import skip_metrics
@@ -32,13 +32,16 @@ from ..models.factory import create_model
 from ..utils.claims import claim_folder
 from ..utils.device import resolve_device
 from ..utils.io import atomic_write, atomic_write_json, output_error, remove_stale_temps
+from . import distributed as dist
+from .batches import BatchStream
 from .observers import RunObserver
 from .optim import build_optimizer, build_scheduler
+from .state import PREV_NAME, capture_rng, keep_previous, read_resume_checkpoint, restore_rng
 
 __all__ = ["fit", "TrainResult", "ProgressFn", "RUN_MARKERS"]
 
 #: The files that show a folder holds a training run (``claim_folder`` markers).
-RUN_MARKERS = ("last.pt", "metrics.jsonl")
+RUN_MARKERS = ("last.pt", "metrics.jsonl", PREV_NAME)
 
 _log = logging.getLogger("pgseg.train")
 
@@ -76,41 +79,18 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _image_batches(cfg: RunConfig, model, device, out_dir: Path, progress: ProgressFn | None):
-    """Yield (kwargs for forward_train, captions) forever: cached stem features or decoded images."""
-    hybrid = model.img_encoder.hybrid
-    if hybrid is not None and hybrid.frozen and cfg.data.cache_frozen_stem:
-        from ..cache.stem import build_stem_cache
-
-        def cb(done: int, total: int | None) -> None:
-            if progress:
-                progress("cache", done, total or 0, {})
-
-        cache = build_stem_cache(
-            model, cfg.data.train, out_dir / "stem_cache.h5", cfg.data.img_size, device, progress=cb
-        )
-        _log.info("training on %d cached stem features", len(cache))
-        for feats, captions in cache.batches(cfg.train.batch_size, cfg.train.seed, cfg.data.hflip):
-            yield {"stem_feats": feats.to(device, non_blocking=True)}, captions
-    else:
-        from ..data.loader import make_train_loader
-
-        for batch in make_train_loader(cfg.data, cfg.train.batch_size, cfg.train.seed):
-            yield {"images": batch["image"].to(device, non_blocking=True)}, batch["text"]
-
-
-def _prepare(cfg: RunConfig, out: Path) -> tuple[RunConfig, torch.device]:
-    """Device (preset ``cuda_overrides`` on CUDA), ``config.json`` in the run directory, seeds, kernels."""
+def _prepare(cfg: RunConfig, out: Path, main: bool) -> tuple[RunConfig, torch.device]:
+    """Device (preset ``cuda_overrides`` on CUDA), ``config.json`` in the run directory (rank 0), kernels."""
     device = resolve_device(cfg.train.device)
     configure_kernels(cfg.train.kernels)  # docs/KERNELS.md §1
     if device.type == "cuda" and cfg.cuda_overrides:
         cfg = apply_overrides(cfg, cfg.cuda_overrides)
         _log.info("CUDA device: applied the preset's cuda_overrides %s", cfg.cuda_overrides)
-    try:
-        atomic_write_json(out / "config.json", cfg.to_dict())
-    except OSError as e:
-        raise output_error(out / "config.json", e) from e
-    _seed_all(cfg.train.seed)
+    if main:
+        try:
+            atomic_write_json(out / "config.json", cfg.to_dict())
+        except OSError as e:
+            raise output_error(out / "config.json", e) from e
     return cfg, device
 
 
@@ -140,6 +120,7 @@ def _start_metrics(out: Path, start_step: int, overwrite: bool) -> Path:
     try:
         if overwrite:
             (out / "last.pt").unlink(missing_ok=True)
+            (out / PREV_NAME).unlink(missing_ok=True)
         kept, dropped = ([], 0) if overwrite else _metrics_rows(path, start_step)
         if dropped:
             _log.info(
@@ -155,27 +136,41 @@ def _start_metrics(out: Path, start_step: int, overwrite: bool) -> Path:
 
 def _restore(
     model, optimizer, last: Path, resume: bool, init_checkpoint: str | None
-) -> tuple[int, dict[str, float]]:
-    """Resume from ``last`` (model, optimizer, step) or init from ``init_checkpoint``; the first step and
-    the metrics stored with the resumed checkpoint."""
-    if resume and not last.exists():
+) -> tuple[int, dict[str, float], dict[str, Any] | None]:
+    """Resume from the newest complete checkpoint of the run (model, optimizer, step) or init
+    from ``init_checkpoint``; (the first step, the metrics stored with the resumed checkpoint, the per-rank
+    states: RNG and data position, None when starting fresh)."""
+    found = read_resume_checkpoint(last) if resume else None
+    if resume and found is None:
         _log.warning("no %s to resume from: starting at step 0", last)
-    if resume and last.exists():
-        ckpt = read_checkpoint_file(last)
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointError(
-                f"{last} is not a pgseg checkpoint; remove it or train into a new run directory"
-            )
+    if found is not None:
+        path, ckpt = found
         model.load_state_dict(ckpt["model"], strict=False)
         if "optimizer" in ckpt:
             optimizer.load_state_dict(ckpt["optimizer"])
-        # the schedule is rebuilt from the (possibly changed) config; step_update(step) positions it
+        state = ckpt.get("train_state") or {}
+        # the schedule is a function of the step and the (possibly changed) config: step_update(step)
         start_step = int(ckpt.get("step", 0))
-        _log.info("resumed from %s at step %d", last, start_step)
-        return start_step, dict(ckpt.get("metrics") or {})
+        _log.info("resumed from %s at step %d", path, start_step)
+        return start_step, dict(ckpt.get("metrics") or {}), state.get("ranks")
     if init_checkpoint:
         init_from(model, init_checkpoint)  # logs which keys were new / ignored
-    return 0, {}
+    return 0, {}, None
+
+
+def _resume_rank(ranks: list[dict[str, Any]] | None, info: dist.DistInfo, batches: BatchStream) -> None:
+    """Give this rank its saved RNG states and data position (checkpoints before schema 2 have none: the
+    run then continues from re-seeded RNGs and the start of the data stream, with a warning)."""
+    if ranks is None:
+        return
+    if len(ranks) != info.world:
+        raise CheckpointError(
+            f"the checkpoint was written by {len(ranks)} processes and this run has {info.world}: resume "
+            "with the same number of processes"
+        )
+    mine = ranks[info.rank]
+    batches.load_state_dict(mine["data"])
+    restore_rng(mine["rng"])
 
 
 class _LossWindow:
@@ -191,6 +186,21 @@ class _LossWindow:
             self.sums[k] = self.sums.get(k, 0.0) + float(v.detach())
         self.n += 1
 
+    def means(self) -> dict[str, float]:
+        """Mean of each loss over the window's steps and over the ranks (the global-batch loss)."""
+        keys = sorted(self.sums)
+        vals = torch.tensor([self.sums[k] / self.n for k in keys], dtype=torch.float64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            vals = vals.to(_collective_device())
+            torch.distributed.all_reduce(vals)
+            vals = vals.cpu() / torch.distributed.get_world_size()
+        return dict(zip(keys, vals.tolist()))
+
+
+def _collective_device() -> torch.device:
+    backend = torch.distributed.get_backend()
+    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+
 
 @dataclass
 class _Trainer:
@@ -198,39 +208,45 @@ class _Trainer:
 
     cfg: RunConfig
     model: Any
+    forward: Any  # the model's training forward, DDP-wrapped with several processes
     optimizer: Any
     scheduler: Any
     last: Path
     progress: ProgressFn | None
     autocast: Any
-    observer: RunObserver = field(init=False)  # curves.png, TensorBoard (checks their packages first)
+    info: dist.DistInfo
+    batches: BatchStream
+    observer: RunObserver = field(init=False)  # curves.png, TensorBoard: rank 0 only
 
     def __post_init__(self) -> None:
-        self.observer = RunObserver(self.last.parent, self.cfg.train)
+        train_cfg = self.cfg.train
+        if not self.info.main:
+            train_cfg = replace(train_cfg, curves=False, tensorboard=False)
+        self.observer = RunObserver(self.last.parent, train_cfg)
 
     def step(self, step: int, inputs: dict[str, torch.Tensor], captions: list[str]):
         """One optimizer step; returns (losses, grad norm before clipping)."""
-        self.model.img_encoder.set_hard_assignment(step >= self.cfg.train.hard_assign_start)
-        self.scheduler.step_update(step)
-        with self.autocast:
-            losses = self.model.forward_train(captions, **inputs)
-        loss = losses["loss"]
-        if not torch.isfinite(loss):
-            raise ConfigError(
-                f"loss became {loss.item()} at step {step}: lower train.lr (or raise warmup_steps)"
-            )
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for p in self.model.parameters() if p.requires_grad], self.cfg.train.grad_clip
-        )
-        self.optimizer.step()
-        return losses, grad_norm
+        return train_step(self.cfg, self.model, self.forward, self.optimizer, self.scheduler, step, inputs,
+                          captions, self.autocast)  # fmt: skip
+
+    def save(self, done: int, final: dict[str, float]) -> None:
+        """Every rank's RNG states and data position, gathered; rank 0 writes ``last.pt`` (keeping the
+        previous one as ``last.prev.pt``)."""
+        ranks = dist.gather_objects({"rng": capture_rng(), "data": self.batches.state_dict()})
+        if self.info.main:
+            try:
+                keep_previous(self.last)
+            except OSError as e:
+                raise output_error(self.last.with_name(PREV_NAME), e) from e
+            state = {"ranks": ranks, "world": self.info.world}
+            save_checkpoint(self.last, self.model, self.cfg, done, self.optimizer, final,
+                            extra={"train_state": state})  # fmt: skip
+        dist.barrier()
 
     def log_line(self, mfile, window: _LossWindow, done: int, grad_norm, t0: float) -> dict[str, float]:
         """Write the window's mean losses, lr, grad norm, logit scale and speed to ``metrics.jsonl``."""
+        record = window.means()  # a collective: every rank calls it
         dt = max(time.time() - window.t, 1e-9)
-        record = {k: v / window.n for k, v in window.sums.items()}
         record.update(
             step=done,
             lr=self.optimizer.param_groups[0]["lr"],
@@ -239,7 +255,9 @@ class _Trainer:
             images_per_s=window.n * self.cfg.train.batch_size / dt,
             elapsed_s=time.time() - t0,
         )
-        record.update(skip_metrics())  # bad training samples skipped so far (data/skips.py)
+        record.update(skip_metrics())  # bad training samples this rank skipped so far (data/skips.py)
+        if mfile is None:
+            return record
         try:
             mfile.write(json.dumps(record) + "\n")
             mfile.flush()
@@ -248,39 +266,82 @@ class _Trainer:
         self.observer.log(record)
         return record
 
-    def run(self, batches, mfile, start_step: int, t0: float) -> tuple[int, bool, int, dict[str, float]]:
+    def run(self, mfile, start_step: int, t0: float) -> tuple[int, bool, int, dict[str, float]]:
         """Train to ``cfg.train.steps`` or the time budget; (last step, stopped early, images, last log)."""
         cfg, steps = self.cfg, self.cfg.train.steps
         seen, stopped_early, step, final = 0, False, start_step, {}
         window = _LossWindow()
+        progress = self.progress if self.info.main else None
         self.observer.begin(start_step)
         for step in range(start_step, steps):
-            if cfg.train.time_budget_s > 0 and time.time() - t0 > cfg.train.time_budget_s:
+            if _out_of_time(cfg, t0, step):
                 stopped_early = True
-                _log.warning(
-                    "time budget of %.0f s reached at step %d; stopping", cfg.train.time_budget_s, step
-                )
                 break
-            inputs, captions = next(batches)
+            inputs, captions = next(self.batches)
             if step == start_step:
                 window.t = time.time()
             losses, grad_norm = self.step(step, inputs, captions)
-            seen += len(captions)
+            seen += len(captions) * self.info.world
             window.add(losses)
             done = step + 1
             if done % cfg.train.log_every == 0 or done == steps:
                 final = self.log_line(mfile, window, done, grad_norm, t0)
                 window = _LossWindow()
-                if self.progress:
-                    self.progress("train", done, steps, final)
-            elif self.progress:
-                self.progress("train", done, steps, {})
+                if progress:
+                    progress("train", done, steps, final)
+            elif progress:
+                progress("train", done, steps, {})
             if done % cfg.train.ckpt_every == 0 and done < steps:
-                save_checkpoint(self.last, self.model, cfg, done, self.optimizer, final)
+                self.save(done, final)
                 self.observer.checkpoint()
         else:
             step = steps
         return step, stopped_early, seen, final
+
+
+def _out_of_time(cfg: RunConfig, t0: float, step: int) -> bool:
+    """The time budget is spent (rank 0 decides, so every rank stops at the same step)."""
+    late = cfg.train.time_budget_s > 0 and time.time() - t0 > cfg.train.time_budget_s
+    late = bool(dist.broadcast_object(late)) if cfg.train.time_budget_s > 0 else False
+    if late:
+        _log.warning("time budget of %.0f s reached at step %d; stopping", cfg.train.time_budget_s, step)
+    return late
+
+
+def train_step(cfg: RunConfig, model, forward, optimizer, scheduler, step: int, inputs, captions, autocast):
+    """One optimizer step of ``forward`` (the DDP-wrapped or plain training forward) on this rank's batch;
+    with ``train.grad_cache_chunks`` > 1 it goes through :func:`pgseg_core.train.gradcache.grad_cache_step`.
+
+    Returns:
+        (losses: the loss dict of this rank's batch, detached; grad norm before clipping).
+
+    Raises:
+        ConfigError: the loss is not finite (names the step and the fix).
+    """
+    model.img_encoder.set_hard_assignment(step >= cfg.train.hard_assign_start)
+    scheduler.step_update(step)
+    optimizer.zero_grad(set_to_none=True)
+    chunks = cfg.train.grad_cache_chunks
+    if chunks > 1:
+        from .gradcache import grad_cache_step
+
+        losses = grad_cache_step(model, forward, captions, inputs, chunks, autocast)
+        _check_finite(losses["loss"], step)
+    else:
+        with autocast:
+            losses = forward(captions, **inputs)
+        _check_finite(losses["loss"], step)
+        losses["loss"].backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(
+        [p for p in model.parameters() if p.requires_grad], cfg.train.grad_clip
+    )
+    optimizer.step()
+    return {k: v.detach() for k, v in losses.items()}, grad_norm
+
+
+def _check_finite(loss: torch.Tensor, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise ConfigError(f"loss became {loss.item()} at step {step}: lower train.lr (or raise warmup_steps)")
 
 
 def fit(
@@ -320,34 +381,70 @@ def fit(
     if not cfg.data.train:
         raise ConfigError("no training data: set data.train to shards (a directory with index.json)")
     resolve_train_sources(cfg.data.train, cfg.data.datasets_file)  # bad data fails here, before any write
-    out = Path(out_dir)
-    claim_folder(out, RUN_MARKERS, "training run", resume=resume, overwrite=overwrite)
-    remove_stale_temps(out)
-    cfg, device = _prepare(cfg, out)
+    joined = torch.distributed.is_available() and torch.distributed.is_initialized()
+    info, _ = dist.setup(resolve_device(cfg.train.device))
+    owned = info.active and not joined  # a process group this call joined is left at its end
+    try:
+        return _fit(cfg, Path(out_dir), info, resume, overwrite, init_checkpoint, progress)
+    finally:
+        if owned:
+            dist.teardown()
+
+
+def _local_batch(cfg: RunConfig, info: dist.DistInfo) -> int:
+    """This rank's share of the global ``train.batch_size``."""
+    if cfg.train.batch_size % info.world:
+        raise ConfigError(
+            f"train.batch_size ({cfg.train.batch_size}) is the global batch and must divide evenly over "
+            f"{info.world} processes: use a multiple of {info.world}"
+        )
+    return cfg.train.batch_size // info.world
+
+
+def _claim(out: Path, info: dist.DistInfo, resume: bool, overwrite: bool) -> None:
+    """Rank 0 claims the run folder and removes dead temp files; the others wait for it."""
+    if info.main:
+        claim_folder(out, RUN_MARKERS, "training run", resume=resume, overwrite=overwrite)
+        remove_stale_temps(out)
+    dist.barrier()
+
+
+def _fit(cfg, out: Path, info, resume, overwrite, init_checkpoint, progress) -> TrainResult:
+    _claim(out, info, resume, overwrite)
+    local_batch = _local_batch(cfg, info)
+    cfg, device = _prepare(cfg, out, info.main)
+    dist.check_supported(cfg, info)
+    _, device = dist.setup(device)
+    _seed_all(cfg.train.seed)  # the same initial weights on every rank
     model = create_model(cfg.model).to(device)
     optimizer = build_optimizer(model, cfg.train, device)
     scheduler = build_scheduler(optimizer, cfg.train)
     last = out / "last.pt"
-    start_step, resumed_metrics = _restore(model, optimizer, last, resume, init_checkpoint)
-    metrics = _start_metrics(out, start_step, overwrite)
+    start_step, resumed_metrics, ranks = _restore(model, optimizer, last, resume, init_checkpoint)
+    metrics = _start_metrics(out, start_step, overwrite) if info.main else None
+    dist.barrier()
+    if info.rank > 0:  # Gumbel noise, dropout, prompt sampling differ per rank (rank 0: the 1-process run)
+        _seed_all(cfg.train.seed + 1_000_003 * info.rank)
+    forward = dist.wrap_model(model, info, device)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device.type == "cuda" and cfg.train.amp
         else nullcontext()
     )
     model.train()
+    batches = BatchStream(cfg, model, device, out, local_batch, info.rank, progress if info.main else None)
+    _resume_rank(ranks, info, batches)
     t0 = time.time()
-    trainer = _Trainer(cfg, model, optimizer, scheduler, last, progress, autocast)
-    batches = _image_batches(cfg, model, device, out, progress)
+    trainer = _Trainer(cfg, model, forward, optimizer, scheduler, last, progress, autocast, info, batches)
     try:
-        mfile = open(metrics, "a")
+        mfile = open(metrics, "a") if metrics is not None else nullcontext()
     except OSError as e:
         raise output_error(metrics, e) from e
     with mfile, trainer.observer:  # the observer draws the final curves.png on a clean exit
-        step, stopped_early, seen, final = trainer.run(batches, mfile, start_step, t0)
+        step, stopped_early, seen, final = trainer.run(mfile if metrics else None, start_step, t0)
     end_step = step if stopped_early else max(cfg.train.steps, start_step)
-    if end_step > start_step or not last.exists():
-        save_checkpoint(last, model, cfg, end_step, optimizer, final)
+    if dist.broadcast_object(end_step > start_step or not last.exists()):
+        trainer.save(end_step, final)
     else:  # nothing trained: the resumed checkpoint stays as it is
         final = resumed_metrics
     seconds = time.time() - t0
