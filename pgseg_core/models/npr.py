@@ -55,6 +55,16 @@ def _init_prototypes(k: int, dim: int) -> torch.Tensor:
 
 
 @torch.no_grad()
+def _global_batch_mean(mu: torch.Tensor) -> torch.Tensor:
+    """[B, K, C] -> [1, K, C]: the mean over the global batch (all-reduced over the process group, if any), so
+    every rank's buffer update is the one-process run's."""
+    batch_mean = mu.mean(dim=0, keepdim=True)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(batch_mean)
+        batch_mean /= torch.distributed.get_world_size()
+    return batch_mean
+
+
 def _ema_unit(buf: torch.Tensor, batch_mean: torch.Tensor, momentum: float) -> None:
     """In place: buf <- normalise(m * buf + (1 - m) * batch_mean) over the last axis (1e-6 as the M-step)."""
     new = buf.float() * momentum + batch_mean.float() * (1 - momentum)
@@ -121,11 +131,7 @@ class NPR(nn.Module):
         Each prototype is L2-normalised after the EMA (``/ (1e-6 + ‖·‖₂)``, as the M-step), so the buffer
         stays on the unit sphere like its initialisation: docs/METHOD.md §3.2.
         """
-        batch_mean = mu.float().mean(dim=0, keepdim=True)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(batch_mean)
-            batch_mean /= torch.distributed.get_world_size()
-        _ema_unit(self.mu, batch_mean, self.momentum)
+        _ema_unit(self.mu, _global_batch_mean(mu.float()), self.momentum)
 
 
 class TextNPR(nn.Module):
@@ -180,11 +186,8 @@ class TextNPR(nn.Module):
             else:
                 mu, _ = em_prototypes(tokens.detach(), self.mu.expand(B, -1, -1), self.em_iters, mask)
             if self.released_code:  # the released EMA, without re-normalisation, on every forward
-                batch_mean = mu.mean(dim=0, keepdim=True)
-                if torch.distributed.is_available() and torch.distributed.is_initialized():
-                    torch.distributed.all_reduce(batch_mean)  # the global batch's mean on every rank
-                    batch_mean /= torch.distributed.get_world_size()
+                batch_mean = _global_batch_mean(mu)
                 self.mu.mul_(self.momentum).add_(batch_mean.to(self.mu.dtype), alpha=1 - self.momentum)
             elif self.training:  # unit-norm EMA, as the image buffers (docs/METHOD.md §3.2)
-                _ema_unit(self.mu, mu.mean(dim=0, keepdim=True), self.momentum)
+                _ema_unit(self.mu, _global_batch_mean(mu), self.momentum)
         return mu
