@@ -157,6 +157,7 @@ def register(app: typer.Typer) -> None:
         if top_k is not None:
             overrides["eval.top_k"] = top_k
         failed: MetricsWriteError | None = None
+        rank, device = _join_torchrun(device_or_auto(device))
         with progress_bar("eval") as update:
             try:
                 report = evaluate_checkpoint(
@@ -169,7 +170,7 @@ def register(app: typer.Typer) -> None:
                     sweep=sweep,
                     splits=split,
                     eval_overrides=overrides,
-                    device=device_or_auto(device),
+                    device=device,
                     max_images=max_images,
                     out=output,
                     progress=lambda p, d, t, i: update(d, t, phase=p),
@@ -178,6 +179,26 @@ def register(app: typer.Typer) -> None:
                 raise OutputError(f"{e}: pass --output FILE to write it elsewhere") from e
             except MetricsWriteError as e:
                 report, failed = e.report, e
-        render(report, per_class=per_class)
+        if rank == 0:
+            render(report, per_class=per_class)
         if failed is not None:
             raise OutputError(f"{failed}; the metrics are printed above") from failed
+
+
+def _join_torchrun(device: str) -> tuple[int, str]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (gloo on the CPU, NCCL on CUDA, each rank on
+    its LOCAL_RANK's GPU); the images are split over the ranks and the confusion matrices all-reduced, rank 0
+    prints and writes the metrics. Returns (rank, this rank's device)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, device
+    from pgseg_core.train.distributed import setup
+    from pgseg_core.utils.device import resolve_device
+
+    from .._console import STATE
+
+    info, dev = setup(resolve_device(device))
+    if info.rank > 0:
+        STATE["quiet"] = True
+    return info.rank, str(dev)
