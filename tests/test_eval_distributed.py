@@ -46,7 +46,12 @@ def val_shards(tmp_path_factory):
             meta = {"classes": classes, "split": "val-caption"}
             jpg, png = _encode(image, "JPEG"), _encode(label, "PNG")
             vw.write({"__key__": f"v{i}", "jpg": jpg, "png": png, "txt": "a cat and a dog.", "json": meta})
-    write_index(d, new_index({"val-caption": {"shards": vw.shards, "count": 5, "classes": classes}}))
+    with SplitWriter(d, "train", shard_size=4) as tw:
+        for i in range(4):
+            image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            tw.write({"__key__": f"t{i}", "jpg": _encode(image, "JPEG"), "txt": f"a cat number {i}"})
+    val = {"shards": vw.shards, "count": 5, "classes": classes}
+    write_index(d, new_index({"train": {"shards": tw.shards, "count": 4}, "val-caption": val}))
     return d
 
 
@@ -79,3 +84,17 @@ def test_two_processes_give_the_one_process_metrics_exactly(tiny_checkpoint, val
     a, b = _metrics(one), _metrics(two)
     assert a == b
     assert a["val-caption"]["num_images"] == 5
+
+
+def test_training_logs_a_zero_shot_eval_row_every_eval_every_steps(val_shards, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "-m", "pgseg-tiny", "-d", str(val_shards), "-o", str(out), "--device", "cpu",
+            "--train.steps", "4", "--train.batch_size", "2", "--train.eval_every", "2",
+            "--train.eval_images", "3"]  # fmt: skip
+    result = CliRunner().invoke(app, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "eval_val-caption_mIoU" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert all(0.0 <= r["eval_val-caption_mIoU"] <= 100.0 for r in evals)
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4]
