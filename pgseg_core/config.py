@@ -160,6 +160,12 @@ class TrainConfig(_Validated):
     tensorboard: bool = False  # TensorBoard events in RUN/tensorboard/ (needs the [tensorboard] extra)
     kernels: Literal["auto", "torch", "triton"] = "auto"  # pgseg_core.kernels backend; PGSEG_KERNELS wins
     grad_cache_chunks: int = 1  # > 1: GradCache, each rank's batch in this many chunks (docs/TRAINING.md §4)
+    activation_checkpointing: bool = False  # recompute the transformer blocks in the backward (less memory)
+    compile: bool = False  # torch.compile the training forward
+    eval_every: int = 0  # > 0: zero-shot eval every this many steps, logged to metrics.jsonl
+    eval_data: str = ""  # shards with validation splits; "" = data.train
+    eval_splits: list[str] = field(default_factory=lambda: ["val-caption"])
+    eval_images: int = 50  # at most this many images per split (0 = all)
 
 
 @dataclass
@@ -278,6 +284,7 @@ RANGES: dict[str, dict[str, Range]] = {
         "warmup_steps": _NONNEG, "weight_decay": _NONNEG, "betas": _FRACTION, "grad_clip": _POSITIVE,
         "seed": Range(0, 2**32 - 1), "hard_assign_start": _NONNEG, "log_every": _POS, "ckpt_every": _POS,
         "time_budget_s": Range(0, note="0 = no budget"), "grad_cache_chunks": _POS,
+        "eval_every": Range(0, note="0 = off"), "eval_images": Range(0, note="0 = all"),
     },
     "eval": {
         "short_side": _PIXELS, "max_long": _PIXELS, "crop": _PIXELS, "stride": _PIXELS, "bg_thresh": _UNIT,

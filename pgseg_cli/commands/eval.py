@@ -192,6 +192,7 @@ def register(app: typer.Typer) -> None:
                             "'--top-k'": top_k}, overrides)  # fmt: skip
             args = (data, dataset, data_root, split, zs_split, overrides, device, max_images, cache, output)
             return render(mvp_cli.evaluate(checkpoint, *args), per_class=per_class)
+        rank, device = _join_torchrun(device_or_auto(device))
         with progress_bar("eval") as update:
             try:
                 report = evaluate_checkpoint(
@@ -204,7 +205,7 @@ def register(app: typer.Typer) -> None:
                     sweep=sweep,
                     splits=split,
                     eval_overrides=overrides,
-                    device=device_or_auto(device),
+                    device=device,
                     max_images=max_images,
                     out=output,
                     figures=figure_options,
@@ -216,6 +217,26 @@ def register(app: typer.Typer) -> None:
                 report, failed = e.report, e
         if zs_split is not None and failed is None:
             mvp_cli.apply_zs_split(report, zs_split)
-        render(report, per_class=per_class)
+        if rank == 0:
+            render(report, per_class=per_class)
         if failed is not None:
             raise OutputError(f"{failed}; the metrics are printed above") from failed
+
+
+def _join_torchrun(device: str) -> tuple[int, str]:
+    """Under torchrun (WORLD_SIZE > 1): join the process group (gloo on the CPU, NCCL on CUDA, each rank on
+    its LOCAL_RANK's GPU); the images are split over the ranks and the confusion matrices all-reduced, rank 0
+    prints and writes the metrics. Returns (rank, this rank's device)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, device
+    from pgseg_core.train.distributed import setup
+    from pgseg_core.utils.device import resolve_device
+
+    from .._console import STATE
+
+    info, dev = setup(resolve_device(device))
+    if info.rank > 0:
+        STATE["quiet"] = True
+    return info.rank, str(dev)

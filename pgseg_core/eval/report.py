@@ -329,6 +329,13 @@ def write_metrics(report: EvalReport, path: str | Path) -> EvalReport:
             report, whose ``write_error`` holds the same one-line message and ``written_to`` stays empty.
     """
     path = Path(path)
+    if (
+        torch.distributed.is_available()
+        and torch.distributed.is_initialized()
+        and torch.distributed.get_rank()
+    ):
+        report.written_to = str(path)  # torchrun: rank 0 writes the file (every rank holds the same metrics)
+        return report
     try:
         remove_stale_temps(path.parent)
         atomic_write_json(path, report.to_dict())

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..inference import ClassSpec, check_eval_config, embed_classes, extract_image_features, iter_score_maps
 from .metrics import ConfusionAccumulator, metrics_from_confusion
 from .observe import observe_sample, observe_split
@@ -96,9 +96,12 @@ def _accumulate(
     """
     n = encoded = from_cache = 0
     skipped: list[str] = []
-    for sample in samples:
-        if max_images is not None and n >= max_images:
+    rank, world = _rank_world()
+    for pos, sample in enumerate(samples):
+        if max_images is not None and (pos if world > 1 else n) >= max_images:
             break
+        if pos % world != rank:  # torchrun: rank r takes samples r, r + W, ... (docs/TRAINING.md §6)
+            continue
         key = str(sample.key)
         try:
             image, label = _check_sample(sample)
@@ -173,6 +176,8 @@ def evaluate_stream(
     for cfg in cfgs:
         check_eval_config(cfg)
     accs = [ConfusionAccumulator(len(names), dev) for _ in cfgs]
+    if cache is not None and _rank_world()[1] > 1:
+        raise ConfigError("a feature cache is written by one process: evaluate with --cache on one process")
     start = time.perf_counter()
     counts = _accumulate(
         model,
@@ -188,7 +193,7 @@ def evaluate_stream(
         on_image,
         skip_bad,
     )
-    n, encoded, from_cache, skipped = counts
+    n, encoded, from_cache, skipped = _reduce_over_ranks(accs, counts)
     metrics = _summarise(accs[0].numpy(), names, spec)
     observe_split(names, accs[0].numpy())
     metrics["num_images"] = n
@@ -201,6 +206,30 @@ def evaluate_stream(
     if sweep is not None:
         metrics["sweep"] = {"key": sweep.key, "points": _sweep_points(sweep, accs[1:], names, spec)}
     return metrics
+
+
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) of a torchrun process group, (0, 1) without one."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _reduce_over_ranks(accs: list[ConfusionAccumulator], counts: tuple) -> tuple[int, int, int, list[str]]:
+    """With several processes: the confusion matrices and the counts summed over ranks (every rank ends
+    with the whole evaluation's), the skipped keys gathered; otherwise ``counts`` unchanged."""
+    if _rank_world()[1] == 1:
+        return counts
+    dist = torch.distributed
+    for acc in accs:  # int64 sums: exactly the 1-process matrices
+        dist.all_reduce(acc.counts)
+    n, encoded, from_cache, skipped = counts
+    totals = torch.tensor([n, encoded, from_cache], dtype=torch.int64, device=accs[0].counts.device)
+    dist.all_reduce(totals)
+    keys: list = [None] * dist.get_world_size()
+    dist.all_gather_object(keys, skipped)
+    n, encoded, from_cache = (int(v) for v in totals.tolist())
+    return n, encoded, from_cache, [k for part in keys for k in part]
 
 
 def evaluate_samples(

@@ -36,6 +36,8 @@ from . import distributed as dist
 from .batches import BatchStream
 from .observers import RunObserver
 from .optim import build_optimizer, build_scheduler
+from .periodic_eval import eval_due, periodic_eval
+from .speed import checkpoint_activations, maybe_compile
 from .state import PREV_NAME, capture_rng, keep_previous, read_resume_checkpoint, restore_rng
 
 __all__ = ["fit", "TrainResult", "ProgressFn", "RUN_MARKERS"]
@@ -256,15 +258,19 @@ class _Trainer:
             elapsed_s=time.time() - t0,
         )
         record.update(skip_metrics())  # bad training samples this rank skipped so far (data/skips.py)
+        self.write_row(mfile, record)
+        return record
+
+    def write_row(self, mfile, record: dict[str, Any]) -> None:
+        """One ``metrics.jsonl`` line (rank 0: ``mfile`` is None on the other ranks)."""
         if mfile is None:
-            return record
+            return
         try:
             mfile.write(json.dumps(record) + "\n")
             mfile.flush()
         except OSError as e:
             raise output_error(mfile.name, e) from e
         self.observer.log(record)
-        return record
 
     def run(self, mfile, start_step: int, t0: float) -> tuple[int, bool, int, dict[str, float]]:
         """Train to ``cfg.train.steps`` or the time budget; (last step, stopped early, images, last log)."""
@@ -291,6 +297,8 @@ class _Trainer:
                     progress("train", done, steps, final)
             elif progress:
                 progress("train", done, steps, {})
+            if eval_due(cfg, done):
+                self.write_row(mfile, periodic_eval(self.model, cfg, self.batches.device, done))
             if done % cfg.train.ckpt_every == 0 and done < steps:
                 self.save(done, final)
                 self.observer.checkpoint()
@@ -425,7 +433,9 @@ def _fit(cfg, out: Path, info, resume, overwrite, init_checkpoint, progress) -> 
     dist.barrier()
     if info.rank > 0:  # Gumbel noise, dropout, prompt sampling differ per rank (rank 0: the 1-process run)
         _seed_all(cfg.train.seed + 1_000_003 * info.rank)
-    forward = dist.wrap_model(model, info, device)
+    if cfg.train.activation_checkpointing:
+        checkpoint_activations(model)
+    forward = maybe_compile(dist.wrap_model(model, info, device), cfg.train.compile)
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device.type == "cuda" and cfg.train.amp
