@@ -179,20 +179,8 @@ def evaluate_stream(
     if cache is not None and _rank_world()[1] > 1:
         raise ConfigError("a feature cache is written by one process: evaluate with --cache on one process")
     start = time.perf_counter()
-    counts = _accumulate(
-        model,
-        samples,
-        class_emb,
-        cfgs,
-        accs,
-        dev,
-        with_background,
-        cache,
-        key_prefix,
-        max_images,
-        on_image,
-        skip_bad,
-    )
+    counts = _accumulate(model, samples, class_emb, cfgs, accs, dev, with_background, cache, key_prefix,
+                         max_images, on_image, skip_bad)  # fmt: skip
     n, encoded, from_cache, skipped = _reduce_over_ranks(accs, counts)
     metrics = _summarise(accs[0].numpy(), names, spec)
     observe_split(names, accs[0].numpy())
