@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -202,3 +203,17 @@ def test_two_processes_killed_after_a_checkpoint_resume_exactly(shards, tmp_path
     result = _train(shards, out, "--nproc", "2", "--resume")
     assert result.exit_code == 0, result.output
     assert_same_state(full / "last.pt", out / "last.pt")
+
+
+def test_an_error_of_every_rank_reaches_the_console(shards, tmp_path):
+    """``--nproc 2`` with a global batch that does not split: the ranks' one-line errors (a rank the launcher
+    stopped first has none), then the launcher's line naming the failed ranks; exit 1, no traceback."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = _args(shards, tmp_path / "run", "--nproc", "2", "--train.batch_size", "3")
+    done = subprocess.run([sys.executable, "-m", "pgseg_cli", *args], env=env, capture_output=True, text=True,
+                          timeout=240)  # fmt: skip
+    text = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 1, text[-3000:]
+    assert text.count("error: train.batch_size (3) is the global batch and must divide evenly") >= 1, text
+    assert re.search(r"error: rank \d \(exit 1\).* of 2 processes failed; the errors are printed above", text)
+    assert "Traceback" not in text
