@@ -205,6 +205,7 @@ def test_two_processes_killed_after_a_checkpoint_resume_exactly(shards, tmp_path
     assert_same_state(full / "last.pt", out / "last.pt")
 
 
+@pytest.mark.slow
 def test_an_error_of_every_rank_reaches_the_console(shards, tmp_path):
     """``--nproc 2`` with a global batch that does not split: the ranks' one-line errors (a rank the launcher
     stopped first has none), then the launcher's line naming the failed ranks; exit 1, no traceback."""
