@@ -1,8 +1,8 @@
 """One rank of the DDP equality test (tests/test_train_distributed.py): pgseg-tiny, fp32 on the CPU, three
 steps of the training engine on this rank's slice of a fixed global batch; rank 0 saves the state dict.
 
-Usage: RANK=r WORLD_SIZE=w MASTER_ADDR=127.0.0.1 MASTER_PORT=p python tests/_dist_child.py OUT.pt [CHUNKS]
-(without RANK: one process with the whole batch).
+Usage: RANK=r WORLD_SIZE=w MASTER_ADDR=127.0.0.1 MASTER_PORT=p python tests/_dist_child.py OUT.pt [CHUNKS
+[OVERRIDES_JSON]] (without RANK: one process with the whole batch).
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ def global_batch() -> tuple[torch.Tensor, list[str]]:
     return images, captions
 
 
-def run(out: str, chunks: int = 1) -> None:
+def run(out: str, chunks: int = 1, extra: dict | None = None) -> None:
     torch.set_num_threads(1)
     overrides = {"train.hard_assign_start": 100, "train.batch_size": GLOBAL_BATCH, "train.steps": STEPS,
-                 "train.grad_cache_chunks": chunks}  # fmt: skip
+                 "train.grad_cache_chunks": chunks, **(extra or {})}  # fmt: skip
     cfg = load_config("pgseg-tiny", overrides)
     info, device = dist.setup(torch.device("cpu"))
     torch.manual_seed(0)
@@ -57,4 +57,10 @@ def run(out: str, chunks: int = 1) -> None:
 
 
 if __name__ == "__main__":
-    run(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 1)
+    import json
+
+    run(
+        sys.argv[1],
+        int(sys.argv[2]) if len(sys.argv) > 2 else 1,
+        json.loads(sys.argv[3]) if len(sys.argv) > 3 else None,
+    )

