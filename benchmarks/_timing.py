@@ -114,3 +114,14 @@ def print_table(title: str, timings: dict[str, dict], reference: str) -> None:
             f"  {name:26s} median {t['median_ms']:10.3f} ms  [{t['min_ms']:.3f} .. {t['max_ms']:.3f}]"
             f"  {rel.get(name, float('nan')):6.2f}x vs {reference}"
         )
+
+
+def write_results(path, results: dict) -> None:
+    """Write a benchmark's results as indented JSON to ``path`` (its folder created), and say where."""
+    import json
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path}")

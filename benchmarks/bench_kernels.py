@@ -26,7 +26,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -37,7 +36,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _timing import environment, print_table, ratios, round_robin  # noqa: E402
+from _timing import environment, print_table, ratios, round_robin, write_results  # noqa: E402
 from pgseg_core.kernels import assign_attention, linear_assignment, npr_em  # noqa: E402
 from pgseg_core.kernels.select import triton_interpreter  # noqa: E402
 
@@ -196,9 +195,7 @@ def main() -> None:
     if not args.skip_step:
         results["pgseg_step"] = bench_step(device, *step_args, rounds=rounds)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_results(args.out, results)
 
 
 if __name__ == "__main__":

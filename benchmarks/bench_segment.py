@@ -45,7 +45,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _timing import environment, print_table, ratios, round_robin  # noqa: E402
+from _timing import environment, print_table, ratios, round_robin, write_results  # noqa: E402
 from pgseg_core.config import load_config  # noqa: E402
 from pgseg_core.models.factory import create_model  # noqa: E402
 from pgseg_core.inference import (  # noqa: E402
@@ -223,9 +223,7 @@ def main() -> None:
     if "gpu_448x672" in results:
         print("gpu:", json.dumps({k: v for k, v in results["gpu_448x672"].items() if k != "timings_ms"}))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"wrote {args.out}")
+        write_results(args.out, results)
 
 
 if __name__ == "__main__":

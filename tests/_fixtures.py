@@ -84,3 +84,26 @@ def varied_model(cfg, seed: int = 3):
                 p.normal_(0.0, 0.3)
         model.logit_scale.fill_(math.log(100.0))
     return model
+
+
+def write_captioned_shard(d: Path, n: int) -> Path:
+    """``n`` captioned 64-px random JPEGs in one pgseg training shard ``d/train-000000.tar`` with its
+    ``index.json`` (schema 1); returns ``d``."""
+    import io
+    import json
+
+    import webdataset as wds
+
+    with wds.TarWriter(str(d / "train-000000.tar")) as sink:
+        for i in range(n):
+            arr = np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+            buf = io.BytesIO()
+            Image.fromarray(arr).save(buf, format="JPEG", quality=90)
+            sink.write({"__key__": f"s{i:06d}", "jpg": buf.getvalue(), "txt": f"a red thing number {i}"})
+    index = {
+        "schema": 1, "kind": "pgseg-shards", "created_by": "pgseg tests", "seed": 0,
+        "splits": {"train": {"shards": ["train-000000.tar"], "count": n}},
+        "vocabulary": {"caption": [], "heldout": []}, "sources": [], "skipped": {},
+    }  # fmt: skip
+    (d / "index.json").write_text(json.dumps(index))
+    return d

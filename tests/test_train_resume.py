@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -14,12 +13,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
+from _fixtures import write_captioned_shard
 from pgseg_cli.app import app
 from pgseg_core.checkpoint import read_checkpoint_file
 
@@ -33,22 +31,7 @@ STEPS, EVERY = 8, 2
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
     """Ten captioned 64-px JPEGs in one training shard (more than a batch: the stream wraps)."""
-    import webdataset as wds
-
-    d = tmp_path_factory.mktemp("resume_shards")
-    with wds.TarWriter(str(d / "train-000000.tar")) as sink:
-        for i in range(10):
-            arr = np.random.default_rng(i).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-            buf = io.BytesIO()
-            Image.fromarray(arr).save(buf, format="JPEG", quality=90)
-            sink.write({"__key__": f"s{i:06d}", "jpg": buf.getvalue(), "txt": f"a red thing number {i}"})
-    index = {
-        "schema": 1, "kind": "pgseg-shards", "created_by": "pgseg tests", "seed": 0,
-        "splits": {"train": {"shards": ["train-000000.tar"], "count": 10}},
-        "vocabulary": {"caption": [], "heldout": []}, "sources": [], "skipped": {},
-    }  # fmt: skip
-    (d / "index.json").write_text(json.dumps(index))
-    return d
+    return write_captioned_shard(tmp_path_factory.mktemp("resume_shards"), 10)
 
 
 def _args(shards: Path, out: Path, *extra: str) -> list[str]:
