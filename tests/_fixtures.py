@@ -107,3 +107,14 @@ def write_captioned_shard(d: Path, n: int) -> Path:
     }  # fmt: skip
     (d / "index.json").write_text(json.dumps(index))
     return d
+
+
+def load_benchmark(name: str):
+    """The module ``benchmarks/<name>.py`` (benchmarks are scripts, not a package), imported for a test."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from _fixtures import load_benchmark
 
 
 def test_bench_loader_quick(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_loader", ROOT / "benchmarks" / "bench_loader.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_loader")
     out = tmp_path / "b.json"
     bench.main(["--quick", "--out", str(out)])
     result = json.loads(out.read_text())

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.usefixtures("single_thread")
+from _fixtures import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_bench_train_quick_writes_a_report(tmp_path):
-    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "benchmarks" / "bench_train.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_train")
     out = tmp_path / "bench.json"
     bench.main(["--quick", "--out", str(out)])
     report = json.loads(out.read_text())
