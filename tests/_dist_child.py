@@ -2,7 +2,8 @@
 steps of the training engine on this rank's slice of a fixed global batch; rank 0 saves the state dict.
 
 Usage: RANK=r WORLD_SIZE=w MASTER_ADDR=127.0.0.1 MASTER_PORT=p python tests/_dist_child.py OUT.pt [CHUNKS
-[OVERRIDES_JSON]] (without RANK: one process with the whole batch).
+[OVERRIDES_JSON]] (without RANK: one process with the whole batch). In OVERRIDES_JSON, ``"_shared_nouns":
+true`` picks captions whose nouns are shared across the batch (the multi-label test).
 """
 
 from __future__ import annotations
@@ -21,17 +22,25 @@ from pgseg_core.train.optim import build_scheduler
 GLOBAL_BATCH, STEPS = 8, 3
 
 
-def global_batch() -> tuple[torch.Tensor, list[str]]:
+def global_batch(shared_nouns: bool = False) -> tuple[torch.Tensor, list[str]]:
+    """Fixed images and captions; ``shared_nouns``: two nouns per caption, most shared across captions and
+    across the ranks' halves (the multi-label prompts then span ranks)."""
     g = torch.Generator().manual_seed(1)
     images = torch.randn(GLOBAL_BATCH, 3, 64, 64, generator=g)
-    captions = [f"a photo of thing number {i} on a table" for i in range(GLOBAL_BATCH)]
+    if shared_nouns:
+        first, second = ["cat", "dog", "bird"], ["tree", "car", "boat", "lamp", "cat"]
+        captions = [f"a {first[i % 3]} and a {second[i % 5]}" for i in range(GLOBAL_BATCH)]
+    else:
+        captions = [f"a photo of thing number {i} on a table" for i in range(GLOBAL_BATCH)]
     return images, captions
 
 
 def run(out: str, chunks: int = 1, extra: dict | None = None) -> None:
     torch.set_num_threads(1)
+    extra = dict(extra or {})
+    shared_nouns = bool(extra.pop("_shared_nouns", False))
     overrides = {"train.hard_assign_start": 100, "train.batch_size": GLOBAL_BATCH, "train.steps": STEPS,
-                 "train.grad_cache_chunks": chunks, **(extra or {})}  # fmt: skip
+                 "train.grad_cache_chunks": chunks, **extra}  # fmt: skip
     cfg = load_config("pgseg-tiny", overrides)
     info, device = dist.setup(torch.device("cpu"))
     torch.manual_seed(0)
@@ -42,7 +51,7 @@ def run(out: str, chunks: int = 1, extra: dict | None = None) -> None:
     scheduler = build_scheduler(optimizer, cfg.train)
     forward = dist.wrap_model(model, info, device)
     model.train()
-    images, captions = global_batch()
+    images, captions = global_batch(shared_nouns)
     b = GLOBAL_BATCH // info.world
     mine = slice(info.rank * b, (info.rank + 1) * b)
     losses = []

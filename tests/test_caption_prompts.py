@@ -9,7 +9,7 @@ import torch
 from pgseg_core.config import load_config
 from pgseg_core.errors import ConfigError, DependencyError
 from pgseg_core.losses import caption_nouns as cn
-from pgseg_core.losses.caption_prompts import build_prompts
+from pgseg_core.losses.caption_prompts import build_prompts, merge_prompt_sets
 from pgseg_core.models.factory import create_model
 from pgseg_core.prompt_templates import template_set
 
@@ -72,6 +72,21 @@ def test_one_template_draws_no_random_number():
     after = torch.rand(1)
     torch.manual_seed(3)
     assert torch.equal(torch.rand(1), after)  # the demo's single-template runs keep their random stream
+
+
+def test_merging_per_rank_prompt_sets_equals_building_the_whole_batch_once():
+    """What every rank computes from the gathered (prompts, targets) of the ranks (models/pgseg.py under DDP)
+    is what one process builds from all the captions: same prompt order (first use), same targets."""
+    caps = ["a cat.", "a dog and a cat.", "a bus.", "a cat and a bus.", "", "a tree and a dog.", "a dog."]
+    tpl = ["a photo of a {}."]
+    whole = build_prompts(caps, 3, _rules, tpl, pad=True)
+    for cut in ([3], [2, 5], [1, 2, 6]):
+        bounds = [0, *cut, len(caps)]
+        parts = [build_prompts(caps[i:j], 3, _rules, tpl, pad=True) for i, j in zip(bounds, bounds[1:])]
+        merged = merge_prompt_sets(parts)
+        assert merged[0] == whole[0]
+        assert torch.equal(merged[1], whole[1])
+    assert len(whole[0]) < sum(len(prompts) for prompts, _ in parts)  # prompts shared across the parts
 
 
 def _tiny_tagger():

@@ -69,12 +69,12 @@ def test_two_gloo_processes_equal_one_at_the_same_global_batch(one_process, tmp_
     assert moved > 1e-4
 
 
-def _initial() -> dict[str, torch.Tensor]:
+def _initial(overrides: dict | None = None) -> dict[str, torch.Tensor]:
     from pgseg_core.config import load_config
     from pgseg_core.models.factory import create_model
 
     torch.manual_seed(0)
-    model = create_model(load_config("pgseg-tiny").model)
+    model = create_model(load_config("pgseg-tiny", overrides).model)
     return {k: v.double() for k, v in model.state_dict().items() if v.is_floating_point()}
 
 
@@ -95,3 +95,28 @@ def test_two_processes_with_gradcache_equal_one_direct_process(tmp_path):
         ((a[k].double() - b[k].double()).abs().max().item(), k) for k in a if a[k].is_floating_point()
     )
     assert worst[0] <= 1e-5, worst
+
+
+@pytest.mark.parametrize("pool", ["image", "groups"])
+def test_two_processes_with_the_multi_label_loss_equal_one(pool, tmp_path):
+    """GroupViT's multi-label loss across ranks (losses/multi_label.py): every rank's caption prompts merged into
+    the global batch's distinct prompts (shared across the ranks' halves), each rank encodes its share and the
+    loss is split so that DDP's average is the one-process gradient. One template and at most M nouns per
+    caption, so prompt building draws nothing and both runs see the same prompts."""
+    import json
+
+    import _dist_child
+
+    extra = {"model.multi_label": 3, "model.multi_label_templates": "single",
+             "model.multi_label_nouns": "rules", "model.multi_label_pool": pool, "_shared_nouns": True}  # fmt: skip
+    _dist_child.run(str(tmp_path / "one.pt"), 1, extra)
+    run_ranks(2, tmp_path / "two.pt", "1", json.dumps(extra))
+    a = torch.load(tmp_path / "one.pt", weights_only=True)["state"]
+    b = torch.load(tmp_path / "two.pt", weights_only=True)["state"]
+    assert "multi_label_logit_scale" in a
+    worst = max(
+        ((a[k].double() - b[k].double()).abs().max().item(), k) for k in a if a[k].is_floating_point()
+    )
+    assert worst[0] <= 1e-5, worst
+    start = _initial({"model.multi_label": 3})["multi_label_logit_scale"]
+    assert (a["multi_label_logit_scale"].double() - start).abs().item() > 1e-6  # the loss did train

@@ -18,7 +18,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["build_prompts"]
+__all__ = ["build_prompts", "gather_prompt_sets", "merge_prompt_sets"]
 
 
 def build_prompts(
@@ -63,3 +63,40 @@ def _pick(templates: list[str]) -> str:
     if len(templates) == 1:
         return templates[0]
     return templates[int(torch.randint(len(templates), ()))]
+
+
+def merge_prompt_sets(parts: list[tuple[list[str], torch.Tensor]]) -> tuple[list[str], torch.Tensor]:
+    """Several batches' prompts as one batch: what :func:`build_prompts` returns for the concatenated
+    captions when it draws nothing (one template, no caption with more than M nouns).
+
+    Used across processes: every rank builds its own captions' prompts, the ranks' results are gathered in
+    rank order and merged here, identically on each rank (docs/TRAINING.md §3).
+
+    Args:
+        parts: per part (its P_i distinct prompts, bool targets [B_i, P_i]), in caption order.
+
+    Returns:
+        (the P distinct prompts over all parts in order of first use, bool targets [ΣB_i, P]).
+    """
+    index: dict[str, int] = {}
+    rows: list[list[int]] = []
+    for prompts, targets in parts:
+        cols = [index.setdefault(p, len(index)) for p in prompts]
+        for row in targets.tolist():
+            rows.append([cols[j] for j, used in enumerate(row) if used])
+    merged = torch.zeros(len(rows), len(index), dtype=torch.bool)
+    for b, cols in enumerate(rows):
+        merged[b, cols] = True
+    return list(index), merged
+
+
+def gather_prompt_sets(prompts: list[str], targets: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+    """This process's (prompts, targets [B, P_local]) -> the global batch's (prompts, targets [G, P]),
+    identical on every rank (``all_gather_object`` in rank order, then :func:`merge_prompt_sets`); returned
+    unchanged with one process."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return prompts, targets
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (prompts, targets.cpu()))
+    return merge_prompt_sets(parts)

@@ -18,11 +18,11 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..losses.caption_nouns import noun_source
-from ..losses.caption_prompts import build_prompts
+from ..losses.caption_prompts import build_prompts, gather_prompt_sets
 from ..prompt_templates import template_set
 from ..errors import ConfigError
 from ..losses.contrastive import image_text_contrastive
-from ..losses.multi_label import multi_label_contrastive
+from ..losses.multi_label import multi_label_contrastive, prompt_share
 from ..losses.prototype import hrs_kept_fraction, hungarian_match, prototype_group_loss
 from .layers import ProjectMLP
 from .npr import TextNPR
@@ -209,8 +209,10 @@ class PGSeg(nn.Module):
         text_feats = self.text_encoder(texts)
         use_ml = self.cfg.multi_label > 0
         if use_ml:
-            prompts, targets = self.caption_prompts(texts)
-            prompt_pooled = self.text_encoder(prompts).pooled
+            # several processes: the global prompts, this rank encodes its share (losses/multi_label.py)
+            prompts, targets = gather_prompt_sets(*self.caption_prompts(texts))
+            mine = prompts[prompt_share(len(prompts))]
+            prompt_pooled = self.text_encoder(mine).pooled if mine else text_feats.pooled[:0]
             # captions and prompts share one projector pass (one BatchNorm batch), as in GroupViT
             both = self.text_projector(torch.cat([text_feats.pooled, prompt_pooled.to(text_feats.pooled)]))
             text_emb, prompt_emb = both[: len(texts)], both[len(texts) :]

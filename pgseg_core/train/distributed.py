@@ -25,7 +25,6 @@ from ..errors import ConfigError
 
 __all__ = [
     "DistInfo",
-    "check_supported",
     "setup",
     "teardown",
     "wrap_model",
@@ -97,22 +96,6 @@ def setup(device: torch.device) -> tuple[DistInfo, torch.device]:
         )
         _log.info("rank %d of %d joined the %s process group on %s", info.rank, info.world, backend, device)
     return info, device
-
-
-def check_supported(cfg: Any, info: DistInfo) -> None:
-    """Refuse, in one line, what several processes cannot train exactly yet (nothing is silently changed).
-
-    Raises:
-        ConfigError: ``model.multi_label`` > 0 with W > 1 (its prompts are de-duplicated per batch and would
-            need a gather of the prompt strings across ranks).
-    """
-    if not info.active:
-        return
-    if cfg.model.multi_label > 0:
-        raise ConfigError(
-            "model.multi_label > 0 is not supported with several processes yet (the multi-label prompts "
-            "are not gathered across ranks): train with one process or set model.multi_label 0"
-        )
 
 
 def teardown() -> None:

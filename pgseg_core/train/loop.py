@@ -428,7 +428,6 @@ def _fit(cfg, out: Path, info, resume, overwrite, init_checkpoint, progress) -> 
     _claim(out, info, resume, overwrite)
     local_batch = _local_batch(cfg, info)
     cfg, device = _prepare(cfg, out, info.main)
-    dist.check_supported(cfg, info)
     _, device = dist.setup(device)
     _seed_all(cfg.train.seed)  # the same initial weights on every rank
     model = create_model(cfg.model).to(device)
