@@ -1,12 +1,14 @@
 """Training-image decode speed: images/s per CPU core of each decoder against plain PIL, in one run.
 
-Every decoder turns the same JPEG bytes (512-px short side, quality 95, as img2dataset writes them) into
+Every decoder turns the same JPEG bytes (512-px short side, quality 95, as img2dataset writes them; synthetic
+images by default, ``--source photos`` for the demo's real photos) into
 one augmented training crop (RandomResizedCrop(224, scale 0.08-1), flip, normalise), single-threaded in
 this process, so images/s is per core. The decoders are interleaved (each repeat runs every decoder once,
 in a rotated order) and the report gives the median and the spread (min, max) over repeats, and each
 decoder's median ratio to ``pil``. With CUDA, the GPU path's batched images/s is reported too.
 
     python benchmarks/bench_loader.py --out benchmarks/results/bench_loader_cpu.json
+    python benchmarks/bench_loader.py --source photos --out benchmarks/results/bench_loader_cpu_photos.json
     python benchmarks/bench_loader.py --quick --out /tmp/b.json      # a few images, for tests
 
 Record numbers only from an idle machine: the JSON keeps the load average next to them.
@@ -49,7 +51,45 @@ def make_jpegs(n: int, size: tuple[int, int], seed: int = 0) -> list[bytes]:
     return out
 
 
-DECODERS = {"pil": "cpu", "draft": "auto"}  # report name -> data.decode value
+def make_photo_jpegs(n: int, short_side: int = 512) -> list[bytes]:
+    """``n`` JPEGs cycled from the real photos the demo exports (package sample photos: astronaut, coffee,
+    chelsea, china, flower, grace_hopper, ...), each resized to ``short_side`` on its short side, aspect
+    kept, and saved at quality 95, as img2dataset's papers' settings write them.
+
+    Raises:
+        DataError: no photo source installed (``pip install 'pgseg[demo]'``).
+    """
+    import tempfile
+
+    from pgseg_core.data.sources.demo.photos import export_demo_photos
+
+    with tempfile.TemporaryDirectory() as tmp:
+        photos = []
+        for path in export_demo_photos(tmp):
+            with Image.open(path) as im:
+                img = im.convert("RGB")
+            scale = short_side / min(img.size)
+            img = img.resize((round(img.size[0] * scale), round(img.size[1] * scale)), Image.BICUBIC)
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=95)
+            photos.append(buf.getvalue())
+    return [photos[i % len(photos)] for i in range(n)]
+
+
+def build_decoders(crop: int) -> dict:
+    """Report name -> decoder: ``pil`` (data.decode cpu, the reference), ``draft`` (PIL with DCT scaling),
+    ``turbo`` (libjpeg-turbo via simplejpeg: what data.decode auto uses when simplejpeg is installed)."""
+    from pgseg_core.data.decode import DraftDecoder, TurboDecoder
+
+    scale = [0.08, 1.0]
+    out = {"pil": train_sample_decoder(DataConfig(img_size=crop, crop_scale=scale, decode="cpu"), crop)}
+    out["draft"] = DraftDecoder(crop, scale, True)
+    try:
+        import simplejpeg  # noqa: F401
+    except ImportError:
+        return out
+    out["turbo"] = TurboDecoder(crop, scale, True)
+    return out
 
 
 def time_decoder(fn, jpegs: list[bytes]) -> float:
@@ -61,13 +101,11 @@ def time_decoder(fn, jpegs: list[bytes]) -> float:
 
 def run(args) -> dict:
     torch.set_num_threads(1)
-    jpegs = make_jpegs(args.images, (args.width, args.height))
-    decoders = {
-        name: train_sample_decoder(
-            DataConfig(img_size=args.crop, crop_scale=[0.08, 1.0], decode=mode), args.crop
-        )
-        for name, mode in DECODERS.items()
-    }
+    if args.source == "photos":
+        jpegs = make_photo_jpegs(args.images, min(args.width, args.height))
+    else:
+        jpegs = make_jpegs(args.images, (args.width, args.height))
+    decoders = build_decoders(args.crop)
     for fn in decoders.values():  # warm-up
         time_decoder(fn, jpegs[:2])
     seconds: dict[str, list[float]] = {name: [] for name in decoders}
@@ -129,9 +167,19 @@ def environment(argv: list[str]) -> dict:
         "torchvision": torchvision.__version__,
         "pillow": PIL.__version__,
         "libjpeg_turbo": bool(features.check_feature("libjpeg_turbo")),
+        "simplejpeg": _version("simplejpeg"),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "command": " ".join([Path(sys.executable).name, *argv]),
     }
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 def _uptime() -> str:
@@ -150,6 +198,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--width", type=int, default=683)
     p.add_argument("--height", type=int, default=512)
     p.add_argument("--crop", type=int, default=224)
+    p.add_argument(
+        "--source", choices=["synthetic", "photos"], default="synthetic",
+        help="synthetic: smooth colour fields + noise (entropy-heavy, the worst case); photos: the demo's "
+        "real photos resized to the short side (min of --width, --height)",
+    )  # fmt: skip
     p.add_argument("--gpu-batch", type=int, default=256, help="batch size of the GPU path (CUDA only)")
     p.add_argument(
         "--quick", action="store_true", help="8 images, 2 repeats (a smoke test, not a measurement)"

@@ -12,7 +12,13 @@ from PIL import Image
 
 from _webdata import jpeg_bytes, write_img2dataset_shard
 from pgseg_core.config import DataConfig
-from pgseg_core.data.decode import DraftDecoder, draft_reduction, train_sample_decoder
+from pgseg_core.data.decode import (
+    DraftDecoder,
+    TurboDecoder,
+    dct_eighths,
+    draft_reduction,
+    train_sample_decoder,
+)
 from pgseg_core.data.loader import make_train_loader
 from pgseg_core.data.remote import shard_urls
 from pgseg_core.errors import DeviceError
@@ -25,11 +31,9 @@ def test_draft_reduction_keeps_the_crop_at_least_the_output_size():
     assert draft_reduction(300, 2000, 64) == 4
 
 
-def test_auto_matches_the_reference_crop_for_crop():
-    cfg = DataConfig(img_size=64, crop_scale=[0.3, 1.0], decode="auto")
+def test_draft_decoder_matches_the_reference_crop_for_crop():
     ref_cfg = DataConfig(img_size=64, crop_scale=[0.3, 1.0], decode="cpu")
-    fast, ref = train_sample_decoder(cfg, 64), train_sample_decoder(ref_cfg, 64)
-    assert isinstance(fast, DraftDecoder)
+    fast, ref = DraftDecoder(64, [0.3, 1.0], True), train_sample_decoder(ref_cfg, 64)
     big, small = jpeg_bytes(1, (640, 480), quality=95), jpeg_bytes(2, (80, 64))
     for data, exact in ((small, True), (big, False)):
         torch.manual_seed(5)
@@ -43,6 +47,75 @@ def test_auto_matches_the_reference_crop_for_crop():
             err = (a - b).abs().mean().item()
             assert err < 0.08, err  # normalised units (~0.02 of the 0..255 range)
             assert (a - b).abs().mean(dim=(1, 2, 3)).max() < 0.15
+
+
+def test_dct_eighths_keeps_the_crop_at_least_the_output_size():
+    assert dct_eighths(200, 500, 224) == 8  # smaller than the output: no scaling
+    assert dct_eighths(300, 260, 224) == 7  # 260 * 7/8 = 227.5 >= 224, 6/8 would give 195
+    assert dct_eighths(448, 460, 224) == 4
+    assert dct_eighths(2000, 1800, 224) == 1
+    for w, h in itertools.product(range(224, 1400, 37), range(230, 1400, 53)):
+        m = dct_eighths(w, h, 224)
+        assert min(w, h) * m / 8 >= 224 and (m == 1 or min(w, h) * (m - 1) / 8 < 224)
+
+
+def _turbo_and_reference(size=64, scale=(0.3, 1.0)):
+    ref = train_sample_decoder(DataConfig(img_size=size, crop_scale=list(scale), decode="cpu"), size)
+    return TurboDecoder(size, scale, True), ref
+
+
+def _both(fast, ref, data: bytes, n: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    torch.manual_seed(5)
+    a = torch.stack([fast(data) for _ in range(n)])
+    after_a = torch.rand(1)
+    torch.manual_seed(5)
+    b = torch.stack([ref(data) for _ in range(n)])
+    assert torch.equal(torch.rand(1), after_a)  # the same random numbers were drawn: same crops and flips
+    return a, b
+
+
+def test_auto_uses_libjpeg_turbo_when_simplejpeg_is_installed(monkeypatch):
+    pytest.importorskip("simplejpeg")
+    assert isinstance(train_sample_decoder(DataConfig(img_size=64, decode="auto"), 64), TurboDecoder)
+    monkeypatch.setitem(__import__("sys").modules, "simplejpeg", None)  # not installed
+    assert isinstance(train_sample_decoder(DataConfig(img_size=64, decode="auto"), 64), DraftDecoder)
+
+
+@pytest.mark.parametrize(
+    "size, scale", [((80, 64), (0.3, 1.0)), ((640, 480), (0.3, 1.0)), ((900, 700), (0.7, 1.0))]
+)
+def test_turbo_decoder_matches_the_reference_crop_for_crop(size, scale):
+    """Same crops and flips as torchvision's RandomResizedCrop on PIL; pixels differ by the resampling only
+    (torch's antialiased bilinear vs PIL's, and libjpeg-turbo's M/8 scaled IDCT on the big images)."""
+    pytest.importorskip("simplejpeg")
+    fast, ref = _turbo_and_reference(64, scale)
+    a, b = _both(fast, ref, jpeg_bytes(1, size, quality=95))
+    assert a.shape == b.shape == (6, 3, 64, 64) and a.dtype == torch.float32
+    err = (a - b).abs().mean(dim=(1, 2, 3))
+    assert err.max() < 0.1, err  # normalised units; a wrong crop or flip gives > 0.3 on this gradient image
+    flipped = (a.flip(-1) - b).abs().mean(dim=(1, 2, 3))
+    assert (flipped > 3 * err).any()  # the check can tell a flip apart
+
+
+def test_turbo_decoder_other_formats_and_colour_spaces_take_the_pil_path_with_the_same_crop():
+    pytest.importorskip("simplejpeg")
+    fast, ref = _turbo_and_reference()
+    rgb = Image.open(io.BytesIO(jpeg_bytes(3, (96, 80)))).convert("RGB")
+    for mode, fmt in (("RGB", "PNG"), ("L", "JPEG"), ("CMYK", "JPEG")):
+        buf = io.BytesIO()
+        rgb.convert(mode).save(buf, fmt, quality=95)
+        a, b = _both(fast, ref, buf.getvalue())
+        assert a.shape == (6, 3, 64, 64)
+        assert (a - b).abs().mean(dim=(1, 2, 3)).max() < 0.1, (mode, fmt)
+
+
+def test_turbo_decoder_raises_on_bytes_nothing_can_decode():
+    pytest.importorskip("simplejpeg")
+    fast, _ = _turbo_and_reference()
+    good = jpeg_bytes(4, (96, 80))
+    for bad in (b"\xff\xd8\xff\xe0 not a jpeg", good[: len(good) // 3], b"<html>404</html>"):
+        with pytest.raises((OSError, ValueError, SyntaxError)):
+            fast(bad)
 
 
 def test_gpu_decode_without_cuda_is_an_error(monkeypatch):

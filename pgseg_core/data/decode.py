@@ -4,12 +4,15 @@
 
 - ``cpu``: PIL decode of the whole image, then :func:`~pgseg_core.data.transforms.train_transform`
   (RandomResizedCrop, flip, normalise) -- the reference every other path is tested against.
-- ``auto``: the same augmentation, but a JPEG is decoded at 1/2, 1/4 or 1/8 scale in the DCT domain
-  (PIL ``Image.draft``) whenever the crop, mapped into the reduced image, still has at least S pixels on
-  each side. The crop box is drawn on the full-size image with torchvision's
-  ``RandomResizedCrop.get_params`` (same scale / ratio / position distribution and the same random
-  numbers as ``cpu``) and mapped exactly (a float box) into the reduced image, so only the resampling filter
-  differs: the final step is still an antialiased downscale to S x S.
+- ``auto``: the same augmentation (the crop box drawn on the full-size image with torchvision's
+  ``RandomResizedCrop.get_params``: same distribution and the same random numbers as ``cpu``), faster:
+  :class:`TurboDecoder` decodes JPEGs with libjpeg-turbo through ``simplejpeg`` (no PIL image object, and
+  at M/8 scale in the DCT domain, M = 1..8, the smallest that keeps the crop at least S pixels a side;
+  the IDCT, upsampling and colour conversion shrink with M², only the entropy decoding stays), resizes the
+  crop with torch's antialiased bilinear uint8 kernel and normalises in one pass. Other formats, and
+  JPEGs libjpeg-turbo cannot turn into RGB (CMYK), take the PIL path with the same crop.
+  :class:`DraftDecoder` is the PIL-only variant (``Image.draft`` for the DCT scaling, a float crop box),
+  used by ``auto`` when ``simplejpeg`` is not installed.
 - ``gpu``: needs CUDA (checked here: a missing device raises, nothing falls back); the workers draw the
   crops and the training process decodes, crops and resizes batch-wise on the GPU
   (:mod:`pgseg_core.data.gpu_decode`).
@@ -24,7 +27,14 @@ import torch
 
 from ..errors import DeviceError
 
-__all__ = ["train_sample_decoder", "decode_plan", "DraftDecoder", "draft_reduction"]
+__all__ = [
+    "train_sample_decoder",
+    "decode_plan",
+    "DraftDecoder",
+    "TurboDecoder",
+    "dct_eighths",
+    "draft_reduction",
+]
 
 
 def draft_reduction(crop_w: float, crop_h: float, size: int) -> int:
@@ -34,6 +44,15 @@ def draft_reduction(crop_w: float, crop_h: float, size: int) -> int:
         if crop_w / r >= size and crop_h / r >= size:
             return r
     return 1
+
+
+def dct_eighths(crop_w: float, crop_h: float, size: int) -> int:
+    """The smallest M in 1..8 such that libjpeg-turbo's M/8 DCT-domain scaling keeps a ``crop_w x crop_h``
+    crop (pixels of the full image) at least ``size`` pixels on each side (8: no scaling)."""
+    for m in range(1, 8):
+        if crop_w * m / 8 >= size and crop_h * m / 8 >= size:
+            return m
+    return 8
 
 
 class DraftDecoder:
@@ -77,6 +96,95 @@ class DraftDecoder:
         return self.tail(out)
 
 
+_MEAN = (0.485, 0.456, 0.406)
+_STD = (0.229, 0.224, 0.225)
+
+
+class TurboDecoder:
+    """Bytes -> FloatTensor ``[3,S,S]`` (ImageNet-normalised) via libjpeg-turbo (module docstring, ``auto``).
+
+    Per JPEG: the header gives (h, w); the crop (top, left, ch, cw) is drawn as ``RandomResizedCrop`` draws
+    it; ``simplejpeg.decode_jpeg`` decodes at M/8 scale (M from :func:`dct_eighths`: libjpeg-turbo's scaled
+    IDCT, so the crop keeps >= S pixels a side and its resize stays a downscale); the crop is mapped to the
+    decoded grid, rounded to whole pixels (at M = 8 exactly the reference's integer box; otherwise each edge
+    moves by at most 4 / M source pixels), resized to S x S by ``F.interpolate(bilinear, antialias=True)``
+    on uint8, flipped with p = 0.5 and normalised.
+
+    Args:
+        size: output side S in pixels.
+        crop_scale: (lo, hi) crop area fraction, as RandomResizedCrop's ``scale``.
+        hflip: random horizontal flip with p = 0.5.
+
+    Raises (when called):
+        OSError / ValueError / SyntaxError: bytes neither libjpeg-turbo nor PIL can decode (the loader's
+            handler skips and counts them).
+    """
+
+    def __init__(self, size: int, crop_scale, hflip: bool):
+        from torchvision import transforms as T
+
+        self.size = int(size)
+        self.crop = T.RandomResizedCrop(self.size, scale=(float(crop_scale[0]), float(crop_scale[1])))
+        self.hflip = hflip
+        self.mean255 = torch.tensor(_MEAN).view(3, 1, 1) * 255.0
+        self.inv_std255 = 1.0 / (torch.tensor(_STD).view(3, 1, 1) * 255.0)
+
+    def __call__(self, data: bytes) -> torch.Tensor:
+        import simplejpeg
+
+        if not (bytes(data[:3]) == b"\xff\xd8\xff"):
+            return self._pil(data)
+        try:
+            h, w, _, _ = simplejpeg.decode_jpeg_header(data)
+        except ValueError:
+            return self._pil(data)
+        top, left, ch, cw = self._params(h, w)
+        m = dct_eighths(cw, ch, self.size)
+        try:  # libjpeg-turbo scales by M/8 in the IDCT: output ceil(h·M/8) x ceil(w·M/8)
+            arr = simplejpeg.decode_jpeg(data, "rgb", min_height=-(-h * m // 8), min_width=-(-w * m // 8))
+        except ValueError:  # e.g. CMYK, or a corrupt stream: PIL decides, with the same crop
+            return self._pil(data, (top, left, ch, cw))
+        sy, sx = arr.shape[0] / h, arr.shape[1] / w
+        y0, x0 = min(round(top * sy), arr.shape[0] - 1), min(round(left * sx), arr.shape[1] - 1)
+        y1, x1 = max(round((top + ch) * sy), y0 + 1), max(round((left + cw) * sx), x0 + 1)
+        crop = torch.from_numpy(arr[y0:y1, x0:x1]).permute(2, 0, 1).unsqueeze(0)  # [1, 3, h', w'] uint8
+        return self._finish(crop)
+
+    def _params(self, h: int, w: int) -> tuple[int, int, int, int]:
+        shape_only = torch.empty(1, 1, 1).expand(1, h, w)  # get_params reads the size only
+        return self.crop.get_params(shape_only, self.crop.scale, self.crop.ratio)
+
+    def _finish(self, crop: torch.Tensor) -> torch.Tensor:
+        """[1, 3, h', w'] uint8 crop -> normalised [3, S, S] float32 (resize, flip, normalise)."""
+        import torch.nn.functional as F
+
+        out = F.interpolate(crop, size=(self.size, self.size), mode="bilinear", antialias=True,
+                            align_corners=False)[0]  # fmt: skip
+        if self.hflip and torch.rand(1).item() < 0.5:
+            out = out.flip(-1)
+        return (out.float() - self.mean255).mul_(self.inv_std255)
+
+    def _pil(self, data: bytes, params: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+        """Any format PIL reads: the same crop drawn (or the one given), then :meth:`_finish`."""
+        import numpy as np
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            img = im.convert("RGB")
+        top, left, ch, cw = params or self._params(img.size[1], img.size[0])
+        arr = np.asarray(img.crop((left, top, left + cw, top + ch)))
+        return self._finish(torch.from_numpy(arr.copy()).permute(2, 0, 1).unsqueeze(0))
+
+
+def _have_simplejpeg() -> bool:
+    try:
+        import simplejpeg  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class _PlainDecoder:
     """Bytes -> PIL RGB (webdataset's ``pilrgb``) -> ``train_transform``: the reference path."""
 
@@ -116,7 +224,8 @@ def train_sample_decoder(data_cfg, size: int) -> Callable[[bytes], torch.Tensor]
 
         return GpuSamplePrep(size, data_cfg.crop_scale, data_cfg.hflip)
     if mode == "auto":
-        return DraftDecoder(size, data_cfg.crop_scale, data_cfg.hflip)
+        fast = TurboDecoder if _have_simplejpeg() else DraftDecoder
+        return fast(size, data_cfg.crop_scale, data_cfg.hflip)
     return _PlainDecoder(train_transform(size, data_cfg.crop_scale, data_cfg.hflip))
 
 
