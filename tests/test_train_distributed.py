@@ -99,16 +99,17 @@ def test_two_processes_with_gradcache_equal_one_direct_process(tmp_path):
 
 @pytest.mark.parametrize("pool", ["image", "groups"])
 def test_two_processes_with_the_multi_label_loss_equal_one(pool, tmp_path):
-    """GroupViT's multi-label loss across ranks (losses/multi_label.py): every rank's caption prompts merged into
-    the global batch's distinct prompts (shared across the ranks' halves), each rank encodes its share and the
-    loss is split so that DDP's average is the one-process gradient. One template and at most M nouns per
-    caption, so prompt building draws nothing and both runs see the same prompts."""
+    """GroupViT's multi-label loss across ranks (losses/multi_label.py): every rank's caption prompts merged
+    into the global batch's distinct prompts (shared across the ranks' halves), each rank encodes its share
+    and the loss is split so that DDP's average is the one-process gradient. One template and at most M
+    nouns per caption, so prompt building draws nothing and both runs see the same prompts."""
     import json
 
     import _dist_child
 
     extra = {"model.multi_label": 3, "model.multi_label_templates": "single",
-             "model.multi_label_nouns": "rules", "model.multi_label_pool": pool, "_shared_nouns": True}  # fmt: skip
+             "model.multi_label_nouns": "rules", "model.multi_label_pool": pool,
+             "_shared_nouns": True}  # fmt: skip
     _dist_child.run(str(tmp_path / "one.pt"), 1, extra)
     run_ranks(2, tmp_path / "two.pt", "1", json.dumps(extra))
     a = torch.load(tmp_path / "one.pt", weights_only=True)["state"]
