@@ -78,15 +78,20 @@ def _initial(overrides: dict | None = None) -> dict[str, torch.Tensor]:
     return {k: v.double() for k, v in model.state_dict().items() if v.is_floating_point()}
 
 
-def test_two_processes_with_gradcache_equal_one_direct_process(tmp_path):
+@pytest.mark.parametrize("multi_label", [0, 3])
+def test_two_processes_with_gradcache_equal_one_direct_process(multi_label, tmp_path):
     """GradCache under DDP (2 chunks of 2 per rank, no_sync until the last chunk, the logit scale's cached
     gradient): the same weights as one process stepping the whole batch of 8 directly, where GradCache is
-    exact (no BatchNorm in the heads, GroupViT: docs/TRAINING.md §4)."""
+    exact (no BatchNorm in the heads, GroupViT: docs/TRAINING.md §4); also with the multi-label loss (its
+    prompts gathered across ranks, each rank's share encoded in chunks)."""
     import json
 
     import _dist_child
 
     extra = {"model.proj_layers": 1, "model.npr.enabled": False}
+    if multi_label:
+        extra |= {"model.multi_label": multi_label, "model.multi_label_templates": "single",
+                  "model.multi_label_nouns": "rules", "_shared_nouns": True}  # fmt: skip
     _dist_child.run(str(tmp_path / "one.pt"), 1, extra)
     run_ranks(2, tmp_path / "two.pt", "2", json.dumps(extra))
     a = torch.load(tmp_path / "one.pt", weights_only=True)["state"]

@@ -189,6 +189,7 @@ class PGSeg(nn.Module):
         *,
         stem_feats: torch.Tensor | None = None,
         return_embeddings: bool = False,
+        ml_prompts: list[str] | None = None,
     ) -> dict[str, torch.Tensor]:
         """One training forward.
 
@@ -197,6 +198,9 @@ class PGSeg(nn.Module):
             images: [B, 3, H, W] normalised (or ``stem_feats`` for the frozen hybrid stem).
             return_embeddings: also return "image_emb" [B, D] and "text_emb" [B, D], the inputs of
                 L_itc (for GradCache, docs/TRAINING.md §4).
+            ml_prompts: with ``multi_label`` > 0, for GradCache: encode these prompts (a chunk of the
+                step's prompts, built by the caller) instead of this batch's own, skip L_ml and return
+                its inputs "ml_side" ([B, D] or [B, S, D]) and "prompt_emb" [len(ml_prompts), D].
 
         Returns:
             dict with "loss" (total), "loss_itc", with ``multi_label`` > 0 "loss_multi_label"
@@ -210,8 +214,11 @@ class PGSeg(nn.Module):
         use_ml = self.cfg.multi_label > 0
         if use_ml:
             # several processes: the global prompts, this rank encodes its share (losses/multi_label.py)
-            prompts, targets = gather_prompt_sets(*self.caption_prompts(texts))
-            mine = prompts[prompt_share(len(prompts))]
+            if ml_prompts is None:
+                prompts, targets = gather_prompt_sets(*self.caption_prompts(texts))
+                mine = prompts[prompt_share(len(prompts))]
+            else:
+                mine, targets = list(ml_prompts), None
             prompt_pooled = self.text_encoder(mine).pooled if mine else text_feats.pooled[:0]
             # captions and prompts share one projector pass (one BatchNorm batch), as in GroupViT
             both = self.text_projector(torch.cat([text_feats.pooled, prompt_pooled.to(text_feats.pooled)]))
@@ -225,11 +232,14 @@ class PGSeg(nn.Module):
                 side = self.img_projector(img.vision.tokens, update_stats=False)  # [B, S, D]
             else:
                 side = img.image_emb  # [B, D]
-            ml = multi_label_contrastive(
-                side, prompt_emb, targets.to(side.device), self.multi_label_logit_scale
-            )
-            losses["loss_multi_label"] = ml
-            total = total + self.cfg.multi_label_weight * ml
+            if targets is None:  # GradCache takes L_ml over the whole step (train/gradcache.py)
+                losses.update(ml_side=side, prompt_emb=prompt_emb)
+            else:
+                ml = multi_label_contrastive(
+                    side, prompt_emb, targets.to(side.device), self.multi_label_logit_scale
+                )
+                losses["loss_multi_label"] = ml
+                total = total + self.cfg.multi_label_weight * ml
         if self.text_npr is not None:
             pg = self._prototype_losses(img.vision, text_feats)
             losses.update(pg)
