@@ -39,16 +39,21 @@ def _grads(model) -> dict[str, torch.Tensor]:
 def test_four_chunks_equal_the_direct_step_without_batchnorm():
     """GroupViT without BatchNorm in the heads and without Gumbel noise: the 4-chunk step's gradients equal
     the direct step's (PGSeg's NPR heads hold a BatchNorm: docs/TRAINING.md §4)."""
-    over = {"model.proj_layers": 1, "model.npr.enabled": False}
     captions, inputs = _batch()
+    direct, losses, cached, out = _direct_and_cached({"model.proj_layers": 1, "model.npr.enabled": False},
+                                                     captions, inputs)  # fmt: skip
+    assert float(out["loss_itc"]) == pytest.approx(float(losses["loss_itc"].detach()), rel=1e-5)
+    assert float(out["loss"]) == pytest.approx(float(losses["loss"].detach()), rel=1e-5)
+    _assert_same_grads(direct, cached)
+
+
+def _direct_and_cached(over: dict, captions: list[str], inputs: dict):
+    """The direct step (forward + backward) and the 4-chunk GradCache step of two identical models."""
     direct = _model(**over)
     losses = direct.forward_train(captions, **inputs)
     losses["loss"].backward()
     cached = _model(**over)
-    out = grad_cache_step(cached, TrainForward(cached), captions, inputs, 4)
-    assert float(out["loss_itc"]) == pytest.approx(float(losses["loss_itc"].detach()), rel=1e-5)
-    assert float(out["loss"]) == pytest.approx(float(losses["loss"].detach()), rel=1e-5)
-    _assert_same_grads(direct, cached)
+    return direct, losses, cached, grad_cache_step(cached, TrainForward(cached), captions, inputs, 4)
 
 
 def _assert_same_grads(direct, cached, floor: float = 1e-6) -> None:
@@ -69,12 +74,7 @@ def test_four_chunks_with_the_multi_label_loss_equal_the_direct_step(pool):
             "model.multi_label_pool": pool}  # fmt: skip
     first, second = ["cat", "dog", "bird"], ["tree", "car", "boat", "lamp", "cat"]
     captions = [f"a {first[i % 3]} and a {second[i % 5]}" for i in range(B)]
-    _, inputs = _batch()
-    direct = _model(**over)
-    losses = direct.forward_train(captions, **inputs)
-    losses["loss"].backward()
-    cached = _model(**over)
-    out = grad_cache_step(cached, TrainForward(cached), captions, inputs, 4)
+    direct, losses, cached, out = _direct_and_cached(over, captions, _batch()[1])
     for key in ("loss_itc", "loss_multi_label", "loss"):
         assert float(out[key]) == pytest.approx(float(losses[key].detach()), rel=1e-5), key
     assert cached.multi_label_logit_scale.grad is not None
