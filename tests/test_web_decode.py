@@ -109,6 +109,27 @@ def test_turbo_decoder_other_formats_and_colour_spaces_take_the_pil_path_with_th
         assert (a - b).abs().mean(dim=(1, 2, 3)).max() < 0.1, (mode, fmt)
 
 
+def test_turbo_decoder_reuses_its_buffer_safely_and_pickles_without_it():
+    """One decoder over images of other sizes gives what a fresh decoder gives each (the decode buffer is
+    reused, never aliased by an output); the loader workers get a copy without the buffer."""
+    import pickle
+
+    pytest.importorskip("simplejpeg")
+    images = [jpeg_bytes(6, (640, 480)), jpeg_bytes(7, (96, 80)), jpeg_bytes(8, (700, 500))]
+    shared = TurboDecoder(64, (0.3, 1.0), True)
+    torch.manual_seed(9)
+    kept = [shared(data) for data in images]
+    torch.manual_seed(9)
+    fresh = [TurboDecoder(64, (0.3, 1.0), True)(data) for data in images]
+    assert all(torch.equal(a, b) for a, b in zip(kept, fresh))
+    blob = pickle.dumps(shared)  # after a 700 x 500 decode the buffer holds > 1 MB
+    assert len(blob) < 100_000
+    torch.manual_seed(3)
+    copy_out = pickle.loads(blob)(images[2])
+    torch.manual_seed(3)
+    assert torch.equal(copy_out, shared(images[2]))
+
+
 def test_turbo_decoder_raises_on_bytes_nothing_can_decode():
     pytest.importorskip("simplejpeg")
     fast, _ = _turbo_and_reference()

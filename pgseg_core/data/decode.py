@@ -128,6 +128,7 @@ class TurboDecoder:
         self.hflip = hflip
         self.mean255 = torch.tensor(_MEAN).view(3, 1, 1) * 255.0
         self.inv_std255 = 1.0 / (torch.tensor(_STD).view(3, 1, 1) * 255.0)
+        self._buffer: bytearray | None = None  # decode target, grown as needed
 
     def __call__(self, data: bytes) -> torch.Tensor:
         import simplejpeg
@@ -140,8 +141,11 @@ class TurboDecoder:
             return self._pil(data)
         top, left, ch, cw = self._params(h, w)
         m = dct_eighths(cw, ch, self.size)
-        try:  # libjpeg-turbo scales by M/8 in the IDCT: output ceil(h·M/8) x ceil(w·M/8)
-            arr = simplejpeg.decode_jpeg(data, "rgb", min_height=-(-h * m // 8), min_width=-(-w * m // 8))
+        oh, ow = -(-h * m // 8), -(-w * m // 8)  # libjpeg-turbo scales by M/8 in the IDCT
+        if self._buffer is None or len(self._buffer) < oh * ow * 3:  # reused: no page faults per image
+            self._buffer = bytearray(oh * ow * 3)
+        try:
+            arr = simplejpeg.decode_jpeg(data, "rgb", min_height=oh, min_width=ow, buffer=self._buffer)
         except ValueError:  # e.g. CMYK, or a corrupt stream: PIL decides, with the same crop
             return self._pil(data, (top, left, ch, cw))
         sy, sx = arr.shape[0] / h, arr.shape[1] / w
@@ -149,6 +153,9 @@ class TurboDecoder:
         y1, x1 = max(round((top + ch) * sy), y0 + 1), max(round((left + cw) * sx), x0 + 1)
         crop = torch.from_numpy(arr[y0:y1, x0:x1]).permute(2, 0, 1).unsqueeze(0)  # [1, 3, h', w'] uint8
         return self._finish(crop)
+
+    def __getstate__(self) -> dict:  # sent to loader workers without the decode buffer
+        return {**self.__dict__, "_buffer": None}
 
     def _params(self, h: int, w: int) -> tuple[int, int, int, int]:
         shape_only = torch.empty(1, 1, 1).expand(1, h, w)  # get_params reads the size only
