@@ -7,7 +7,7 @@ this process, so images/s is per core. The decoders are interleaved (each repeat
 in a rotated order) and the report gives the median and the spread (min, max) over repeats, and each
 decoder's median ratio to ``pil``. With CUDA, the GPU path's batched images/s is reported too.
 
-    python benchmarks/bench_loader.py --out benchmarks/results/bench_loader_cpu.json
+    python benchmarks/bench_loader.py --out benchmarks/results/bench_loader_cpu_run1.json
     python benchmarks/bench_loader.py --source photos --out benchmarks/results/bench_loader_cpu_photos.json
     python benchmarks/bench_loader.py --quick --out /tmp/b.json      # a few images, for tests
 
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument(
         "--quick", action="store_true", help="8 images, 2 repeats (a smoke test, not a measurement)"
     )
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_loader_cpu.json"))
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/bench_loader_cpu_run1.json"))
     args = p.parse_args(argv)
     if args.quick:
         args.images, args.repeats = 8, 2
