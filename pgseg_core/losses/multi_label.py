@@ -30,7 +30,7 @@ import torch.nn.functional as F
 
 from .contrastive import gather_with_grad
 
-__all__ = ["multi_label_contrastive", "prompt_share"]
+__all__ = ["multi_label_contrastive", "prompt_share", "share_sizes"]
 
 
 def _world() -> tuple[int, int]:
@@ -40,13 +40,19 @@ def _world() -> tuple[int, int]:
     return 1, 0
 
 
+def share_sizes(n: int, parts: int) -> list[int]:
+    """``n`` rows in ``parts`` contiguous shares whose sizes differ by <= 1 (the first ones larger)."""
+    base, extra = divmod(n, parts)
+    return [base + (1 if k < extra else 0) for k in range(parts)]
+
+
 def prompt_share(num_prompts: int) -> slice:
-    """This process's contiguous share of ``num_prompts`` prompt rows (rank order, sizes differ by <= 1;
+    """This process's contiguous share of ``num_prompts`` prompt rows (:func:`share_sizes` in rank order;
     ``slice(0, P)`` for one process)."""
     world, rank = _world()
-    base, extra = divmod(num_prompts, world)
-    lo = rank * base + min(rank, extra)
-    return slice(lo, lo + base + (1 if rank < extra else 0))
+    sizes = share_sizes(num_prompts, world)
+    lo = sum(sizes[:rank])
+    return slice(lo, lo + sizes[rank])
 
 
 def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -116,7 +122,7 @@ def _gather_prompt_rows(prm: torch.Tensor, num_prompts: int) -> torch.Tensor:
     from torch.distributed.nn.functional import all_gather
 
     world = torch.distributed.get_world_size()
-    sizes = [(num_prompts // world) + (1 if r < num_prompts % world else 0) for r in range(world)]
+    sizes = share_sizes(num_prompts, world)
     pad = prm.new_zeros(max(sizes) - prm.shape[0], prm.shape[1])
     parts = all_gather(torch.cat([prm, pad]).contiguous())
     return torch.cat([part[:n] for part, n in zip(parts, sizes)])

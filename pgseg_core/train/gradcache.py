@@ -32,7 +32,7 @@ import torch
 from ..errors import ConfigError
 from ..losses.caption_prompts import gather_prompt_sets
 from ..losses.contrastive import image_text_contrastive
-from ..losses.multi_label import multi_label_contrastive, prompt_share
+from ..losses.multi_label import multi_label_contrastive, prompt_share, share_sizes
 
 __all__ = ["grad_cache_step", "split_batch"]
 
@@ -75,10 +75,9 @@ def _step_prompts(
         return None, None
     prompts, targets = gather_prompt_sets(*model.caption_prompts(captions))
     mine = prompts[prompt_share(len(prompts))]
-    base, extra = divmod(len(mine), chunks)
     bounds = [0]
-    for k in range(chunks):
-        bounds.append(bounds[-1] + base + (1 if k < extra else 0))
+    for size in share_sizes(len(mine), chunks):
+        bounds.append(bounds[-1] + size)
     return [mine[a:b] for a, b in zip(bounds, bounds[1:])], targets
 
 
