@@ -26,6 +26,8 @@ def test_vit_dense_is_value_path_of_last_block(vit_ref):
     dense = bb.dense(x)
     assert dense.shape == (2, 32, 3, 4)
     assert torch.allclose(dense.norm(dim=1), torch.ones(2, 3, 4), atol=1e-5)
+    want = min(float(bb.clip.logit_scale.detach().exp()), 100.0)
+    assert bb.logit_scale == pytest.approx(want, rel=1e-6)  # the baseline's softmax scale
     # independent computation: run the tower with the last block's attention replaced by its value path
     v = bb.clip.visual
     last = v.transformer.resblocks[-1]

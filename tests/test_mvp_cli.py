@@ -100,6 +100,40 @@ def test_baseline_eval_with_cache_and_segment(setup):
     run("segment", img, "-c", f"baseline:{ref}", "--classes", "cat", "-o", seg, "--format", "png")
     assert (seg / "img2_label.png").is_file()
 
+    # --bg-thresh: GroupViT's background rule on the baseline; at 1.0 no class reaches it
+    third = root / "b3.json"
+    run(*args, "--output", third, "--bg-thresh", "1.0", *SMALL)
+    c = json.loads(third.read_text())
+    per_class = c["splits"]["all"]["per_class"]
+    assert c["eval_config"]["bg_thresh"] == 1.0 and per_class["background"]["pred_pixels"] > 0
+    assert all(v["pred_pixels"] == 0 for k, v in per_class.items() if k != "background")
+    assert a["eval_config"]["bg_thresh"] == 0.0
+    seg2 = root / "bseg2"
+    run("segment", img, "-c", f"baseline:{ref}", "--classes", "cat,dog", "-o", seg2, "--format", "png",
+        "--bg-thresh", "1.0")  # fmt: skip
+    assert not np.asarray(Image.open(seg2 / "img2_label.png")).any()
+
+
+def test_train_with_background_threshold(setup):
+    """mvp.bg_thresh > 0: background pixels are not learned (no background prompt class) and inference
+    thresholds it; the checkpoint's value is the default and --bg-thresh overrides it."""
+    root, ref = setup
+    run_dir = root / "run_thr"
+    run("train", "--method", "mvp-seg", "--backbone", ref, "--data", root / "shards", "--out", run_dir,
+        "--mvp.steps", "2", "--mvp.batch_size", "2", "--mvp.bg_thresh", "0.5", *SMALL)  # fmt: skip
+    ck = torch.load(run_dir / "mvp.pt", weights_only=True)
+    assert "background" not in ck["seen_classes"] and ck["config"]["bg_thresh"] == 0.5
+    assert "cat" in ck["seen_classes"]
+    got = {}
+    for thr in ("", "1.0"):
+        out = root / f"thr{thr}.json"
+        flag = ["--bg-thresh", thr] if thr else []
+        run("eval", "-c", run_dir / "mvp.pt", "--data", root / "shards", "--output", out, *flag)
+        got[thr] = json.loads(out.read_text())
+    assert got[""]["eval_config"]["bg_thresh"] == 0.5 and got["1.0"]["eval_config"]["bg_thresh"] == 1.0
+    per_class = got["1.0"]["splits"]["all"]["per_class"]
+    assert all(v["pred_pixels"] == 0 for k, v in per_class.items() if k != "background")
+
 
 def test_cache_benchmark_quick(tmp_path):
     import subprocess

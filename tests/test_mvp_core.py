@@ -94,3 +94,33 @@ def test_cell_targets_sample_cell_centres():
     assert got.tolist() == [[label[2, 2], label[2, 6]], [label[6, 2], label[6, 6]], [255, 255]]
     half = _cell_targets(label, (1, 1), 4, (4, 4))  # the image was resized to half: centre (2, 2) -> (4, 4)
     assert half.tolist() == [[label[4, 4]]]
+
+
+def test_bg_thresh_rule_matches_hand_computation(tmp_path):
+    """bg_thresh > 0: the classes after "background" are scored alone and background is the constant
+    threshold (GroupViT's rule); 0: background is one more text class."""
+    from _mvp_fixtures import tiny_open_clip
+    from pgseg_core.backbones import load_backbone
+    from pgseg_core.mvp.predict import DensePredictor
+    from pgseg_core.mvp.templates import template_set
+
+    bb = load_backbone(tiny_open_clip(tmp_path))
+    with torch.no_grad():
+        dense = bb.dense(torch.randn(1, 3, 48, 64))  # [1, D, 3, 4], L2-normalised
+    names = ["background", "cat", "dog"]
+    plain = DensePredictor(bb, None, template_set("groupvit"))
+    thresh = DensePredictor(bb, None, template_set("groupvit"), bg_thresh=0.6)
+    emb = bb.class_embeddings(["cat", "dog"], template_set("groupvit"))
+    logits = torch.einsum("bdhw,cd->bchw", dense, emb) * bb.logit_scale
+    want_fg = torch.exp(logits) / torch.exp(logits).sum(dim=1, keepdim=True)
+    got = thresh.grid_scores(dense, names)
+    assert torch.allclose(got[:, 1:], want_fg, atol=1e-5) and bool((got[:, 0] == 0.6).all())
+    assert plain.grid_scores(dense, names).shape == (1, 3, 3, 4)
+    assert torch.allclose(plain.grid_scores(dense, names).sum(dim=1), torch.ones(1, 3, 4), atol=1e-5)
+    # without "background" first there is nothing to threshold
+    assert torch.allclose(thresh.grid_scores(dense, ["cat", "dog"]), want_fg, atol=1e-5)
+    from pgseg_core.errors import ConfigError
+    from pgseg_core.mvp.config import MVPConfig
+
+    with pytest.raises(ConfigError, match="bg_thresh"):
+        MVPConfig().with_overrides({"mvp.bg_thresh": 1.5})

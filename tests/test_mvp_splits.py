@@ -88,6 +88,9 @@ def test_pgseg_checkpoint_backbone_dense_map(tiny_checkpoint):
         assert torch.allclose(
             bb.text.encode_prompted(ctx, ["cat"]), bb.text.encode_texts(["a photo of a cat."]), atol=1e-5
         )
+    # the baseline's softmax scale is the checkpoint's own: min(exp(logit_scale), 100)
+    want = min(math.exp(float(bb.model.logit_scale.detach())), 100.0)
+    assert bb.logit_scale == pytest.approx(want, rel=1e-6)
 
 
 def test_minilm_prompt_context_reproduces_the_plain_text():

@@ -188,8 +188,9 @@ def register(app: typer.Typer) -> None:
         figure_options = None if figures is False else EvalFigureOptions(grid_images, required=bool(figures))
         failed: MetricsWriteError | None = None
         if mvp_cli.is_method_reference(checkpoint):  # MVP-SEG checkpoint or baseline:BACKBONE
-            mvp_cli.reject({"'--protocol'": protocol, "'--sweep'": sweep, "'--bg-thresh'": bg_thresh,
-                            "'--top-k'": top_k}, overrides)  # fmt: skip
+            if bg_thresh is not None:  # the same rule, as the MVP-SEG setting (docs/MVP_SEG.md §4)
+                overrides["mvp.bg_thresh"] = overrides.pop("eval.bg_thresh")
+            mvp_cli.reject({"'--protocol'": protocol, "'--sweep'": sweep, "'--top-k'": top_k}, overrides)
             args = (data, dataset, data_root, split, zs_split, overrides, device, max_images, cache, output)
             return render(mvp_cli.evaluate(checkpoint, *args), per_class=per_class)
         rank, device = _join_torchrun(device_or_auto(device))

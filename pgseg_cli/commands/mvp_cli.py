@@ -95,11 +95,12 @@ def evaluate(checkpoint: str, data: str | None, dataset: str | None, data_root: 
 
 def segment(images: list[str], checkpoint: str, out_dir: Path, classes: list[str], fmt: str,
             device: str | None, cache: Path | None, recursive: bool, skip_existing: bool, stdin: Any,
-            on_record: Any, short_side: int | None) -> Any:  # fmt: skip
+            on_record: Any, short_side: int | None, bg_thresh: float | None = None) -> Any:  # fmt: skip
     """``pgseg segment`` with an MVP-SEG checkpoint or ``baseline:BACKBONE``; returns the summary."""
     from pgseg_core.mvp.segment import segment_with_method
 
-    overrides = {} if short_side is None else {"short_side": short_side}
+    given = {"short_side": short_side, "bg_thresh": bg_thresh}
+    overrides = {k: v for k, v in given.items() if v is not None}
     with progress_bar("segment") as update:
         return segment_with_method(
             images, checkpoint, out_dir, classes, formats=fmt, device=device or "auto", overrides=overrides,

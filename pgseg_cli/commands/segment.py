@@ -118,7 +118,7 @@ def register(app: typer.Typer) -> None:
         checkpoint, out_dir = _defaults(checkpoint, out_dir)
         ensure_dir(out_dir)  # a file or an uncreatable path: one line before any model work
         if mvp_cli.is_method_reference(checkpoint):  # MVP-SEG checkpoint or baseline:BACKBONE
-            unused = {"'--bg-words'": bg_words, "'--template'": template, "'--bg-thresh'": bg_thresh,
+            unused = {"'--bg-words'": bg_words, "'--template'": template,
                       "'--templates-file'": templates_file, "'--top-k'": top_k, "'--onnx'": onnx,
                       "'--export-onnx'": export_onnx, "'--backend'": backend != "torch"}  # fmt: skip
             mvp_cli.reject(unused)
@@ -131,7 +131,9 @@ def register(app: typer.Typer) -> None:
                 skip_existing,
                 sys.stdin if "-" in images else None,
             )
-            summary = mvp_cli.segment(images, checkpoint, out_dir, names, *args, _emitter(jsonl), short_side)
+            summary = mvp_cli.segment(
+                images, checkpoint, out_dir, names, *args, _emitter(jsonl), short_side, bg_thresh
+            )
             return _render(summary, out_dir, feature_cache, err if jsonl else None)
 
         overrides = {

@@ -16,8 +16,9 @@ class FrozenBackbone(nn.Module):
     """A frozen image tower with a dense readout in the joint space, and its frozen text tower.
 
     Subclasses set ``reference`` (the spec string that rebuilds it, stored in checkpoints), ``identity``
-    (sha256 of its weights), ``stride``
-    (pixels per dense cell) and ``text`` (:class:`pgseg_core.backbones.text.ClipCausalText` or
+    (sha256 of its weights), ``stride`` (pixels per dense cell), ``logit_scale`` (the model's own
+    s = min(exp(logit_scale), 100) that multiplies cosines before a softmax; CLIP's trained value is 100)
+    and ``text`` (:class:`pgseg_core.backbones.text.ClipCausalText` or
     :class:`~pgseg_core.backbones.text.MiniLMText`), and implement :meth:`dense`. Every parameter is frozen
     (``requires_grad=False``) and the module stays in eval mode (BatchNorm statistics never change).
     """
@@ -25,6 +26,7 @@ class FrozenBackbone(nn.Module):
     reference: str = ""
     identity: str = ""  # sha256 of the weights: the feature cache's key of the backbone
     stride: int = 16
+    logit_scale: float = 100.0
     text: nn.Module
 
     def freeze(self) -> "FrozenBackbone":

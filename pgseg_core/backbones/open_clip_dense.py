@@ -69,6 +69,7 @@ class OpenClipBackbone(FrozenBackbone):
         self.reference = f"open_clip:{model_name}:{weights}"
         self.identity = file_sha256(weights)
         self.clip = model
+        self.logit_scale = float(model.logit_scale.detach().exp().clamp(max=100.0))
         visual = model.visual
         self.is_vit = hasattr(visual, "conv1") and hasattr(visual, "class_embedding")
         if self.is_vit:

@@ -34,6 +34,7 @@ class PGSegBackbone(FrozenBackbone):
         self.reference = f"pgseg:{checkpoint}"
         self.identity = info.sha256
         self.model = model
+        self.logit_scale = float(model.logit_scale_value())
         tower = model.text_encoder
         if isinstance(tower, TextTransformer):
             self.text = ClipCausalText(

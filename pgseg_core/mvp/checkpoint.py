@@ -104,7 +104,9 @@ def load_predictor(
     if ref.startswith(BASELINE_PREFIX):
         cfg = MVPConfig().with_overrides(overrides or {})
         backbone = load_backbone(ref[len(BASELINE_PREFIX) :], device)
-        pred = DensePredictor(backbone, None, template_set(cfg.templates), cfg.short_side, cfg.max_long)
+        pred = DensePredictor(
+            backbone, None, template_set(cfg.templates), cfg.short_side, cfg.max_long, cfg.bg_thresh
+        )
         return LoadedMethod(pred, "baseline", ref, backbone.identity, None, cfg)
     obj = _read(reference)
     if obj is None:
@@ -121,6 +123,8 @@ def load_predictor(
     model = MVPSeg(backbone, cfg)
     model.load_trainable_state(obj["state"])
     model.eval()
-    pred = DensePredictor(backbone, model, template_set(cfg.templates), cfg.short_side, cfg.max_long)
+    pred = DensePredictor(
+        backbone, model, template_set(cfg.templates), cfg.short_side, cfg.max_long, cfg.bg_thresh
+    )
     path = _file(reference)
     return LoadedMethod(pred, "mvp-seg", str(path), file_sha256(path), int(obj.get("step", 0)), cfg, obj)

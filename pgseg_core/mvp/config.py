@@ -27,6 +27,10 @@ class MVPConfig:
         steps, batch_size, lr, weight_decay, seed: prompt training (AdamW on prompts and scales).
         short_side, max_long: training / inference resize (the eval preprocessing), pixels.
         templates: the baseline's template set: "groupvit" (GroupViT's) or "imagenet80".
+        bg_thresh: in [0, 1]. 0: "background" is a class like the others, scored by its text embedding
+            (baseline) or learned as a seen class (MVP-SEG). Above 0: GroupViT's background rule, the other
+            classes are scored without it and a pixel is background where none reaches bg_thresh; MVP-SEG
+            training then ignores background pixels (only the object classes are learned).
     """
 
     views: int = 3
@@ -47,6 +51,11 @@ class MVPConfig:
     short_side: int = 224
     max_long: int = 448
     templates: str = "groupvit"
+    bg_thresh: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.bg_thresh <= 1.0:
+            raise ConfigError(f"MVP-SEG setting 'bg_thresh' must be in [0, 1], got {self.bg_thresh}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,8 +7,13 @@ One image: resize (short side ``short_side``, long side at most ``max_long``) an
 the whole image (no sliding windows), class maps on the dense grid, bilinear upsampling to the padded size,
 crop of the padding, bilinear resize to the original size, arg-max.
 
-- Baseline: softmax over classes of 100 · cos(F, t_c), t_c the template-ensembled class embedding.
+- Baseline: softmax over classes of s · cos(F, t_c), t_c the template-ensembled class embedding and s the
+  backbone's own logit scale (:attr:`FrozenBackbone.logit_scale`: CLIP's 100, a GroupViT / PGSeg checkpoint's
+  learned value), as the backbone scores classes in its own zero-shot protocol.
 - MVP-SEG: the GPR-gated fused masks m_f^c · g_c (:class:`pgseg_core.mvp.model.MVPSeg`).
+- ``bg_thresh`` > 0 (either method): GroupViT's background rule. The classes after ``"background"`` are scored
+  without it and background's score is the constant ``bg_thresh``, so a pixel is background where no class
+  reaches it (docs/MVP_SEG.md §4).
 """
 
 from __future__ import annotations
@@ -21,12 +26,11 @@ import torch.nn.functional as F
 
 from ..backbones.base import FrozenBackbone
 from ..inference.preprocess import image_to_tensor, pad_to_stride
+from .data import BACKGROUND
 from .dense_cache import image_content_key, read_dense, write_dense
 from .model import MVPSeg
 
-__all__ = ["DensePredictor", "BASELINE_SCALE"]
-
-BASELINE_SCALE = 100.0  # CLIP's logit scale
+__all__ = ["DensePredictor"]
 
 
 @dataclass
@@ -38,6 +42,7 @@ class DensePredictor:
     templates: list[str]
     short_side: int = 448
     max_long: int = 2048
+    bg_thresh: float = 0.0
     cache: object | None = None
     _emb: dict = field(default_factory=dict)
     encoded: int = 0
@@ -76,10 +81,21 @@ class DensePredictor:
 
     @torch.no_grad()
     def grid_scores(self, dense: torch.Tensor, names: list[str]) -> torch.Tensor:
-        """[B, C, h, w] class scores in [0, 1] on the dense grid."""
+        """[B, C, h, w] class scores in [0, 1] on the dense grid (C = len(names)); with ``bg_thresh`` > 0
+        and ``names[0] == "background"``, channel 0 is the constant ``bg_thresh`` and the other channels
+        are the scores of ``names[1:]`` alone."""
+        if self.bg_thresh > 0 and len(names) > 1 and names[0] == BACKGROUND:
+            fg = self.grid_scores_all(dense, names[1:])
+            return torch.cat([torch.full_like(fg[:, :1], self.bg_thresh), fg], dim=1)
+        return self.grid_scores_all(dense, names)
+
+    @torch.no_grad()
+    def grid_scores_all(self, dense: torch.Tensor, names: list[str]) -> torch.Tensor:
+        """[B, C, h, w] scores of every name, background (if named) included like any class."""
         emb = self.embeddings(names)
         if self.model is None:
-            return torch.softmax(BASELINE_SCALE * torch.einsum("bdhw,cd->bchw", dense, emb), dim=1)
+            scale = self.backbone.logit_scale
+            return torch.softmax(scale * torch.einsum("bdhw,cd->bchw", dense, emb), dim=1)
         return self.model(dense, emb).gated
 
     @torch.no_grad()

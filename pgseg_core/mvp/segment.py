@@ -99,8 +99,9 @@ def segment_with_method(
             try:
                 image = np.asarray(load_image_rgb(im.path))
                 label, scores = pred.predict(image, vocab)
+                label_np, scores_np = label.cpu().numpy(), scores.cpu().numpy()
                 record = write_outputs(
-                    plan, image, label.cpu().numpy(), scores.cpu().numpy(), classes, str(im.path), 0.0
+                    plan, image, label_np, scores_np, classes, str(im.path), pred.bg_thresh
                 )
             except (OSError, ValueError) as e:
                 summary.failed.append({"image": str(im.path), "error": f"{im.path}: {e}"})

@@ -28,7 +28,7 @@ from ..utils.device import resolve_device
 from ..utils.io import atomic_write_json, ensure_dir
 from .checkpoint import RUN_FILE, save_mvp_checkpoint
 from .config import MVPConfig
-from .data import open_labelled, remap_label, sample_names, vocabulary
+from .data import BACKGROUND, open_labelled, remap_label, sample_names, vocabulary
 from .dense_cache import open_dense_cache
 from .losses import classification_loss, image_labels, segmentation_loss, total_loss
 from .model import MVPSeg
@@ -183,6 +183,8 @@ def train_mvp(
         data, dataset, data_root, parts=parts or [DEFAULT_TRAIN_PART if dataset is None else "train"], zs=zs
     )
     vocab = vocabulary(labelled, list(zs.seen))
+    if cfg.bg_thresh > 0:  # background is GroupViT's threshold, never a learned class: its pixels are ignored
+        vocab = [c for c in vocab if c != BACKGROUND]
     pred = DensePredictor(bb, None, [], cfg.short_side, cfg.max_long)
     if use_cache:
         pred.cache = open_dense_cache(cache or out / "dense_cache.h5", bb, cfg.short_side, cfg.max_long)
