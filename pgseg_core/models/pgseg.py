@@ -215,8 +215,7 @@ class PGSeg(nn.Module):
         if use_ml:
             # several processes: the global prompts, this rank encodes its share (losses/multi_label.py)
             if ml_prompts is None:
-                prompts, targets = gather_prompt_sets(*self.caption_prompts(texts))
-                mine = prompts[prompt_share(len(prompts))]
+                mine, targets = self.rank_prompts(texts)
             else:
                 mine, targets = list(ml_prompts), None
             prompt_pooled = self.text_encoder(mine).pooled if mine else text_feats.pooled[:0]
@@ -273,6 +272,19 @@ class PGSeg(nn.Module):
             templates = template_set(cfg.multi_label_templates)
         nouns = noun_source(cfg.multi_label_nouns)
         return build_prompts(list(texts), cfg.multi_label, nouns, templates, cfg.multi_label_pad)
+
+    def rank_prompts(self, texts: list[str]) -> tuple[list[str], torch.Tensor]:
+        """The multi-label prompts this process encodes, and the global targets.
+
+        The ranks' :meth:`caption_prompts` are gathered into the global batch's distinct prompts
+        (:func:`~pgseg_core.losses.caption_prompts.gather_prompt_sets`; one process: unchanged) and this
+        rank keeps its contiguous share (:func:`~pgseg_core.losses.multi_label.prompt_share`).
+
+        Returns:
+            (this rank's prompts, bool targets [G, P] of the G global captions over the P global prompts).
+        """
+        prompts, targets = gather_prompt_sets(*self.caption_prompts(texts))
+        return prompts[prompt_share(len(prompts))], targets
 
     def _prototype_losses(self, vis: VisionOutput, text_feats) -> dict[str, torch.Tensor]:
         npr = self.cfg.npr

@@ -30,9 +30,8 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from ..losses.caption_prompts import gather_prompt_sets
 from ..losses.contrastive import image_text_contrastive
-from ..losses.multi_label import multi_label_contrastive, prompt_share, share_sizes
+from ..losses.multi_label import multi_label_contrastive, share_sizes
 
 __all__ = ["grad_cache_step", "split_batch"]
 
@@ -73,8 +72,7 @@ def _step_prompts(
     [G, P]; (None, None) without the multi-label loss."""
     if model.cfg.multi_label <= 0:
         return None, None
-    prompts, targets = gather_prompt_sets(*model.caption_prompts(captions))
-    mine = prompts[prompt_share(len(prompts))]
+    mine, targets = model.rank_prompts(captions)
     bounds = [0]
     for size in share_sizes(len(mine), chunks):
         bounds.append(bounds[-1] + size)
