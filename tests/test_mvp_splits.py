@@ -15,10 +15,13 @@ from pgseg_core.splits import apply_split, default_split, load_split, seen_unsee
 
 
 def test_shipped_splits_have_the_standard_counts():
-    assert split_names() == ["coco-stuff-156-15", "demo-30-8", "pc59-49-10", "voc-15-5"]
+    assert split_names() == ["coco-stuff-156-15", "demo-30-8", "demo-caption-22-8", "pc59-49-10", "voc-15-5"]
     counts = {n: (len(load_split(n).seen), len(load_split(n).unseen)) for n in split_names()}
     assert counts == {"voc-15-5": (15, 5), "pc59-49-10": (49, 10), "coco-stuff-156-15": (156, 15),
-                      "demo-30-8": (30, 8)}  # fmt: skip
+                      "demo-30-8": (30, 8), "demo-caption-22-8": (22, 8)}  # fmt: skip
+    caption = load_split("demo-caption-22-8")  # every fourth caption class from the second is unseen
+    assert list(caption.classes) == list(load_split("demo-30-8").seen)
+    assert list(caption.unseen) == list(caption.classes)[1::4]
     assert set(load_split("voc-15-5").unseen) == {"plant", "sheep", "sofa", "train", "monitor"}
     assert default_split("voc20") == "voc-15-5" and default_split(None) == "demo-30-8"
     with pytest.raises(ConfigError, match="no zero-shot split"):
