@@ -14,7 +14,7 @@ import torch
 from pgseg_core.config import load_config
 from pgseg_core.losses.caption_nouns import caption_nouns
 from pgseg_core.data.sources.demo.vocab import CAPTION_TEMPLATES as _TEMPLATES, class_phrase as _phrase
-from pgseg_core.losses.multi_label import multi_label_contrastive
+from pgseg_core.losses.multi_label import multi_label_contrastive, share_sizes, share_slices
 from pgseg_core.models.factory import create_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -162,6 +162,16 @@ def test_one_group_equals_image_level():
     assert float(multi_label_contrastive(img[:, None], prm, t, scale)) == pytest.approx(
         float(multi_label_contrastive(img, prm, t, scale)), rel=1e-6
     )
+
+
+@pytest.mark.parametrize("n,parts", [(7, 3), (2, 4), (0, 2), (9, 1), (12, 4)])
+def test_share_slices_cover_the_rows_in_near_equal_contiguous_parts(n, parts):
+    slices = share_slices(n, parts)
+    rows = [i for s in slices for i in range(n)[s]]
+    assert rows == list(range(n)) and len(slices) == parts
+    sizes = [len(range(n)[s]) for s in slices]
+    assert sizes == share_sizes(n, parts) and sizes == sorted(sizes, reverse=True)
+    assert max(sizes) - min(sizes) <= 1
 
 
 def test_bad_targets_raise():

@@ -25,12 +25,14 @@ gradients.
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
 from .contrastive import gather_with_grad
 
-__all__ = ["multi_label_contrastive", "prompt_share", "share_sizes"]
+__all__ = ["multi_label_contrastive", "prompt_share", "share_sizes", "share_slices"]
 
 
 def _world() -> tuple[int, int]:
@@ -46,13 +48,17 @@ def share_sizes(n: int, parts: int) -> list[int]:
     return [base + (1 if k < extra else 0) for k in range(parts)]
 
 
+def share_slices(n: int, parts: int) -> list[slice]:
+    """The contiguous slices of :func:`share_sizes`, in order; together they cover ``range(n)``."""
+    bounds = [0, *itertools.accumulate(share_sizes(n, parts))]
+    return [slice(lo, hi) for lo, hi in zip(bounds, bounds[1:])]
+
+
 def prompt_share(num_prompts: int) -> slice:
-    """This process's contiguous share of ``num_prompts`` prompt rows (:func:`share_sizes` in rank order;
+    """This process's contiguous share of ``num_prompts`` prompt rows (:func:`share_slices` in rank order;
     ``slice(0, P)`` for one process)."""
     world, rank = _world()
-    sizes = share_sizes(num_prompts, world)
-    lo = sum(sizes[:rank])
-    return slice(lo, lo + sizes[rank])
+    return share_slices(num_prompts, world)[rank]
 
 
 def _soft_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

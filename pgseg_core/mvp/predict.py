@@ -85,12 +85,12 @@ class DensePredictor:
         and ``names[0] == "background"``, channel 0 is the constant ``bg_thresh`` and the other channels
         are the scores of ``names[1:]`` alone."""
         if self.bg_thresh > 0 and len(names) > 1 and names[0] == BACKGROUND:
-            fg = self.grid_scores_all(dense, names[1:])
+            fg = self._class_scores(dense, names[1:])
             return torch.cat([torch.full_like(fg[:, :1], self.bg_thresh), fg], dim=1)
-        return self.grid_scores_all(dense, names)
+        return self._class_scores(dense, names)
 
     @torch.no_grad()
-    def grid_scores_all(self, dense: torch.Tensor, names: list[str]) -> torch.Tensor:
+    def _class_scores(self, dense: torch.Tensor, names: list[str]) -> torch.Tensor:
         """[B, C, h, w] scores of every name, background (if named) included like any class."""
         emb = self.embeddings(names)
         if self.model is None:

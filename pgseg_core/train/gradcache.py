@@ -31,7 +31,7 @@ import torch
 
 from ..errors import ConfigError
 from ..losses.contrastive import image_text_contrastive
-from ..losses.multi_label import multi_label_contrastive, share_sizes
+from ..losses.multi_label import multi_label_contrastive, share_slices
 
 __all__ = ["grad_cache_step", "split_batch"]
 
@@ -73,10 +73,7 @@ def _step_prompts(
     if model.cfg.multi_label <= 0:
         return None, None
     mine, targets = model.rank_prompts(captions)
-    bounds = [0]
-    for size in share_sizes(len(mine), chunks):
-        bounds.append(bounds[-1] + size)
-    return [mine[a:b] for a, b in zip(bounds, bounds[1:])], targets
+    return [mine[part] for part in share_slices(len(mine), chunks)], targets
 
 
 def grad_cache_step(model, forward, captions: list[str], inputs: dict[str, torch.Tensor], chunks: int,
