@@ -111,27 +111,31 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
                         cache: str | Path | None = None, sweep: str | None = None, figures: Any = None,
                         splits: list[str] | None = None, eval_overrides: dict[str, Any] | None = None,
                         device: str = "auto", max_images: int | None = None, out: str | Path | None = None,
+                        ignore_background: bool = False,
                         progress: Progress | None = None) -> EvalReport:  # fmt: skip
     """Evaluate a checkpoint on shards (``data``) or a benchmark ``dataset`` under ``data_root`` and write the
     metrics JSON to ``out`` (default :func:`pgseg_core.eval.report.metrics_path`, checked before any image is
     encoded). ``protocol``: default ``groupvit`` for a dataset, the checkpoint's settings for shards;
     ``eval_overrides`` apply last; ``cache``, ``sweep``, ``figures``: :func:`~.eval.report.evaluate_loaded`.
+    ``ignore_background`` (shards): background pixels ignored, only the classes scored (:class:`EvalTarget`).
 
     Raises:
         ConfigError: not exactly one of ``data`` / ``dataset``, no ``data_root``, a bad protocol, key or
-            sweep. DataError: bad data or a foreign cache. OutputError: ``out`` or the cache unwritable;
-            ``MetricsWriteError`` (carries the report) when the final write fails. CheckpointError, ...
+            sweep; ``ignore_background`` with a dataset. DataError: bad data or a foreign cache. OutputError:
+            ``out`` or the cache unwritable; ``MetricsWriteError`` (carries the report) when the final write
+            fails. CheckpointError, ...
     """
     from .checkpoint import load_checkpoint
     from .eval.protocol import model_family
     from .eval.report import CheckpointRef, EvalTarget, eval_settings, evaluate_loaded
-    from .eval.report import check_metrics_path, metrics_path, write_metrics
+    from .eval.report import check_ignore_background, check_metrics_path, metrics_path, write_metrics
     from .utils.device import resolve_device
 
     if (data is None) == (dataset is None):
         raise ConfigError("give either demo shards or a benchmark dataset name with its folder, not both")
     if dataset is not None and data_root is None:
         raise ConfigError(f"dataset {dataset} needs its folder (the dataset's mmseg-layout root)")
+    check_ignore_background(dataset, ignore_background)
     if out is not None:
         check_metrics_path(out)  # before the checkpoint is even loaded
     dev = resolve_device(device)
@@ -144,7 +148,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path | None = None, 
         split = (splits or ["val"])[0]
         target = EvalTarget(dataset=_open_dataset(dataset, data_root, split), name=dataset, splits=[split])
     else:
-        target = EvalTarget(data=data, splits=splits)
+        target = EvalTarget(data=data, splits=splits, ignore_background=ignore_background)
     family = model_family(info.config.model)
     ref = CheckpointRef(info.path, info.step, info.config.name, info.source_format, family, info.sha256)
     report = evaluate_loaded(

@@ -82,6 +82,17 @@ def test_metrics_match_independent_computation_with_ignore_and_absent_classes() 
         acc.update(torch.zeros(2, 2, dtype=torch.long), np.full((2, 2), 9, np.uint8))
 
 
+def test_without_background_shifts_the_classes_and_ignores_background() -> None:
+    from pgseg_core.data.loader import ValSample
+    from pgseg_core.eval.stream import without_background
+
+    label = np.array([[0, 1, 2], [5, 255, 0]], dtype=np.uint8)
+    sample = ValSample("k", np.zeros((2, 3, 3), np.uint8), label.copy(), ["a", "b", "c", "d", "e"], "val")
+    (out,) = list(without_background([sample]))
+    assert out.label.dtype == np.uint8 and out.label.tolist() == [[255, 0, 1], [4, 255, 255]]
+    assert np.array_equal(sample.label, label) and out.key == "k"  # the input is not changed
+
+
 @pytest.mark.cuda
 def test_confusion_accumulates_on_cuda() -> None:
     acc = ConfusionAccumulator(3, "cuda")

@@ -4,6 +4,7 @@ mIoU(U), hIoU), segment, export the dense tower; the training-free baseline thro
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -198,3 +199,74 @@ def test_flags_that_do_not_apply_are_usage_errors(tmp_path):
     ]
     result = runner.invoke(app, seg)
     assert result.exit_code == 2 and "--bg-words" in result.output
+
+
+def test_ignore_background_scores_the_classes_alone(setup, tiny_checkpoint, tmp_path):
+    """--ignore-background: the VOC20 / PC59 convention on demo shards, for the baseline and for a PGSeg
+    checkpoint: no background channel, background pixels uncounted, every class's pixels counted as before."""
+    from pgseg_core.data.loader import iter_val_samples
+
+    root, ref = setup
+    shards = root / "shards"
+    labels = [np.asarray(s.label) for s in iter_val_samples(shards, "val-caption")]
+    classes = next(iter_val_samples(shards, "val-caption")).classes
+    gt_fg = {c: sum(int((lab == 1 + i).sum()) for lab in labels) for i, c in enumerate(classes)}
+    assert sum(gt_fg.values()) > 0 and sum(int((lab == 0).sum()) for lab in labels) > 0
+
+    def evaluate(checkpoint, name, *extra):
+        out = tmp_path / f"{name}.json"
+        run("eval", "-c", checkpoint, "--data", shards, "--split", "val-caption", "--output", out,
+            "--no-per-class", "--no-figures", *extra)  # fmt: skip
+        return json.loads(out.read_text())
+
+    with_bg = evaluate(f"baseline:{ref}", "b", *SMALL)
+    no_bg = evaluate(f"baseline:{ref}", "nb", "--ignore-background", *SMALL)
+    per_class = no_bg["splits"]["val-caption"]["per_class"]
+    assert "background" not in per_class and "background" in with_bg["splits"]["val-caption"]["per_class"]
+    assert {c: per_class[c]["gt_pixels"] for c in classes} == gt_fg
+    assert sum(v["pred_pixels"] for v in per_class.values()) == sum(gt_fg.values())  # each scored once
+    assert no_bg["dataset"]["background"] == "ignored" and with_bg["dataset"]["background"] == "scored"
+
+    pgseg_small = ["--eval.short_side", "32", "--eval.crop", "32", "--eval.stride", "16"]
+    p = evaluate(tiny_checkpoint, "p", "--ignore-background", "--zs-split", "demo-30-8", *pgseg_small)
+    split = p["splits"]["val-caption"]
+    assert split["has_background"] is False and "background" not in split["per_class"]
+    assert {c: split["per_class"][c]["gt_pixels"] for c in classes} == gt_fg
+    assert split["mIoU_fg"] == split["mIoU"] and p["seen_mIoU"] is not None
+
+    bad = [
+        "eval",
+        "-c",
+        tiny_checkpoint,
+        "--dataset",
+        "voc21",
+        "--data-root",
+        tmp_path,
+        "--ignore-background",
+    ]
+    result = runner.invoke(app, [str(a) for a in bad])
+    assert result.exit_code == 2 and "--ignore-background" in result.output and "voc20" in result.output
+
+
+def test_runs_share_a_dense_cache_and_method_flags_are_checked(setup, tmp_path):
+    root, ref = setup
+    shared = tmp_path / "dense.h5"
+    common = ["train", "--method", "mvp-seg", "--backbone", ref, "--data", root / "shards",
+              "--dense-cache", shared, "--mvp.steps", "1", "--mvp.batch_size", "2", *SMALL]  # fmt: skip
+    first = run(*common, "--out", tmp_path / "a").output
+    second = run(*common, "--out", tmp_path / "b", "--mvp.lambda_oc", "0").output
+    counts = [
+        re.search(r"on (\d+) image\(s\) \(\w+, (\d+) encoded once\)", " ".join(o.split()))
+        for o in (first, second)
+    ]
+    (n1, enc1), (n2, enc2) = (tuple(int(v) for v in m.groups()) for m in counts)
+    assert n1 == n2 > 0 and enc1 == n1 and enc2 == 0 and shared.is_file()
+    assert not (tmp_path / "a" / "dense_cache.h5").exists()
+
+    for extra, flag in (
+        (["--backbone", ref], "--backbone"),  # default --method pgseg
+        (["--dense-cache", shared], "--dense-cache"),
+        (["--method", "mvp-seg", "--backbone", ref, "--nproc", "2"], "--nproc"),
+    ):
+        result = runner.invoke(app, [str(a) for a in ["train", "--data", root / "shards", *extra]])
+        assert result.exit_code == 2 and flag in result.output, result.output

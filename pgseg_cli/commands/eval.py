@@ -162,6 +162,15 @@ def register(app: typer.Typer) -> None:
             int,
             typer.Option(min=0, help="Images in the predictions figure (input, truth, prediction); 0: none."),
         ] = 8,
+        ignore_background: Annotated[
+            bool,
+            typer.Option(
+                "--ignore-background",
+                help="Shards: ignore background pixels and score only the classes (the VOC20 / PC59 "
+                "convention of the zero-shot splits; --bg-thresh has no effect). For --dataset use its "
+                "variant without background (voc20, pc59).",
+            ),
+        ] = False,
     ) -> None:
         """Evaluate mIoU/mAcc/aAcc (and seen/unseen hIoU). Extra '--eval.key value' overrides are accepted.
 
@@ -180,6 +189,11 @@ def register(app: typer.Typer) -> None:
         if dataset is not None and data_root is None:
             hint = "'--data-root'"
             raise typer.BadParameter(f"--dataset {dataset} needs its mmseg-layout folder", param_hint=hint)
+        if ignore_background and dataset is not None:
+            raise typer.BadParameter(
+                f"applies to demo shards; evaluate {dataset}'s variant without background (voc20, pc59)",
+                param_hint="'--ignore-background'",
+            )
         overrides = parse_overrides(list(ctx.args))
         if bg_thresh is not None:
             overrides["eval.bg_thresh"] = bg_thresh
@@ -192,7 +206,7 @@ def register(app: typer.Typer) -> None:
                 overrides["mvp.bg_thresh"] = overrides.pop("eval.bg_thresh")
             mvp_cli.reject({"'--protocol'": protocol, "'--sweep'": sweep, "'--top-k'": top_k}, overrides)
             args = (data, dataset, data_root, split, zs_split, overrides, device, max_images, cache, output)
-            return render(mvp_cli.evaluate(checkpoint, *args), per_class=per_class)
+            return render(mvp_cli.evaluate(checkpoint, *args, ignore_background), per_class=per_class)
         rank, device = _join_torchrun(device_or_auto(device))
         with progress_bar("eval") as update:
             try:
@@ -209,6 +223,7 @@ def register(app: typer.Typer) -> None:
                     device=device,
                     max_images=max_images,
                     out=output,
+                    ignore_background=ignore_background,
                     figures=figure_options,
                     progress=lambda p, d, t, i: update(d, t, phase=p),
                 )

@@ -38,7 +38,8 @@ def reject(flags: dict[str, Any], overrides: dict[str, Any] | None = None) -> No
 
 
 def train(backbone: str | None, data: str, out_dir: Path, overrides: dict[str, str], device: str | None,
-          zs_split: str | None, resume: bool, overwrite: bool) -> None:  # fmt: skip
+          zs_split: str | None, resume: bool, overwrite: bool,
+          cache: Path | None = None) -> None:  # fmt: skip
     """``pgseg train --method mvp-seg``."""
     from pgseg_core.mvp.train import train_mvp
 
@@ -70,7 +71,7 @@ def train(backbone: str | None, data: str, out_dir: Path, overrides: dict[str, s
 
         result = train_mvp(
             backbone, data, out_dir, dataset=dataset, data_root=data_root, parts=parts, zs_split=zs_split,
-            overrides=overrides, device=device or "auto", progress=cb,
+            overrides=overrides, device=device or "auto", cache=cache, progress=cb,
         )  # fmt: skip
     loss = f", final loss {result.final['loss']:.3f}" if "loss" in result.final else ""
     out.print(
@@ -81,7 +82,8 @@ def train(backbone: str | None, data: str, out_dir: Path, overrides: dict[str, s
 
 def evaluate(checkpoint: str, data: str | None, dataset: str | None, data_root: str | None,
              splits: list[str] | None, zs_split: str | None, overrides: dict[str, Any], device: str | None,
-             max_images: int | None, cache: Path | None, output: Path | None) -> Any:  # fmt: skip
+             max_images: int | None, cache: Path | None, output: Path | None,
+             ignore_background: bool = False) -> Any:  # fmt: skip
     """``pgseg eval`` of an MVP-SEG checkpoint or ``baseline:BACKBONE``; returns the report to render."""
     from pgseg_core.mvp.evaluate import evaluate_method
 
@@ -89,7 +91,7 @@ def evaluate(checkpoint: str, data: str | None, dataset: str | None, data_root: 
         return evaluate_method(
             checkpoint, data, dataset=dataset, data_root=data_root, splits=splits, zs_split=zs_split,
             overrides=overrides, device=device or "auto", max_images=max_images, cache=cache, out=output,
-            progress=lambda d, t: update(d, t),
+            ignore_background=ignore_background, progress=lambda d, t: update(d, t),
         )  # fmt: skip
 
 

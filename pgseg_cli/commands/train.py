@@ -77,6 +77,13 @@ def register(app: typer.Typer) -> None:
         zs_split: Annotated[
             Optional[str], typer.Option(help="mvp-seg: seen / unseen split (default demo-30-8).")
         ] = None,
+        dense_cache: Annotated[
+            Optional[Path],
+            typer.Option(
+                help="mvp-seg: HDF5 cache of the frozen backbone's dense maps (default OUT/dense_cache.h5). "
+                "Runs on the same backbone and image size can share one: only new images are encoded.",
+            ),
+        ] = None,
         nproc: Annotated[
             Optional[int],
             typer.Option(
@@ -99,8 +106,15 @@ def register(app: typer.Typer) -> None:
         if out_dir is None:
             out_dir = default_run_dir("mvp-seg" if method == "mvp-seg" else model, data)
             out.print(f"run directory: {out_dir}")
+        own = {"'--backbone'": backbone, "'--zs-split'": zs_split, "'--dense-cache'": dense_cache}
+        other = {"'--nproc'": nproc, "'--init'": init, "'--datasets-file'": datasets_file}
+        for flag, value in (other if method == "mvp-seg" else own).items():
+            if value is not None:
+                applies = "--method pgseg" if method == "mvp-seg" else "--method mvp-seg"
+                raise typer.BadParameter(f"applies to {applies} only", param_hint=flag)
         if method == "mvp-seg":  # docs/MVP_SEG.md: its own trainer
-            return mvp_cli.train(backbone, data, out_dir, overrides, device, zs_split, resume, overwrite)
+            args = (backbone, data, out_dir, overrides, device, zs_split, resume, overwrite, dense_cache)
+            return mvp_cli.train(*args)
         if datasets_file is not None:
             overrides["data.datasets_file"] = str(datasets_file)
         _check_out(out_dir, resume, overwrite)

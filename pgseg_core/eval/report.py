@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ..config import EvalConfig, RunConfig, config_hash, eval_with_overrides
-from ..errors import OutputError
+from ..errors import ConfigError, OutputError
 from ..utils.io import atomic_write_json, check_writable_file, output_error, remove_stale_temps
 from .figures import EvalFigureOptions, check_figure_support, write_eval_figures
 from .observe import observing
@@ -33,6 +33,7 @@ __all__ = [
     "CheckpointRef",
     "CacheUse",
     "EvalTarget",
+    "check_ignore_background",
     "evaluate_loaded",
     "eval_settings",
     "metrics_path",
@@ -88,12 +89,15 @@ class EvalTarget:
         dataset: an opened benchmark dataset (``pgseg_core.eval.datasets``), or None.
         name: the benchmark dataset's name (``voc21``, ...), or None for shards.
         splits: shard split names (None = all with a class list), or ``[dataset split]``.
+        ignore_background: shards only: background pixels are ignored and only the classes are scored (the
+            VOC20 / PC59 convention of the zero-shot splits, docs/MVP_SEG.md §5).
     """
 
     data: str | Path | None = None
     dataset: Any = None
     name: str | None = None
     splits: list[str] | None = None
+    ignore_background: bool = False
 
     @property
     def split(self) -> str:
@@ -105,6 +109,19 @@ class EvalTarget:
         if self.name is not None:
             return f"{self.name}/{self.split}"
         return f"shards:{Path(str(self.data)).resolve()}"
+
+
+def check_ignore_background(dataset: str | None, ignore_background: bool) -> None:
+    """Refuse ``ignore_background`` on a benchmark dataset.
+
+    Raises:
+        ConfigError: both given (each benchmark has its own variant without background).
+    """
+    if dataset is not None and ignore_background:
+        raise ConfigError(
+            f"ignoring background applies to demo shards; for {dataset} evaluate its variant without "
+            "background (voc20, pc59)"
+        )
 
 
 @dataclass
@@ -145,6 +162,7 @@ class EvalReport:
             metrics["data"] = str(self.target.data)
             counts = {k: v["num_images"] for k, v in metrics["splits"].items()}
             metrics["dataset"] = {"name": "shards", "path": str(self.target.data), "splits": counts}
+            metrics["dataset"]["background"] = "ignored" if self.target.ignore_background else "scored"
         if self.cache is not None:
             metrics["cache"] = dict(vars(self.cache))
         return metrics
@@ -192,6 +210,7 @@ def _run(model, target: EvalTarget, resolved, eval_cfg, dev, max_images, tick, f
         progress=tick,
         cache=fc,
         sweep=sweep,
+        with_background=not target.ignore_background,
     )
 
 

@@ -89,6 +89,7 @@ def evaluate(
     progress: Callable[[int, int | None], None] | None = None,
     cache: Any = None,
     sweep: Sweep | None = None,
+    with_background: bool = True,
 ) -> EvalResult:
     """Evaluate a model on the validation splits of a shard set (docs/METHOD.md §4).
 
@@ -103,6 +104,8 @@ def evaluate(
         progress: optional ``callback(n_done, n_total)``, n_total None when the counts are unknown.
         cache: an open :class:`pgseg_core.cache.features.FeatureCache` (keys ``SPLIT/KEY``) or None.
         sweep: also evaluate these values of one class-dependent key (:func:`evaluate_stream`).
+        with_background: False ignores the background pixels and scores the classes alone (the VOC20 / PC59
+            convention, :func:`pgseg_core.eval.stream.without_background`).
 
     Returns:
         :class:`EvalResult` (per-split metrics, seen / unseen foreground mIoU and hIoU when both
@@ -137,16 +140,10 @@ def evaluate(
             cache=cache,
             key_prefix=f"{name}/",
             sweep=sweep,
+            with_background=with_background,
         )
-        logger.info(
-            "%s: mIoU %.2f (fg %.2f), mAcc %.2f, aAcc %.2f over %d images",
-            name,
-            metrics["mIoU"],
-            metrics["mIoU_fg"],
-            metrics["mAcc"],
-            metrics["aAcc"],
-            metrics["num_images"],
-        )
+        numbers = [metrics[k] for k in ("mIoU", "mIoU_fg", "mAcc", "aAcc", "num_images")]
+        logger.info("%s: mIoU %.2f (fg %.2f), mAcc %.2f, aAcc %.2f over %d images", name, *numbers)
         results[name] = metrics
 
     seen = results[SEEN_SPLIT]["mIoU_fg"] if SEEN_SPLIT in results else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,7 @@ from .observe import observe_sample, observe_split
 from .result import BACKGROUND
 from .sweep import Sweep
 
-__all__ = ["evaluate_stream", "evaluate_samples"]
+__all__ = ["evaluate_stream", "evaluate_samples", "without_background"]
 
 logger = logging.getLogger("pgseg.eval")
 
@@ -230,6 +230,7 @@ def evaluate_samples(
     cache: Any = None,
     key_prefix: str = "",
     sweep: Sweep | None = None,
+    with_background: bool = True,
 ) -> dict[str, Any]:
     """Evaluate one split's samples against its class list (labels with background).
 
@@ -243,9 +244,12 @@ def evaluate_samples(
         max_images: stop after this many samples (None = all).
         on_image: called after each image.
         cache, key_prefix, sweep: see :func:`evaluate_stream`.
+        with_background: False ignores the background pixels and scores the C classes alone
+            (:func:`without_background`: the VOC20 / PC59 convention).
 
     Returns:
-        :func:`evaluate_stream`'s metrics over ``["background"] + class_names``.
+        :func:`evaluate_stream`'s metrics over ``["background"] + class_names`` (``class_names`` alone
+        without background).
 
     Raises:
         DataError: a label map whose size differs from its image, or with values beyond the class list
@@ -254,14 +258,28 @@ def evaluate_samples(
     spec = ClassSpec.from_names(class_names)
     return evaluate_stream(
         model,
-        samples,
+        samples if with_background else without_background(samples),
         spec,
         eval_cfg,
         device,
-        with_background=True,
+        with_background=with_background,
         cache=cache,
         key_prefix=key_prefix,
         sweep=sweep,
         max_images=max_images,
         on_image=on_image,
     )
+
+
+def without_background(samples: Iterable[Any]) -> Iterator[Any]:
+    """The samples with their background pixels ignored: label 0 (background) → 255, 1 + c → c, 255 kept.
+
+    This is the label convention of the benchmarks without background (VOC20, PC59: mmseg's
+    ``reduce_zero_label``), which MVP-SEG's zero-shot splits use (docs/MVP_SEG.md §5). Samples are
+    dataclasses with a uint8 ``label`` [H, W]; each is copied, never changed in place.
+    """
+    lut = np.arange(256, dtype=np.int16) - 1
+    lut[0] = lut[255] = 255
+    table = lut.astype(np.uint8)
+    for sample in samples:
+        yield dataclasses.replace(sample, label=table[np.asarray(sample.label, dtype=np.uint8)])

@@ -22,7 +22,7 @@ from ..eval.result import EvalResult
 from ..splits import ZeroShotSplit, default_split, load_split, seen_unseen_miou
 from ..utils.device import resolve_device
 from .checkpoint import LoadedMethod, load_predictor
-from .data import LabelledData, open_labelled, remap_label, sample_names, vocabulary
+from .data import BACKGROUND, LabelledData, open_labelled, remap_label, sample_names, vocabulary
 from .dense_cache import open_dense_cache
 
 __all__ = ["evaluate_method", "ALL_PART"]
@@ -70,7 +70,7 @@ def _run(
     return results
 
 
-def _report(loaded, results, zs, vocab, dev, fc, cache, data, dataset, splits) -> EvalReport:
+def _report(loaded, results, zs, vocab, dev, fc, cache, data, dataset, splits, no_bg) -> EvalReport:
     """The EvalReport of a finished run (seen / unseen from the ``all`` matrix)."""
     result = EvalResult(splits=results, eval_config=loaded.config.to_dict())
     numbers = seen_unseen_miou({c: results[ALL_PART]["per_class"][c]["IoU"] for c in vocab}, zs)
@@ -83,11 +83,13 @@ def _report(loaded, results, zs, vocab, dev, fc, cache, data, dataset, splits) -
         "backbone": loaded.predictor.backbone.reference,
         "notes": [f"generalised zero-shot: {len(vocab)} classes scored per image; seen / unseen from 'all'"],
     }
+    if no_bg:
+        protocol["notes"].append("background pixels ignored, no background channel (VOC20 / PC59 convention)")
     use = None
     if fc is not None:
         pred = loaded.predictor
         use = CacheUse(str(cache), pred.from_cache + pred.encoded, 0, pred.encoded, pred.from_cache)
-    target = EvalTarget(data=data, dataset=None, name=dataset, splits=splits)
+    target = EvalTarget(data=data, dataset=None, name=dataset, splits=splits, ignore_background=no_bg)
     return EvalReport(result, protocol, ref, "", "", str(dev), target, cache=use)
 
 
@@ -105,6 +107,7 @@ def evaluate_method(
     cache: str | Path | None = None,
     out: str | Path | None = None,
     progress: Callable[[int, int | None], None] | None = None,
+    ignore_background: bool = False,
 ) -> EvalReport:
     """Evaluate ``baseline:BACKBONE`` or an MVP-SEG checkpoint; write the metrics JSON (``out``, default
     beside the checkpoint / in the working folder for the baseline) and return the report.
@@ -113,11 +116,17 @@ def evaluate_method(
         zs_split: a shipped split name or file (default ``demo-30-8`` for shards); gives the vocabulary and
             the seen / unseen classes.
         overrides: ``mvp.*`` settings (templates, short_side, max_long, gpr).
+        ignore_background: shards only: background pixels are ignored (255) and the vocabulary has no
+            background, so every labelled pixel is scored over the classes alone (the VOC20 / PC59 convention
+            of MVP-SEG's benchmarks; ``bg_thresh`` then has no effect).
 
     Raises:
-        ConfigError, DataError, CheckpointError, OutputError as the steps they come from.
+        ConfigError (also ``ignore_background`` with a dataset), DataError, CheckpointError, OutputError as
+        the steps they come from.
     """
-    from ..eval.report import check_metrics_path, write_metrics
+    from ..eval.report import check_ignore_background, check_metrics_path, write_metrics
+
+    check_ignore_background(dataset, ignore_background)
 
     zs: ZeroShotSplit = load_split(zs_split or default_split(dataset))
     dev = resolve_device(device)
@@ -130,6 +139,8 @@ def evaluate_method(
     check_metrics_path(out)
     labelled = open_labelled(data, dataset, data_root, parts=splits, zs=zs)
     vocab = vocabulary(labelled, list(zs.classes))
+    if ignore_background:  # label 0 is remapped to 255 as a name outside the vocabulary (remap_label)
+        vocab = [c for c in vocab if c != BACKGROUND]
     fc = None
     if cache is not None:
         fc = open_dense_cache(
@@ -148,5 +159,5 @@ def evaluate_method(
     finally:
         if fc is not None:
             fc.close()
-    report = _report(loaded, results, zs, vocab, dev, fc, cache, data, dataset, splits)
+    report = _report(loaded, results, zs, vocab, dev, fc, cache, data, dataset, splits, ignore_background)
     return write_metrics(report, out)
