@@ -234,18 +234,14 @@ def test_ignore_background_scores_the_classes_alone(setup, tiny_checkpoint, tmp_
     assert {c: split["per_class"][c]["gt_pixels"] for c in classes} == gt_fg
     assert split["mIoU_fg"] == split["mIoU"] and p["seen_mIoU"] is not None
 
-    bad = [
-        "eval",
-        "-c",
-        tiny_checkpoint,
-        "--dataset",
-        "voc21",
-        "--data-root",
-        tmp_path,
-        "--ignore-background",
-    ]
-    result = runner.invoke(app, [str(a) for a in bad])
-    assert result.exit_code == 2 and "--ignore-background" in result.output and "voc20" in result.output
+    bad = ["eval", "-c", tiny_checkpoint, "--dataset", "voc21", "--data-root", tmp_path]  # fmt: skip
+    for extra, flag, says in (
+        (["--ignore-background"], "--ignore-background", "voc20"),
+        (["--ignore-background", "--bg-thresh", "0.5"], "--bg-thresh", "not scored"),
+        (["--ignore-background", "--sweep", "bg_thresh=0.1:0.5:0.1"], "--sweep", "not scored"),
+    ):
+        result = runner.invoke(app, [str(a) for a in bad + extra])
+        assert result.exit_code == 2 and flag in result.output and says in result.output, result.output
 
 
 def test_runs_share_a_dense_cache_and_method_flags_are_checked(setup, tmp_path):

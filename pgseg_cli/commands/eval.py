@@ -167,8 +167,8 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--ignore-background",
                 help="Shards: ignore background pixels and score only the classes (the VOC20 / PC59 "
-                "convention of the zero-shot splits; --bg-thresh has no effect). For --dataset use its "
-                "variant without background (voc20, pc59).",
+                "convention of the zero-shot splits; no --bg-thresh). For --dataset use its variant without "
+                "background (voc20, pc59).",
             ),
         ] = False,
     ) -> None:
@@ -189,6 +189,9 @@ def register(app: typer.Typer) -> None:
         if dataset is not None and data_root is None:
             hint = "'--data-root'"
             raise typer.BadParameter(f"--dataset {dataset} needs its mmseg-layout folder", param_hint=hint)
+        if ignore_background and (bg_thresh is not None or (sweep or "").startswith("bg_thresh")):
+            flag = "'--bg-thresh'" if bg_thresh is not None else "'--sweep'"
+            raise typer.BadParameter("background is not scored with --ignore-background", param_hint=flag)
         if ignore_background and dataset is not None:
             raise typer.BadParameter(
                 f"applies to demo shards; evaluate {dataset}'s variant without background (voc20, pc59)",
