@@ -103,15 +103,15 @@ def register(app: typer.Typer) -> None:
         overrides = parse_overrides(list(ctx.args))
         if method not in ("pgseg", "mvp-seg"):
             raise typer.BadParameter(f"unknown method '{method}': pgseg or mvp-seg", param_hint="'--method'")
-        if out_dir is None:
-            out_dir = default_run_dir("mvp-seg" if method == "mvp-seg" else model, data)
-            out.print(f"run directory: {out_dir}")
         own = {"'--backbone'": backbone, "'--zs-split'": zs_split, "'--dense-cache'": dense_cache}
         other = {"'--nproc'": nproc, "'--init'": init, "'--datasets-file'": datasets_file}
         for flag, value in (other if method == "mvp-seg" else own).items():
             if value is not None:
                 applies = "--method pgseg" if method == "mvp-seg" else "--method mvp-seg"
                 raise typer.BadParameter(f"applies to {applies} only", param_hint=flag)
+        if out_dir is None:
+            out_dir = default_run_dir("mvp-seg" if method == "mvp-seg" else model, data)
+            out.print(f"run directory: {out_dir}")
         if method == "mvp-seg":  # docs/MVP_SEG.md: its own trainer
             args = (backbone, data, out_dir, overrides, device, zs_split, resume, overwrite, dense_cache)
             return mvp_cli.train(*args)
