@@ -19,7 +19,8 @@
 # Every row is also evaluated without background (--ignore-background: background pixels ignored, only the
 # classes scored), the convention of MVP-SEG's own benchmarks (VOC20, PC59, COCO-Stuff-171).
 # Writes OUT/mvp/<row>.json (with background) and OUT/mvp/nobg_<row>.json, and prints mIoU(S) / mIoU(U) /
-# hIoU of each row under both protocols. Rerun after an interruption: rows whose files exist are kept.
+# hIoU of each row under both protocols. Rerun after an interruption: finished rows and trained prompts
+# (OUT/mvp/<row>/mvp.pt) are kept; delete OUT/mvp to start over.
 set -euo pipefail
 OUT="${1:-demo_out}"
 DEVICE="${DEVICE:-cpu}"
@@ -76,7 +77,7 @@ row() {  # row, split, "baseline TEMPLATES" or "train OVERRIDES...", extra eval 
   [ "$zs" = demo-caption-22-8 ] && evargs=(--split val-caption)
   if [ "$kind" = baseline ]; then
     ref="baseline:$BACKBONE"; evargs+=(--mvp.templates "$1")
-  else
+  elif [ ! -f "$ref" ]; then  # trained prompts of an interrupted run are kept
     train "$name" "$zs" --mvp.bg_thresh 0.5 "$@"
   fi
   local thr
