@@ -44,7 +44,7 @@ calibrate() {  # reference, row, split, extra eval args... -> prints bg_thresh w
       --cache "$M/dense_calib.h5" --output "$M/calib_$row/t$t.json" --no-per-class --bg-thresh "$t" "${SIZE[@]}" \
       "$@" > /dev/null
   done
-  python - "$M/calib_$row" "$zs" <<'PY'
+  python -P - "$M/calib_$row" "$zs" <<'PY'
 import json, math, sys
 from pathlib import Path
 from pgseg_core.splits import load_split
@@ -100,7 +100,7 @@ for seed in $ABLATION_SEEDS; do
   row "cap_no_gpr_s$seed" demo-caption-22-8 train --mvp.seed "$seed" --mvp.gpr false
 done
 
-python - "$M" "$SEEDS" "$ABLATION_SEEDS" <<'PY'
+python -P - "$M" "$SEEDS" "$ABLATION_SEEDS" <<'PY'
 import json, sys
 from pathlib import Path
 from statistics import mean
