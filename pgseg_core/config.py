@@ -162,6 +162,7 @@ class TrainConfig(_Validated):
     grad_cache_chunks: int = 1  # > 1: GradCache, each rank's batch in this many chunks (docs/TRAINING.md §4)
     activation_checkpointing: bool = False  # recompute the transformer blocks in the backward (less memory)
     compile: bool = False  # torch.compile the training forward
+    compile_backend: str = "inductor"  # torch.compile backend (aot_eager: capture + autograd, no codegen)
     eval_every: int = 0  # > 0: zero-shot eval every this many steps, logged to metrics.jsonl
     eval_data: str = ""  # shards with validation splits; "" = data.train
     eval_splits: list[str] = field(default_factory=lambda: ["val-caption"])

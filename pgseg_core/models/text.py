@@ -28,6 +28,7 @@ class TextFeatures:
     mask: torch.Tensor  # [B, L] bool, True for real tokens (SOT..EOT)
 
 
+@torch.compiler.disable  # string processing: torch.compile runs it as plain Python (no graph breaks in ftfy)
 def tokenize(texts: list[str], context_length: int = 77) -> torch.Tensor:
     """CLIP BPE tokenisation (open_clip's tokenizer, vocabulary 49,408, offline).
 
@@ -189,6 +190,7 @@ class MiniLMTower(nn.Module):
             out.append((pooled[i].clone(), hidden[i, :n].clone()))
         return out
 
+    @torch.compiler.disable  # frozen, cached and string-driven: nothing for torch.compile to gain here
     def forward(self, texts: list[str] | torch.Tensor) -> TextFeatures:
         if isinstance(texts, torch.Tensor):
             raise TypeError("the MiniLM tower takes strings, not token ids")

@@ -441,7 +441,9 @@ def _fit(cfg, out: Path, info, resume, overwrite, init_checkpoint, progress) -> 
         _seed_all(cfg.train.seed + 1_000_003 * info.rank)
     if cfg.train.activation_checkpointing:
         checkpoint_activations(model)
-    forward = maybe_compile(dist.wrap_model(model, info, device), cfg.train.compile)
+    forward = maybe_compile(
+        dist.wrap_model(model, info, device), cfg.train.compile, cfg.train.compile_backend
+    )
     autocast = (
         torch.autocast("cuda", dtype=torch.bfloat16)
         if device.type == "cuda" and cfg.train.amp

@@ -6,12 +6,14 @@ trade compute for memory and compile time for step time.
 
 from __future__ import annotations
 
+import difflib
 import functools
 import logging
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from ..errors import ConfigError
 from ..models.layers import Block
 from ..models.text import ResidualAttentionBlock
 
@@ -39,10 +41,27 @@ def checkpoint_activations(model: torch.nn.Module) -> int:
     return n
 
 
-def maybe_compile(forward: torch.nn.Module, enabled: bool) -> torch.nn.Module:
-    """``torch.compile(forward)`` when ``enabled`` (the first steps compile; the graph breaks at the Hungarian
-    matching, which runs in SciPy on the CPU)."""
+def maybe_compile(forward: torch.nn.Module, enabled: bool, backend: str = "inductor") -> torch.nn.Module:
+    """``torch.compile(forward, backend=backend)`` when ``enabled``; ``forward`` itself otherwise.
+
+    The first calls compile (minutes for the paper's models on a CPU). The graph breaks where the step needs
+    data-dependent values: the Hungarian matching (SciPy / the matching kernel), HRS's keep decision and the
+    text EM's token selection; tokenisation and the frozen MiniLM tower run outside the graph
+    (``torch.compiler.disable``). ``aot_eager`` traces the same graphs without code generation (a quick check
+    of capture and autograd; it computes the eager step's values).
+
+    Raises:
+        ConfigError: ``backend`` is not one of ``torch._dynamo.list_backends(exclude_tags=())``.
+    """
     if not enabled:
         return forward
-    _log.info("torch.compile: the first steps compile the training forward")
-    return torch.compile(forward)
+    known = torch._dynamo.list_backends(exclude_tags=())
+    if backend not in known:
+        hint = difflib.get_close_matches(backend, known, n=1)
+        raise ConfigError(
+            f"train.compile_backend {backend!r} is not a torch.compile backend"
+            + (f" (did you mean {hint[0]!r}?)" if hint else "")
+            + f"; known: {', '.join(sorted(known))}"
+        )
+    _log.info("torch.compile (backend %s): the first steps compile the training forward", backend)
+    return torch.compile(forward, backend=backend)
