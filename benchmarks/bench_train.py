@@ -4,9 +4,12 @@ same weights.
 
 Random weights, random images, fixed captions: speed only. One "step" is forward + loss + backward (no
 optimizer update, so that the HF contender does the same work): ours through ``forward_train`` (hard Gumbel
-assignment, as HF trains), HF through ``GroupViTModel(..., return_loss=True)``. The contenders are timed
-interleaved (A B C A B C ...) so that a load change hits all of them; each figure is the median of the
-repeats with its min and max. FLOPs are counted once per model on the same step with
+assignment, as HF trains), HF through ``GroupViTModel(..., return_loss=True)``. Stochastic depth is off in
+our models here (``drop_path_rate`` 0; the presets use 0.1): transformers' GroupViT has none, and with it
+ours would do extra work that HF's does not. The contenders are timed interleaved (A B C A B C ...) so that
+a load change hits all of them; each figure is the median of the repeats with its min and max, and each
+ratio is also given as the median of the per-round ratios (``*_paired``: both steps of a pair ran back to
+back, so a load change between rounds cancels). FLOPs are counted once per model on the same step with
 ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and convolutions, forward and backward); MFU =
 FLOPs per step x steps per second / peak FLOP/s of the device (``--peak-tflops``, or a table of known GPUs in
 bf16; none on a CPU).
@@ -23,6 +26,7 @@ on the CPU ours <= 1.0x HF's step time.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -46,12 +50,14 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, 
 
 
 def _models(quick: bool) -> dict[str, torch.nn.Module]:
-    """Our GroupViT and PGSeg at the paper size (or tiny with --quick), same seed."""
+    """Our GroupViT and PGSeg at the paper size (or tiny with --quick), same seed, no stochastic depth."""
     if quick:
         gv = load_config("pgseg-tiny", {"model.npr.enabled": False}).model
         pg = load_config("pgseg-tiny").model
     else:
         gv, pg = load_config("groupvit-s").model, load_config("pgseg-s").model
+    gv = dataclasses.replace(gv, vision=dataclasses.replace(gv.vision, drop_path_rate=0.0))
+    pg = dataclasses.replace(pg, vision=dataclasses.replace(pg.vision, drop_path_rate=0.0))
     out = {}
     for name, cfg in (("groupvit", gv), ("pgseg", pg)):
         torch.manual_seed(0)
@@ -108,6 +114,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _paired(a: list[float], b: list[float]) -> float:
+    """Median over the rounds of a[i] / b[i] (the two steps of round i ran one after the other)."""
+    return statistics.median(x / y for x, y in zip(a, b))
+
+
 def _peak(device: torch.device, given: float | None) -> float | None:
     if given:
         return given * 1e12
@@ -156,10 +167,12 @@ def run(args: argparse.Namespace) -> dict:
             "mfu": (flops[n] / med / peak) if peak else None,
         }  # fmt: skip
     ratios = {"pgseg_over_groupvit": result["pgseg"]["step_s_median"] / result["groupvit"]["step_s_median"]}
+    ratios["pgseg_over_groupvit_paired"] = _paired(times["pgseg"], times["groupvit"])
     if "hf-groupvit" in result:
         ratios["groupvit_over_hf"] = (
             result["groupvit"]["step_s_median"] / result["hf-groupvit"]["step_s_median"]
         )
+        ratios["groupvit_over_hf_paired"] = _paired(times["groupvit"], times["hf-groupvit"])
     return {"results": result, "ratios": ratios, "peak_flops": peak}
 
 
@@ -188,6 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (CUDA)")
     ap.add_argument("--peak-tflops", type=float, default=None, help="the device's peak TFLOP/s for MFU")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--no-hf", action="store_true", help="skip transformers' GroupViTModel")
     ap.add_argument("--quick", action="store_true", help="tiny models, batch 2, 2 repeats (a smoke test)")
     ap.add_argument(
@@ -196,6 +210,8 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.quick:
         args.batch, args.repeats = 2, 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     report = {**_provenance(args), **run(args)}
     out = Path(args.out or ROOT / "benchmarks" / "results" / f"bench_train_{args.device.split(':')[0]}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

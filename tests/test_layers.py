@@ -303,3 +303,65 @@ def test_project_mlp_eval_ignores_update_stats(x):
     rm0 = head.linear_hidden[1].running_mean.clone()
     torch.testing.assert_close(head(x, update_stats=False), head(x, update_stats=True))
     torch.testing.assert_close(head.linear_hidden[1].running_mean, rm0, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# attend(): the explicit CPU training form and the fused kernel compute the same attention
+
+
+def _qkv(requires_grad: bool, m: int = 9):
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(2, 4, n, 8, generator=gen, dtype=torch.float64) for n in (6, m, m))
+    return [t.requires_grad_(requires_grad) for t in (q, k, v)]
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_attend_training_form_equals_the_fused_kernel(masked):
+    from pgseg_core.models.layers import attend
+
+    mask = torch.full((6, 9), float("-inf"), dtype=torch.float64).triu_(4) if masked else None
+    q, k, v = _qkv(True)
+    out = attend(q, k, v, attn_mask=mask)  # CPU + autograd: the explicit matmul + softmax form
+    assert out.grad_fn is not None and "Scaled" not in type(out.grad_fn).__name__
+    ref = torch.nn.functional.scaled_dot_product_attention(*(t.detach() for t in (q, k, v)), attn_mask=mask)
+    torch.testing.assert_close(out.detach(), ref, rtol=1e-12, atol=1e-12)
+    q2, k2, v2 = (t.detach().clone().requires_grad_(True) for t in (q, k, v))
+    fused = torch.nn.functional.scaled_dot_product_attention(q2, k2, v2, attn_mask=mask)
+    w = torch.randn(out.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    (out * w).sum().backward()
+    (fused * w).sum().backward()
+    for a, b in ((q, q2), (k, k2), (v, v2)):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_attend_without_gradients_uses_the_fused_kernel():
+    from pgseg_core.models.layers import attend
+
+    q, k, v = _qkv(False)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert torch.equal(attend(q, k, v), ref)
+
+
+def test_text_block_is_multihead_attention_on_its_parameters():
+    """The causal text block's attention is nn.MultiheadAttention's maths on the same parameters: bit-equal
+    without gradients, and within float rounding (with its gradients) in training."""
+    from pgseg_core.models.text import ResidualAttentionBlock
+
+    torch.manual_seed(0)
+    blk = ResidualAttentionBlock(32, 4)
+    x = torch.randn(11, 3, 32, requires_grad=True)  # [L, B, W]
+    mask = torch.full((11, 11), float("-inf")).triu_(1)
+
+    def reference(x):
+        y = blk.ln_1(x)
+        x = x + blk.attn(y, y, y, need_weights=False, attn_mask=mask)[0]
+        return x + blk.mlp(blk.ln_2(x))
+
+    with torch.no_grad():
+        assert torch.equal(blk(x, mask), reference(x))
+    w = torch.randn(11, 3, 32, generator=torch.Generator().manual_seed(5))
+    params = [x, blk.attn.in_proj_weight, blk.attn.in_proj_bias, blk.attn.out_proj.weight]
+    ours = torch.autograd.grad((blk(x, mask) * w).sum(), params)
+    theirs = torch.autograd.grad((reference(x) * w).sum(), params)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

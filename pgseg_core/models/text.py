@@ -13,10 +13,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..config import TextConfig
 from ..errors import DependencyError
+from .layers import attend
 
 __all__ = ["TextFeatures", "TextTransformer", "MiniLMTower", "tokenize"]
 
@@ -70,9 +72,18 @@ class ResidualAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
         """x: [L, B, W] (sequence first, as nn.MultiheadAttention expects)."""
-        y = self.ln_1(x)
-        x = x + self.attn(y, y, y, need_weights=False, attn_mask=attn_mask)[0]
+        x = x + self._attention(self.ln_1(x), attn_mask)
         return x + self.mlp(self.ln_2(x))
+
+    def _attention(self, y: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        """``self.attn(y, y, y, attn_mask=attn_mask)`` (nn.MultiheadAttention's maths on its parameters)
+        through ``layers.attend``, which picks the faster CPU training path. y: [L, B, W] -> [L, B, W]."""
+        L, B, W = y.shape
+        heads = self.attn.num_heads
+        qkv = F.linear(y, self.attn.in_proj_weight, self.attn.in_proj_bias)  # [L, B, 3W]
+        q, k, v = qkv.reshape(L, B, 3, heads, W // heads).permute(2, 1, 3, 0, 4).unbind(0)  # [B, heads, L, d]
+        out = attend(q, k, v, attn_mask=attn_mask)  # [B, heads, L, d]
+        return self.attn.out_proj(out.permute(2, 0, 1, 3).reshape(L, B, W))
 
 
 class Transformer(nn.Module):
