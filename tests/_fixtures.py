@@ -1,4 +1,5 @@
-"""Shared test helpers: a fake demo source tree (no Debian packages needed)."""
+"""Shared test helpers: a fake demo source tree (no Debian packages needed), captioned shards, gradient
+comparisons up to float rounding."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageDraw
 
 from pgseg_core.data.sources.demo import DemoRoots
@@ -118,3 +120,37 @@ def load_benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def exact_zero_grads(model, loss_fn) -> dict:
+    """Per parameter of ``model``, the bool mask of the elements whose gradient is 0 in exact arithmetic: at
+    most 1e-9 of the largest gradient in a float64 copy (``loss_fn(model64)`` returns the loss; it must cast
+    its inputs to float64). Parameters without such elements are left out.
+
+    Those elements (biases followed by a BatchNorm or a softmax over the groups, e.g. the grouping blocks'
+    ``mlp_inter.fc2.bias``; the key part of an attention's ``in_proj_bias``) get float32 gradients of pure
+    rounding noise, which two equivalent computations do not share: comparisons treat them apart."""
+    import copy
+
+    twin = copy.deepcopy(model).double()
+    twin.zero_grad(set_to_none=True)
+    loss_fn(twin).backward()
+    grads = {n: p.grad.abs() for n, p in twin.named_parameters() if p.grad is not None}
+    top = max(g.max().item() for g in grads.values())
+    return {n: g <= 1e-9 * top for n, g in grads.items() if bool((g <= 1e-9 * top).any())}
+
+
+def assert_grads_close(ga: dict, gb: dict, zero: dict, rel: float = 1e-4, floor: float = 1e-6) -> None:
+    """Gradients (or any tensors by name) equal up to float rounding: each within ``rel`` of its own scale
+    plus ``floor`` of the largest; the elements masked in ``zero`` (exact gradient 0, see
+    :func:`exact_zero_grads`) only within 1e-4 of the largest, the size of their rounding noise."""
+    assert ga.keys() == gb.keys()
+    top = max(g.abs().max().item() for g in ga.values())
+    for k in ga:
+        err = (ga[k] - gb[k]).abs()
+        mask = zero.get(k, torch.zeros_like(err, dtype=torch.bool))
+        if mask.any():
+            assert err[mask].max().item() <= 1e-4 * top, (k, "exact-zero elements", err[mask].max().item())
+        if (~mask).any():
+            bound = rel * ga[k][~mask].abs().max().item() + floor * top
+            assert err[~mask].max().item() <= bound, (k, err[~mask].max().item(), bound)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from _fixtures import write_captioned_shard
+from _fixtures import assert_grads_close, exact_zero_grads, write_captioned_shard
 from pgseg_cli.app import app
 from pgseg_core.checkpoint import read_checkpoint_file
 from pgseg_core.config import load_config
@@ -39,16 +39,11 @@ def _train(shards: Path, out: Path, *extra: str):
     return runner.invoke(app, args, catch_exceptions=False)
 
 
-def _assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], rel: float, floor: float) -> None:
-    """Each tensor within ``rel`` of its own scale, plus ``floor`` times the largest scale: tensors whose
-    exact gradient is 0 carry float noise instead. In pgseg-tiny's step the grouping blocks' token-mixing
-    ``mlp_inter.fc2.bias`` has a float64 gradient of ~1e-12 but an fp32 one of up to 1e-3 (eager and
-    compiled alike), next to the group tokens' gradient of 49."""
-    assert a.keys() == b.keys()
-    top = max(float(v.abs().max()) for v in a.values())
-    for k in a:
-        err = float((a[k] - b[k]).abs().max())
-        assert err <= rel * float(a[k].abs().max()) + floor * top, (k, err)
+def _zero_grad_params() -> dict[str, torch.Tensor]:
+    """pgseg-tiny's parameters whose exact gradient is 0 (``_fixtures.exact_zero_grads``)."""
+    images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    captions = [f"a red thing number {i}" for i in range(4)]
+    return exact_zero_grads(_model(), lambda m: m.forward_train(captions, images=images)["loss"])
 
 
 def test_a_compiled_run_trains_the_eager_runs_weights(shards, tmp_path):
@@ -60,7 +55,16 @@ def test_a_compiled_run_trains_the_eager_runs_weights(shards, tmp_path):
     assert "torch.compile (backend aot_eager)" in " ".join(compiled.output.split())
     a = read_checkpoint_file(tmp_path / "eager" / "last.pt")["model"]
     b = read_checkpoint_file(tmp_path / "compiled" / "last.pt")["model"]
-    _assert_close(a, b, 1e-4, 1e-5)
+    zero = _zero_grad_params()
+    assert zero and all(k in a for k in zero)
+    # AdamW turns the rounding noise of an exact-zero gradient into steps of up to lr (1e-3) per step: those
+    # elements are compared within 2 steps' worth; every other one within float rounding
+    bound = 2 * 2 * load_config("pgseg-tiny").train.lr
+    for k, mask in zero.items():
+        assert (a[k] - b[k]).abs()[mask].max().item() <= bound, k
+        a[k], b[k] = a[k].masked_fill(mask, 0.0), b[k].masked_fill(mask, 0.0)
+    keys = [k for k in a if a[k].is_floating_point()]
+    assert_grads_close({k: a[k] for k in keys}, {k: b[k] for k in keys}, {}, rel=1e-4, floor=1e-5)
 
 
 def test_an_unknown_backend_is_one_line(shards, tmp_path):
@@ -98,4 +102,4 @@ def test_the_inductor_step_equals_the_eager_step():
     for k in ("loss", "loss_itc", "loss_pg"):
         assert float(lb[k]) == pytest.approx(float(la[k]), rel=1e-5), k
     grads = [{n: p.grad for n, p in m.named_parameters() if p.grad is not None} for m in (eager, compiled)]
-    _assert_close(*grads, 1e-3, 1e-4)
+    assert_grads_close(*grads, _zero_grad_params(), rel=1e-3, floor=1e-5)
