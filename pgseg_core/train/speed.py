@@ -48,7 +48,7 @@ def maybe_compile(forward: torch.nn.Module, enabled: bool, backend: str = "induc
     data-dependent values: the Hungarian matching (SciPy / the matching kernel), HRS's keep decision and the
     text EM's token selection; tokenisation and the frozen MiniLM tower run outside the graph
     (``torch.compiler.disable``). ``aot_eager`` traces the same graphs without code generation (a quick check
-    of capture and autograd; it computes the eager step's values).
+    of capture and autograd; its values equal the eager step's up to float rounding).
 
     Raises:
         ConfigError: ``backend`` is not one of ``torch._dynamo.list_backends(exclude_tags=())``.
