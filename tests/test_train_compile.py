@@ -40,7 +40,8 @@ def _train(shards: Path, out: Path, *extra: str):
 
 
 def _zero_grad_params() -> dict[str, torch.Tensor]:
-    """pgseg-tiny's parameters whose exact gradient is 0 (``_fixtures.exact_zero_grads``)."""
+    """Per pgseg-tiny parameter, the mask of its elements whose exact gradient is 0
+    (``_fixtures.exact_zero_grads``)."""
     images = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
     captions = [f"a red thing number {i}" for i in range(4)]
     return exact_zero_grads(_model(), lambda m: m.forward_train(captions, images=images)["loss"])
