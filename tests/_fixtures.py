@@ -137,7 +137,8 @@ def exact_zero_grads(model, loss_fn) -> dict:
     loss_fn(twin).backward()
     grads = {n: p.grad.abs() for n, p in twin.named_parameters() if p.grad is not None}
     top = max(g.max().item() for g in grads.values())
-    return {n: g <= 1e-9 * top for n, g in grads.items() if bool((g <= 1e-9 * top).any())}
+    masks = {n: g <= 1e-9 * top for n, g in grads.items()}
+    return {n: m for n, m in masks.items() if bool(m.any())}
 
 
 def assert_grads_close(ga: dict, gb: dict, zero: dict, rel: float = 1e-4, floor: float = 1e-6) -> None:
